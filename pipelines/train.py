@@ -1,0 +1,21 @@
+"""MLproject `main` entry point: `mlflow run . -P epsilon=0.1` lands here.
+
+Thin on purpose: it turns MLflow parameters into radpriv overrides and calls the library.
+A parameter left at "default" keeps the value of radpriv's config (so the recipe lives in
+one place, radpriv/conf); `extra` carries any further Hydra overrides, space-separated.
+"""
+
+import shlex
+import sys
+
+from radpriv.cli import main
+
+if __name__ == "__main__":
+    overrides = []
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        if key == "extra":
+            overrides += shlex.split(value)
+        elif value != "default":
+            overrides.append(arg)
+    main(["train", *overrides])

@@ -1,0 +1,85 @@
+"""`radpriv <command> [hydra overrides]`.
+
+Commands: train, evaluate. Mistakes in the user's input (RadprivError) print one line on
+stderr and exit with status 2; the last stdout line of a successful train/evaluate is one
+JSON object with the run id and the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+
+from radpriv.errors import RadprivError
+
+USAGE = """usage: radpriv <command> [key=value ...]
+
+commands:
+  train      train (DP-)LoRA and log the run to MLflow, e.g.
+             radpriv train privacy.epsilon=1 model=minilm data=openi trainer.max_epochs=4
+  evaluate   evaluate a logged model on a dataset file, e.g.
+             radpriv evaluate run_id=<id> data=openi data.path=<file>
+
+overrides use Hydra syntax over the config tree in radpriv/conf (conf/ at the repo root):
+  data=openi|ct_rate_text  model=minilm|bert_small|bert_medium|albert_base|tiny_bert|tiny_albert|custom
+  finetune=lora|full  privacy.epsilon=<float|null>  privacy.delta=<float>  seed=<int>
+"""
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning, module="opacus")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric", "httpx", "alembic",
+                 "mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, overrides = argv[0], argv[1:]
+    logging.basicConfig(level=logging.INFO, format="radpriv: %(message)s")
+    _quiet_libraries()
+    from radpriv.config import compose
+
+    if command == "train":
+        from radpriv.train import train
+
+        summary = train(compose(overrides))
+    elif command == "evaluate":
+        from radpriv.evaluate import evaluate
+
+        summary = evaluate(compose(overrides))
+    else:
+        print(f"radpriv: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, default=float))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        code = run(list(sys.argv[1:] if argv is None else argv))
+    except RadprivError as e:
+        print(f"radpriv: error: {e}", file=sys.stderr)
+        code = 2
+    except MissingMandatoryValue as e:
+        key = getattr(e, "full_key", None) or "a required value"
+        print(f"radpriv: error: {key} is required: set it with {key}=<value>", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("radpriv: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

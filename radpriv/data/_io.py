@@ -1,0 +1,146 @@
+"""Input checks shared by the readers: where data lives, and strict CSV validation.
+
+Every problem becomes a one-line `DataError` that names the file, the line (1-based, the
+header is line 1) and the column where that applies, and says what to do. Messages never
+quote report text: a bad *label* value is quoted (it is short and not free text), a text
+cell never is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from radpriv.errors import DataError
+
+DATA_DIR_ENV = "RADPRIV_DATA_DIR"
+CACHE_DIR_ENV = "RADPRIV_CACHE_DIR"
+
+# Accepted spellings of a 0/1 label cell (pandas writes 0/1 ints as "0.0"/"1.0" after a NaN).
+_BINARY = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
+
+
+def data_dir() -> Path | None:
+    """`$RADPRIV_DATA_DIR` if set (the folder holding `openi/`, `ct_rate_text/`, ...)."""
+    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def cache_dir() -> Path:
+    """`$RADPRIV_CACHE_DIR`, else `~/.cache/radpriv`: where downloads are kept."""
+    value = os.environ.get(CACHE_DIR_ENV, "").strip()
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "radpriv"
+
+
+def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
+    """The path as a `Path` if it is an existing file; else a DataError saying what to do."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder, expected the {what} file; {hint}")
+    if not p.is_file():
+        raise DataError(f"{p}: {what} not found; {hint}")
+    return p
+
+
+def read_text_utf8(path: Path) -> str:
+    """The file decoded as UTF-8 (a BOM is dropped); a decoding error names line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}: line {line}, column {column}: byte 0x{data[e.start]:02x} is not valid UTF-8; "
+            "re-save the file with UTF-8 encoding"
+        ) from None
+
+
+@dataclass(frozen=True)
+class CsvTable:
+    """A validated CSV: header, rows as dicts (all cells strings) and each row's first line."""
+
+    path: Path
+    columns: tuple[str, ...]
+    rows: list[dict[str, str]]
+    lines: list[int]
+
+
+def read_csv(path: Path, required: Iterable[str], what: str = "CSV") -> CsvTable:
+    """Read a whole CSV strictly: UTF-8, the required columns, one cell per header column."""
+    text = read_text_utf8(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: the {what} is empty; expected a header line and rows")
+        columns = tuple(c.strip() for c in header)
+        wanted = list(dict.fromkeys(required))
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise DataError(
+                f"{path}: line 1: missing required column(s) {missing}; found {list(columns)}; "
+                "rename or add the columns"
+            )
+        rows: list[dict[str, str]] = []
+        lines: list[int] = []
+        start = reader.line_num + 1
+        for cells in reader:
+            if not cells:  # a blank line
+                start = reader.line_num + 1
+                continue
+            if len(cells) != len(columns):
+                raise DataError(
+                    f"{path}: line {start}: {len(cells)} cells but the header has {len(columns)} "
+                    "columns; check the quoting of that row"
+                )
+            rows.append(dict(zip(columns, cells)))
+            lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({e}); fix the quoting") from None
+    return CsvTable(path=path, columns=columns, rows=rows, lines=lines)
+
+
+def binary_labels(table: CsvTable, columns: Sequence[str], keep: Sequence[int] | None = None) -> np.ndarray:
+    """The named columns as a float32 0/1 matrix; the first other value is an error.
+
+    `keep` selects rows (indices into `table.rows`); default all. Rows are checked in file
+    order and, within a row, in the order of `columns`.
+    """
+    idx = range(len(table.rows)) if keep is None else keep
+    out = np.zeros((len(idx), len(columns)), dtype=np.float32)
+    for r, i in enumerate(idx):
+        row = table.rows[i]
+        for j, col in enumerate(columns):
+            value = _BINARY.get(row[col].strip())
+            if value is None:
+                raise DataError(
+                    f"{table.path}: line {table.lines[i]}, column {col!r}: label value "
+                    f"{row[col][:20]!r} is not 0 or 1; labels must be 0 (absent) or 1 (present)"
+                )
+            out[r, j] = value
+    return out
+
+
+def check_unique(ids: Sequence[str], where: Sequence[str], source: Path | str, column: str) -> None:
+    """DataError on the first id that occurs twice, naming every place it occurs.
+
+    `where[i]` describes row i ("line 12", or an XML file name).
+    """
+    seen: dict[str, list[int]] = {}
+    for i, x in enumerate(ids):
+        seen.setdefault(x, []).append(i)
+    for x, rows in seen.items():
+        if len(rows) > 1:
+            places = ", ".join(where[i] for i in rows)
+            raise DataError(
+                f"{source}: duplicate {column} {x!r} at {places}; each report must appear once: "
+                "remove or merge the repeated rows"
+            )

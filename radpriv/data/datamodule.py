@@ -1,0 +1,153 @@
+"""The LightningDataModule: tokenised splits, dynamic padding, Poisson batches when private.
+
+A training batch is a *logical* batch (what the privacy analysis sees: one Poisson draw)
+cut into *physical* chunks that fit in memory. Within a logical batch the reports are sorted
+by length before chunking, so each chunk is padded only to its own longest report; this
+reorders reports inside a batch already drawn and so leaves the sampling, and the privacy
+analysis, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from radpriv.data.sampling import PoissonBatchSampler, ShuffledBatchSampler
+from radpriv.data.table import ReportTable
+from radpriv.data.tokens import tokenize_cached
+
+
+class TokenizedReports(Dataset):
+    """(token ids, label row) per report; index i is row i of the split's table."""
+
+    def __init__(self, input_ids: list[np.ndarray], labels: np.ndarray):
+        self.input_ids = input_ids
+        self.labels = labels.astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int):
+        return i, self.input_ids[i], self.labels[i]
+
+
+def pad_chunk(items, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a list of (index, ids, labels) to the longest ids in it."""
+    longest = max(len(ids) for _, ids, _ in items)
+    input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(items), longest), dtype=torch.long)
+    for row, (_, ids, _) in enumerate(items):
+        input_ids[row, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
+        attention[row, : len(ids)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "labels": torch.from_numpy(np.stack([lab for _, _, lab in items])),
+        "index": torch.tensor([i for i, _, _ in items], dtype=torch.long),
+    }
+
+
+@dataclass
+class LogicalBatch:
+    """One optimisation step's reports, as physical chunks (longest first)."""
+
+    chunks: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    size: int = 0
+
+
+class LogicalBatchCollator:
+    def __init__(self, pad_id: int, physical_batch_size: int):
+        self.pad_id = pad_id
+        self.physical_batch_size = physical_batch_size
+
+    def __call__(self, items) -> LogicalBatch:
+        items = sorted(items, key=lambda it: len(it[1]), reverse=True)
+        p = self.physical_batch_size
+        chunks = [pad_chunk(items[s:s + p], self.pad_id) for s in range(0, len(items), p)]
+        return LogicalBatch(chunks=chunks, size=len(items))
+
+
+class EvalCollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items) -> dict[str, torch.Tensor]:
+        return pad_chunk(items, self.pad_id)
+
+
+def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
+    """Evaluation batches of similar length (order does not matter for metrics)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[s:s + batch_size].tolist() for s in range(0, len(order), batch_size)]
+
+
+class ReportDataModule(L.LightningDataModule):
+    def __init__(self, table: ReportTable, tokenizer, *, max_length: int, batch_size: int,
+                 physical_batch_size: int, eval_batch_size: int = 64, poisson: bool = False,
+                 seed: int = 0, cache_dir=None):
+        super().__init__()
+        self.table = table
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.physical_batch_size = physical_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.poisson = poisson
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.splits: dict[str, ReportTable] = {s: table.subset(s) for s in ("train", "val", "test")}
+        self.datasets: dict[str, TokenizedReports] = {}
+        if len(self.splits["train"]) == 0:
+            from radpriv.errors import DataError
+            raise DataError(f"{table.source or table.name}: the training split is empty")
+
+    # -- sizes the privacy analysis depends on (public: derived from N and config only) --
+    @property
+    def num_train(self) -> int:
+        return len(self.splits["train"])
+
+    @property
+    def sample_rate(self) -> float:
+        return min(1.0, self.batch_size / self.num_train)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.num_train / self.batch_size)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def setup(self, stage: str | None = None) -> None:
+        for name, split in self.splits.items():
+            if name not in self.datasets and len(split):
+                ids = tokenize_cached(split, self.tokenizer, self.max_length, self.cache_dir)
+                self.datasets[name] = TokenizedReports(ids, split.labels)
+
+    def train_dataloader(self) -> DataLoader:
+        n = self.num_train
+        if self.poisson:
+            sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, self.seed)
+        else:
+            sampler = ShuffledBatchSampler(n, self.batch_size, self.seed)
+        return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=0,
+                          collate_fn=LogicalBatchCollator(self.pad_id, self.physical_batch_size))
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        ds = self.datasets[split]
+        batches = length_sorted_batches([len(x) for x in ds.input_ids], self.eval_batch_size)
+        return DataLoader(ds, batch_sampler=batches, num_workers=0, collate_fn=EvalCollator(self.pad_id))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_loader(self, split: str) -> DataLoader:
+        return self._eval_loader(split)

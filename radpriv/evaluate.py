@@ -1,0 +1,57 @@
+"""`radpriv evaluate run_id=<id> data=<name> data.path=<file>`: score a logged model.
+
+Every usable row of the given file is evaluated (the file's own train/val/test split is
+ignored), with the per-label thresholds stored in the model. Read-only: nothing is written to
+the tracking store.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from radpriv.data.sources import load_table
+from radpriv.errors import ConfigError, ModelError
+from radpriv.model.bundle import load_bundle, predict_proba
+from radpriv.model.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+
+def download_bundle(run_id: str, tracking_uri: str, dst: Path) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model",
+                                                    dst_path=str(dst))
+    except MlflowException as e:
+        raise ModelError(f"run {run_id} has no logged model in {tracking_uri}: "
+                         f"{str(e).splitlines()[0]}") from None
+    bundle = next(Path(local).rglob("radpriv_model.json"), None)
+    if bundle is None:
+        raise ModelError(f"run {run_id}'s model is not a radpriv model (no radpriv_model.json)")
+    return bundle.parent
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    from radpriv.tracking.mlflow_run import tracking_uri
+
+    if not cfg.get("run_id"):
+        raise ConfigError("evaluate needs run_id=<MLflow run id>")
+    table = load_table(cfg.data, int(cfg.seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_bundle(download_bundle(str(cfg.run_id), tracking_uri(cfg.tracking.get("uri")), Path(tmp)))
+    if list(model.label_names) != list(table.label_names):
+        raise ModelError(f"the model's labels {model.label_names} differ from {table.name}'s "
+                         f"{list(table.label_names)}: evaluate it on data with the same label schema")
+    probs = predict_proba(model, table.texts, batch_size=int(cfg.trainer.eval_batch_size))
+    metrics = classification_metrics(probs, torch.as_tensor(table.labels), model.thresholds,
+                                     model.label_names)
+    return {"run_id": str(cfg.run_id), "dataset": table.name, "n_reports": len(table),
+            "metrics": {f"eval/{k}": v for k, v in metrics.items()}}

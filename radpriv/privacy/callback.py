@@ -1,0 +1,109 @@
+"""The DP callback: wires Opacus into a Lightning fit without wrapping the LightningModule.
+
+At fit start it attaches Opacus' per-sample-gradient hooks to the classifier (no wrapper
+module, so parameter names and checkpoints stay those of the plain model), replaces the
+optimizer with Opacus' `DPOptimizer`, and swaps the module's step runner for `DPStep`.
+The accountant is stepped by the DPOptimizer's step hook, i.e. exactly once per noisy
+update that is applied — never for a skipped chunk, never twice.
+
+Its state (the accountant history and the privacy plan) goes into every Lightning checkpoint,
+so a resumed run reports the same ε as an uninterrupted one; resuming under a different plan
+(σ, q, δ, C) is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import lightning as L
+from opacus.grad_sample import GradSampleHooks
+from opacus.optimizers import DPOptimizer
+
+from radpriv.errors import PrivacyError
+from radpriv.privacy.accounting import PrivacyAccountant
+from radpriv.privacy.dp_step import DPStep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """Everything the guarantee depends on, fixed before training starts."""
+
+    target_epsilon: float
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    expected_batch_size: int
+    planned_steps: int
+    accountant: str
+    secure_mode: bool = False
+
+
+class DPCallback(L.Callback):
+    def __init__(self, plan: PrivacyPlan):
+        self.plan = plan
+        self.accountant = PrivacyAccountant(plan.accountant, plan.delta)
+        self._hooks: GradSampleHooks | None = None
+
+    @property
+    def steps(self) -> int:
+        return self.accountant.steps
+
+    def epsilon(self) -> float:
+        if self.steps == 0:
+            return 0.0
+        if self.plan.noise_multiplier == 0:
+            return math.inf  # no noise: no guarantee (used only by tests of the mechanics)
+        return self.accountant.epsilon()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val:
+            raise PrivacyError("under DP, Lightning's accumulate_grad_batches and gradient_clip_val "
+                               "must stay unset: use privacy.expected_batch_size and privacy.max_grad_norm")
+        if len(trainer.strategy.optimizers) != 1:
+            raise PrivacyError("DP training supports exactly one optimizer")
+        self._hooks = GradSampleHooks(pl_module.net, batch_first=True, loss_reduction="sum")
+        original = trainer.strategy.optimizers[0]
+        dp_optimizer = DPOptimizer(
+            original,
+            noise_multiplier=self.plan.noise_multiplier,
+            max_grad_norm=self.plan.max_grad_norm,
+            expected_batch_size=self.plan.expected_batch_size,
+            loss_reduction="mean",
+            secure_mode=self.plan.secure_mode,
+        )
+        dp_optimizer.attach_step_hook(self._account_step)
+        trainer.strategy.optimizers = [dp_optimizer]
+        pl_module.step_runner = DPStep()
+
+    def _account_step(self, _optimizer: DPOptimizer) -> None:
+        self.accountant.step(noise_multiplier=self.plan.noise_multiplier,
+                             sample_rate=self.plan.sample_rate)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log_dict({"privacy/epsilon": self.epsilon(), "privacy/steps": float(self.steps)})
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._hooks is not None:
+            self._hooks.cleanup()
+            self._hooks = None
+        if self.steps != self.plan.planned_steps:
+            log.warning("DP training took %d steps, %d planned: ε spent is %.4g (target %.4g)",
+                        self.steps, self.plan.planned_steps, self.epsilon(), self.plan.target_epsilon)
+
+    # -- checkpoint state --
+    def state_dict(self) -> dict:
+        return {"plan": asdict(self.plan), "accountant": self.accountant.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = PrivacyPlan(**state_dict["plan"])
+        if saved != self.plan:
+            raise PrivacyError(
+                "cannot resume: the checkpoint was trained under another privacy plan "
+                f"({saved}) than this run's ({self.plan}); start a new run instead"
+            )
+        self.accountant.load_state_dict(state_dict["accountant"])

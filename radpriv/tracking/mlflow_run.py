@@ -1,0 +1,81 @@
+"""Where a training run is written: tracking URI, experiment, run, params and artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from radpriv.errors import ConfigError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The tracking URI: config, then MLFLOW_TRACKING_URI, then a local sqlite database.
+
+    MLflow 3 refuses a `./mlruns` file store, so a bare path or `file:` URI is an error here
+    rather than a confusing failure later.
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("file:") or "://" not in uri and not uri.startswith(("databricks",)):
+        raise ConfigError(
+            f"tracking URI {uri!r} is a file store, which MLflow 3 refuses: use a database "
+            "such as sqlite:///mlflow.db or an http(s):// tracking server"
+        )
+    return uri
+
+
+def experiment_name(cfg: Mapping) -> str:
+    return cfg["tracking"].get("experiment") or f"radpriv-{cfg['data']['name']}"
+
+
+def flatten(cfg: Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config → {"a.b.c": "value"} for MLflow params (values cut to MLflow's limit)."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def make_logger(cfg: Mapping, run_name: str | None = None):
+    """Lightning's MLFlowLogger bound to the right store; joins the run `mlflow run` made."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(
+        experiment_name=experiment_name(cfg),
+        tracking_uri=tracking_uri(cfg["tracking"].get("uri")),
+        run_id=os.environ.get("MLFLOW_RUN_ID") or None,
+        run_name=run_name,
+        log_model=False,
+        tags={"radpriv.dataset": cfg["data"]["name"], "radpriv.model": cfg["model"]["name"]},
+    )
+
+
+def log_json(client, run_id: str, obj, name: str, artifact_path: str | None = None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / name
+        p.write_text(json.dumps(obj, indent=2, default=float))
+        client.log_artifact(run_id, str(p), artifact_path)
+
+
+def log_text_file(client, run_id: str, text: str, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / name
+        p.write_text(text)
+        client.log_artifact(run_id, str(p))
+
+
+def mark_failed(logger) -> None:
+    """Mark the run FAILED if one was started; never raises (we are already failing)."""
+    try:
+        if logger is not None and getattr(logger, "_run_id", None):
+            logger.experiment.set_terminated(logger.run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - best effort while reporting another error
+        pass

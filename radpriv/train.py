@@ -1,0 +1,165 @@
+"""`radpriv train`: data → model → (DP) Lightning fit → thresholds → test → MLflow.
+
+Everything that can fail on user input (data, model name, privacy settings) is checked
+before an MLflow run is opened, so a rejected run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from radpriv.data.datamodule import ReportDataModule
+from radpriv.data.sources import load_table
+from radpriv.errors import ConfigError
+from radpriv.model.bundle import save_bundle
+from radpriv.model.classifier import build_classifier
+from radpriv.model.encoder import load_encoder, resolve_spec
+from radpriv.model.module import ReportClassifierModule
+from radpriv.privacy import accounting
+from radpriv.privacy.callback import DPCallback, PrivacyPlan
+
+log = logging.getLogger(__name__)
+
+
+def configure_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def steps_per_epoch(cfg: DictConfig, dm: ReportDataModule) -> int:
+    """Optimisation steps per epoch, honouring trainer.limit_train_batches (smoke runs)."""
+    limit = cfg.trainer.get("limit_train_batches")
+    if limit is None:
+        return dm.steps_per_epoch
+    if isinstance(limit, float) and limit <= 1.0:
+        return max(1, int(dm.steps_per_epoch * limit))
+    return min(int(limit), dm.steps_per_epoch)
+
+
+def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> PrivacyPlan | None:
+    """Calibrate σ so that exactly the planned steps spend the target ε (None: non-private)."""
+    p = cfg.privacy
+    epsilon = accounting.resolve_epsilon(p.epsilon)
+    if epsilon is None:
+        return None
+    n = dm.num_train
+    delta = float(p.delta) if p.get("delta") is not None else accounting.default_delta(n)
+    accounting.check_delta(delta, n)
+    if float(p.max_grad_norm) <= 0:
+        raise ConfigError(f"privacy.max_grad_norm={p.max_grad_norm}: must be > 0")
+    steps = max_epochs * steps_per_epoch(cfg, dm)
+    calibration = accounting.calibrate_noise_multiplier(
+        epsilon, delta, dm.sample_rate, steps, accountant=p.accountant)
+    return PrivacyPlan(
+        target_epsilon=epsilon, delta=delta, noise_multiplier=float(calibration.noise_multiplier),
+        max_grad_norm=float(p.max_grad_norm), sample_rate=dm.sample_rate,
+        expected_batch_size=int(p.expected_batch_size), planned_steps=steps,
+        accountant=str(p.accountant), secure_mode=bool(p.get("secure_mode", False)),
+    )
+
+
+def build(cfg: DictConfig):
+    """Data, model and privacy plan: every input check happens here, before MLflow."""
+    seed = int(cfg.seed)
+    L.seed_everything(seed, workers=True, verbose=False)
+    table = load_table(cfg.data, seed)
+    spec = resolve_spec(cfg.model.source)
+    encoder, tokenizer = load_encoder(spec, seed=seed)
+    if int(cfg.privacy.expected_batch_size) < 1 or int(cfg.privacy.max_physical_batch_size) < 1:
+        raise ConfigError("privacy.expected_batch_size and privacy.max_physical_batch_size must be ≥ 1")
+    max_epochs = int(cfg.trainer.max_epochs)
+    if max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={max_epochs}: must be ≥ 1")
+    dm = ReportDataModule(
+        table, tokenizer, max_length=int(cfg.data.max_length),
+        batch_size=int(cfg.privacy.expected_batch_size),
+        physical_batch_size=int(cfg.privacy.max_physical_batch_size),
+        eval_batch_size=int(cfg.trainer.eval_batch_size), seed=seed,
+    )
+    plan = plan_privacy(cfg, dm, max_epochs)
+    dm.poisson = plan is not None
+    net = build_classifier(encoder, table.num_labels, cfg.finetune)
+    total_steps = max_epochs * steps_per_epoch(cfg, dm)
+    module = ReportClassifierModule(
+        net, table.label_names, lr=float(cfg.finetune.lr),
+        weight_decay=float(cfg.finetune.weight_decay), warmup_ratio=float(cfg.finetune.warmup_ratio),
+        total_steps=total_steps, schedule=str(cfg.finetune.schedule),
+        optimizer=str(cfg.finetune.get("optimizer", "adamw")),
+        # per-batch training losses are functions of private data: not released under DP
+        log_train_loss=plan is None or bool(cfg.privacy.log_train_loss),
+    )
+    return table, spec, tokenizer, dm, module, plan
+
+
+def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = list(callbacks)
+    if ckpt_dir is not None:
+        callbacks.append(ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_last=False,
+                                         every_n_epochs=1, save_top_k=1, save_weights_only=False))
+    return L.Trainer(
+        max_epochs=int(cfg.trainer.max_epochs),
+        limit_train_batches=cfg.trainer.get("limit_train_batches") or None,
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        logger=logger, callbacks=callbacks,
+        enable_checkpointing=ckpt_dir is not None,
+        enable_progress_bar=bool(cfg.trainer.progress_bar),
+        enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        check_val_every_n_epoch=int(cfg.trainer.check_val_every_n_epoch),
+        deterministic=False,
+    )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train, test and log one model; returns the summary printed as the final JSON line."""
+    from radpriv.tracking import mlflow_run
+    from radpriv.tracking.artifacts import log_training_run
+
+    t0 = time.perf_counter()
+    configure_threads(cfg.trainer.get("num_threads"))
+    table, spec, tokenizer, dm, module, plan = build(cfg)
+    dm.setup("fit")
+    t_setup = time.perf_counter()
+
+    logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"))
+    try:
+        callbacks = [DPCallback(plan)] if plan is not None else []
+        ckpt_root = Path(cfg.tracking.checkpoint_dir) if cfg.tracking.get("checkpoint_dir") else None
+        ckpt_dir = ckpt_root / logger.run_id if ckpt_root is not None else None
+        trainer = make_trainer(cfg, logger, callbacks, ckpt_dir)
+        logger.log_hyperparams(mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        trainer.fit(module, datamodule=dm)
+        t_fit = time.perf_counter()
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        # thresholds from the trained model's validation pass (run again only if the last
+        # epoch skipped validation), then the test split
+        if int(cfg.trainer.max_epochs) % int(cfg.trainer.check_val_every_n_epoch):
+            trainer.validate(module, datamodule=dm, verbose=False)
+        module.set_thresholds_from_validation()
+        test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
+        t_eval = time.perf_counter()
+        dp = callbacks[0] if plan is not None else None
+        summary = log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, test_metrics)
+        t_log = time.perf_counter()
+        timings = {"time/setup_s": t_setup - t0, "time/fit_s": t_fit - t_setup,
+                   "time/eval_s": t_eval - t_fit, "time/log_s": t_log - t_eval,
+                   "time/total_s": t_log - t0}
+        logger.log_metrics(timings)
+        logger.finalize("success")
+        summary["metrics"].update({k: round(v, 2) for k, v in timings.items()})
+        return summary
+    except BaseException:
+        mlflow_run.mark_failed(logger)
+        raise

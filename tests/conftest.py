@@ -1,0 +1,34 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The real-data folder: $RADPRIV_DATA_DIR, else `<repo>/../shared/data`; skips when absent."""
+    value = os.environ.get("RADPRIV_DATA_DIR", "").strip()
+    path = Path(value) if value else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} not found: set RADPRIV_DATA_DIR to the shared data folder")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Token caches of tests go to a temporary folder, never the user's cache."""
+    monkeypatch.setenv("RADPRIV_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "radpriv-cache"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite MLflow store (artifacts beside it) for one test."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -1,0 +1,166 @@
+"""End to end: `radpriv train` on fabricated reports into a temporary sqlite MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from radpriv.cli import run
+from radpriv.data.schemas import CT_RATE18
+from tests.synthetic import FILLER
+
+PHRASES = {0: "metal clip seen", 2: "heart is enlarged", 8: "basal atelectasis", 12: "fluid in the pleural space"}
+
+
+def write_fabricated_ct_csv(path: Path, n: int = 60, seed: int = 0) -> list[str]:
+    """A CT-RATE-shaped CSV of invented sentences; returns the texts (to search the store for)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    texts = []
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["AccessionNo", "report_text", *CT_RATE18])
+        for i in range(n):
+            labels = [0] * len(CT_RATE18)
+            parts = list(rng.choice(FILLER, size=2, replace=False))
+            for j, phrase in PHRASES.items():
+                if rng.random() < 0.4:
+                    labels[j] = 1
+                    parts.append(phrase)
+            parts.append(f"fabricated marker sentence number {i} for leak checks")
+            text = ". ".join(parts) + "."
+            texts.append(text)
+            w.writerow([f"train_{i}_a_1", text, *labels])
+    return texts
+
+
+def train_json(capsys, overrides) -> tuple[dict, str]:
+    """The final JSON line of `radpriv train`, and everything it printed."""
+    assert run(["train", *overrides]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out.strip().splitlines()[-1]), captured.out + captured.err
+
+
+TINY = ["model=tiny_bert", "data=ct_rate_text", "data.max_length=48", "trainer.max_epochs=2",
+        "trainer.progress_bar=false", "privacy.expected_batch_size=8", "privacy.max_physical_batch_size=4",
+        "trainer.eval_batch_size=16"]
+
+
+def all_files_text(root: Path) -> str:
+    chunks = []
+    for p in root.rglob("*"):
+        if p.is_file():
+            chunks.append(p.read_bytes().decode("utf-8", errors="ignore"))
+    return "\n".join(chunks)
+
+
+@pytest.fixture
+def reports_csv(tmp_path_factory) -> tuple[Path, list[str]]:
+    path = tmp_path_factory.mktemp("data") / "reports.csv"
+    return path, write_fabricated_ct_csv(path)
+
+
+def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsys, reports_csv):
+    csv_path, texts = reports_csv
+    out, printed = train_json(capsys, [*TINY, f"data.path={csv_path}", "privacy.epsilon=2"])
+    run_id = out["run_id"]
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    m = run.data.metrics
+    for key in ("val/f1_weighted", "test/f1_weighted", "test/f1_micro", "test/f1_macro",
+                "test/auroc_macro", "test/f1/Cardiomegaly", "privacy/epsilon", "privacy/delta",
+                "privacy/noise_multiplier", "privacy/sample_rate", "privacy/steps"):
+        assert key in m, key
+    assert 0.99 * 2 <= m["privacy/epsilon"] <= 2.0
+    assert float(run.data.params["privacy.epsilon"]) == 2.0
+    assert run.info.experiment_id == client.get_experiment_by_name("radpriv-ct_rate_text").experiment_id
+    assert not any(k.startswith("train/loss") for k in m), "training loss must not be logged under DP"
+    history = client.get_metric_history(run_id, "privacy/epsilon")
+    assert len(history) >= 2  # per epoch and final
+    arts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"adapter", "label_schema.json", "privacy.json", "config.yaml", "plots"} <= arts
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "dl")))
+    privacy = json.loads((local / "privacy.json").read_text())
+    assert privacy["private"] and privacy["steps"] == privacy["planned_steps"]
+    assert (local / "plots" / "per_label_f1.png").stat().st_size > 1000
+
+    # the adapter reloads with PeftModel.from_pretrained and predicts as the logged model does
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from radpriv.model.bundle import load_bundle, predict_proba
+    from radpriv.model.classifier import ReportClassifier
+    from radpriv.model.encoder import load_encoder, resolve_spec
+
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "m")))
+    bundle = load_bundle(next(model_dir.rglob("radpriv_model.json")).parent)
+    base, _ = load_encoder(resolve_spec("tiny_bert"), seed=42)
+    encoder = PeftModel.from_pretrained(base, local / "adapter")
+    net = ReportClassifier(encoder, len(CT_RATE18), dropout=0.0)
+    net.head.load_state_dict(load_file(str(local / "adapter" / "classifier_head.safetensors")))
+    net.eval()
+    sample = texts[:5]
+    expected = predict_proba(bundle, sample)
+    from radpriv.model.bundle import LoadedModel
+
+    got = predict_proba(LoadedModel(net=net, tokenizer=bundle.tokenizer, meta=bundle.meta), sample)
+    torch.testing.assert_close(got, expected)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    import pandas as pd
+
+    df = pyfunc.predict(pd.DataFrame({"text": sample}))
+    assert list(df.columns) == list(CT_RATE18)
+    torch.testing.assert_close(torch.tensor(df.values, dtype=torch.float32), expected)
+
+    # no report sentence anywhere: the store, artifacts, checkpoints (cwd = tmp_path), stdout/stderr
+    captured = capsys.readouterr()
+    haystack = all_files_text(tmp_path) + printed + captured.out + captured.err
+    assert (tmp_path / "checkpoints").is_dir() and (tmp_path / "mlruns").is_dir()
+    for t in texts:
+        for sentence in t.rstrip(".").split(". "):
+            assert sentence not in haystack, sentence
+
+
+def test_non_private_run_through_the_same_code(tmp_path, tracking_uri, capsys, reports_csv):
+    out, _ = train_json(capsys, [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=null"])
+    m = mlflow.MlflowClient(tracking_uri).get_run(out["run_id"]).data.metrics
+    assert "test/f1_weighted" in m and "privacy/epsilon" not in m
+    assert "train/loss" in m
+
+
+@pytest.mark.parametrize("override, message", [
+    ("privacy.epsilon=0", "epsilon"),
+    ("privacy.epsilon=-1", "epsilon"),
+    ("privacy.delta=0.5", "delta"),
+    ("model=nonexistent", "unknown model"),
+    ("data=nonexistent", "unknown data"),
+    ("model=custom", "model.source"),
+])
+def test_bad_input_is_one_line_and_leaves_no_run(tmp_path, tracking_uri, capsys, reports_csv,
+                                                 override, message):
+    from radpriv.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY, f"data.path={reports_csv[0]}", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("radpriv: error:") and message in err[0].lower(), err
+    assert "Traceback" not in "\n".join(err)
+    client = mlflow.MlflowClient(tracking_uri)
+    assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_missing_file_is_one_line(tmp_path, tracking_uri, capsys):
+    from radpriv.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY, f"data.path={tmp_path / 'absent.csv'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "absent.csv" in err[0]
