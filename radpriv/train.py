@@ -59,6 +59,11 @@ def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> Priv
     steps = max_epochs * steps_per_epoch(cfg, dm)
     calibration = accounting.calibrate_noise_multiplier(
         epsilon, delta, dm.sample_rate, steps, accountant=p.accountant)
+    # the independent accountant must agree before any private data is touched, not after
+    accounting.cross_check(calibration.epsilon, str(p.accountant), calibration.noise_multiplier,
+                           dm.sample_rate, steps, delta)
+    log.info("privacy plan: ε=%g δ=%.3g σ=%.4g q=%.4g steps=%d C=%g (%s)", epsilon, delta,
+             calibration.noise_multiplier, dm.sample_rate, steps, float(p.max_grad_norm), p.accountant)
     return PrivacyPlan(
         target_epsilon=epsilon, delta=delta, noise_multiplier=float(calibration.noise_multiplier),
         max_grad_norm=float(p.max_grad_norm), sample_rate=dm.sample_rate,

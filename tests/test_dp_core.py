@@ -207,3 +207,23 @@ def test_planned_steps_spend_the_target_epsilon():
     assert callback.steps == steps
     eps = callback.epsilon()
     assert 0.99 * target <= eps <= target
+
+
+def test_encoders_loaded_in_eval_mode_still_train_in_train_mode(tmp_path):
+    """`from_pretrained` returns eval-mode modules; Opacus records only training-mode modules."""
+    encoder, tok = load_encoder(resolve_spec("tiny_bert"))
+    encoder.save_pretrained(tmp_path / "enc")
+    tok.save_pretrained(tmp_path / "enc")
+    loaded, tok = load_encoder(resolve_spec(str(tmp_path / "enc")))
+    assert not loaded.training
+    net = build_classifier(loaded, 3, LORA)
+    modes = []
+    net.encoder.get_base_model().encoder.layer[0].register_forward_pre_hook(
+        lambda m, _args: modes.append(m.training))
+    table = synthetic_table(24)
+    dm = make_dm(table, tok, batch=8, physical=8, poisson=True)
+    module = ReportClassifierModule(net, table.label_names, lr=0.05, total_steps=2)
+    before = lora_state(net)
+    fit(module, dm, [DPCallback(plan(1.0, 1.0, dm.sample_rate, 8, 2))], max_steps=2)
+    assert modes and all(modes)
+    assert all(not torch.equal(before[n], p) for n, p in lora_state(net).items())

@@ -92,6 +92,12 @@ class ReportClassifierModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_epoch_start(self) -> None:
+        # `from_pretrained` returns encoders in eval mode and Lightning keeps each module's
+        # mode: set train mode explicitly, or Opacus' hooks (which record only modules in
+        # training mode) and dropout would silently depend on how the encoder was loaded.
+        self.net.train()
+
     def training_step(self, batch, batch_idx: int):
         loss_sum = self.step_runner(self, self.optimizers(), batch)
         self.lr_schedulers().step()

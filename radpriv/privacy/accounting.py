@@ -58,8 +58,10 @@ Numerical choices, measured on 2 shared CPU cores (Open-i-like run: N = 2,700, q
   cap binds (ε ≲ 0.015 with ~5,000 steps) the error bar is the finest the cap allows: still a
   valid bound, but wider: 0.86 % of ε at ε = 0.01 with 5,000 steps (PRV − PLD = +0.88 %). So
   the 1 % cross-check holds for ε ≥ 0.01 up to ≈ 5,000 steps at δ ≈ 1e-4; below that, e.g.
-  ε = 0.005 with 5,000 steps, :func:`cross_check` raises (the report is then *over* the exact
-  ε by more than 1 %, never under it).
+  ε = 0.005 with 5,000 steps, or ε = 0.01 on a MIMIC-sized run (N = 200k, 25,000 steps,
+  δ ≈ 1.5e-6: error bar 2.25 %, PRV − PLD = +2.24 %), :func:`cross_check` raises (the report is
+  then *over* the exact ε by more than 1 %, never under it). The tolerance is not loosened:
+  ``privacy.accountant=rdp`` (or fewer steps) is the way out there.
 * Two performance changes to Opacus' PRV, neither touching its error analysis: the grid is
   grown (symmetrically, never shrunk) to an FFT-friendly even length, which only enlarges the
   truncation domain (pocketfft on an awkward length was 10× slower); and each cell's mass is
@@ -572,17 +574,21 @@ def _solve_decreasing(f: Callable[[float], float], aim: float, lo: float, hi: fl
     stops when |f/aim − 1| ≤ rel_band or the bracket is 1e-6 wide. Returns (σ, f(σ)) with
     f(σ) ≤ aim·(1 + rel_band) whenever the band is reached, else the bracket's upper end.
     """
+    def log_ratio(value: float) -> float:
+        return math.log(value / aim) if value > 0 else -math.inf
+
     x_lo, x_hi = math.log(lo), math.log(hi)
-    g_lo, g_hi = math.log(f_lo / aim), math.log(f_hi / aim)  # g_lo > 0 ≥ g_hi
+    g_lo, g_hi = log_ratio(f_lo), log_ratio(f_hi)  # g_lo > 0 ≥ g_hi
     side = 0
     for _ in range(max_iter):
         if x_hi - x_lo < 1e-6:
             break
-        x = x_hi - g_hi * (x_hi - x_lo) / (g_hi - g_lo)
-        if not x_lo < x < x_hi:
+        with np.errstate(invalid="ignore"):
+            x = x_hi - g_hi * (x_hi - x_lo) / (g_hi - g_lo)
+        if not x_lo < x < x_hi:  # also catches nan from infinite ends: bisect instead
             x = 0.5 * (x_lo + x_hi)
         value = f(math.exp(x))
-        g = math.log(value / aim) if value > 0 else -math.inf
+        g = log_ratio(value)
         if abs(value / aim - 1) <= rel_band:
             return math.exp(x), value
         if g > 0:
@@ -794,9 +800,16 @@ def _cross_check_history(reported_epsilon: float, accountant_name: str, history:
                            f"both independent upper bounds, it would under-state the privacy "
                            f"loss {context}")
     if abs(rel_diff) > tol:
+        hint = ""
+        if name == "prv" and rel_diff > 0:
+            # the known cause: Opacus' PRV error bar, widened by the grid cap for tiny ε with
+            # many steps (e.g. ε = 0.01 with 25,000 steps: +2.2 %); the report is then too
+            # high, never too low, but the check cannot tell that from a bug
+            hint = ("; the PRV error bar is wider than the tolerance for this ε and number of "
+                    "steps (grid cap): privacy.accountant=rdp avoids it")
         raise PrivacyError(f"privacy accounting check failed: reported ε={reported:.6g} and "
                            f"{family} ε={same:.6g} differ by {rel_diff:+.2%}, more than "
-                           f"{tol:.2%} {context}")
+                           f"{tol:.2%} {context}{hint}")
     return {
         "privacy/epsilon": reported,
         "privacy/epsilon_pld": pld,
@@ -817,7 +830,10 @@ def cross_check(reported_epsilon: float, accountant_name: str, noise_multiplier:
     differs from the same-family value by more than ``rel_tol`` relative (one of the two
     implementations is wrong for this regime, and which one is unknown). PRV reports ≈ 0.5 %
     above PLD by design (its error bar); the 1 % tolerance holds for ε ≥ 0.01 up to ≈ 5,000
-    steps (see the module docstring).
+    steps at δ ≈ 1e-4, and for ε ≳ 0.025 with 25,000 steps at δ ≈ 1.5e-6 (MIMIC-sized); below
+    that the grid-capped error bar exceeds 1 % and this raises (see the module docstring).
+    Calling it right after calibration, on ``CalibrationResult.epsilon``, surfaces that before
+    training rather than after.
 
     Returns ``privacy/epsilon``, ``privacy/epsilon_pld``, ``privacy/epsilon_rdp_independent``,
     ``privacy/epsilon_cross_check_rel_diff`` and ``privacy/epsilon_cross_check_rel_tol``.
