@@ -81,6 +81,8 @@ def build(cfg: DictConfig):
     encoder, tokenizer = load_encoder(spec, seed=seed)
     if int(cfg.privacy.expected_batch_size) < 1 or int(cfg.privacy.max_physical_batch_size) < 1:
         raise ConfigError("privacy.expected_batch_size and privacy.max_physical_batch_size must be ≥ 1")
+    if cfg.trainer.thresholds not in ("validation", "fixed"):
+        raise ConfigError(f"trainer.thresholds={cfg.trainer.thresholds!r}: expected validation or fixed")
     max_epochs = int(cfg.trainer.max_epochs)
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be ≥ 1")
@@ -99,6 +101,7 @@ def build(cfg: DictConfig):
         weight_decay=float(cfg.finetune.weight_decay), warmup_ratio=float(cfg.finetune.warmup_ratio),
         total_steps=total_steps, schedule=str(cfg.finetune.schedule),
         optimizer=str(cfg.finetune.get("optimizer", "adamw")),
+        head_lr_multiplier=float(cfg.finetune.get("head_lr_multiplier", 1.0)),
         # per-batch training losses are functions of private data: not released under DP
         log_train_loss=plan is None or bool(cfg.privacy.log_train_loss),
     )
@@ -150,9 +153,11 @@ def train(cfg: DictConfig) -> dict:
             raise KeyboardInterrupt
         # thresholds from the trained model's validation pass (run again only if the last
         # epoch skipped validation), then the test split
-        if int(cfg.trainer.max_epochs) % int(cfg.trainer.check_val_every_n_epoch):
-            trainer.validate(module, datamodule=dm, verbose=False)
-        module.set_thresholds_from_validation()
+        if cfg.trainer.thresholds == "validation":
+            if int(cfg.trainer.max_epochs) % int(cfg.trainer.check_val_every_n_epoch):
+                trainer.validate(module, datamodule=dm, verbose=False)
+            module.set_thresholds_from_validation()
+
         test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
         t_eval = time.perf_counter()
         dp = callbacks[0] if plan is not None else None

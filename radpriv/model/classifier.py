@@ -24,7 +24,8 @@ FINETUNE_MODES = ("lora", "full")
 
 
 class ReportClassifier(nn.Module):
-    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1):
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1,
+                 bias_init: float = 0.0):
         super().__init__()
         self.encoder = encoder
         hidden = encoder.config.hidden_size
@@ -33,7 +34,9 @@ class ReportClassifier(nn.Module):
         # Small random weights (BERT's own init scale), zero bias: a zero weight matrix would
         # block every gradient into the LoRA matrices on the first step (lora_B is zero too).
         nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        # A constant prior, not the training labels' prevalence: computing prevalence from the
+        # private labels would spend privacy outside DP-SGD. "Most findings are rare" is public.
+        nn.init.constant_(self.head.bias, bias_init)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -82,7 +85,8 @@ def build_classifier(encoder: nn.Module, num_labels: int, finetune: Mapping) -> 
         encoder = apply_lora(encoder, finetune)
     else:
         _freeze_embeddings(encoder)
-    return ReportClassifier(encoder, num_labels, dropout=float(finetune.get("head_dropout", 0.1)))
+    return ReportClassifier(encoder, num_labels, dropout=float(finetune.get("head_dropout", 0.1)),
+                            bias_init=float(finetune.get("head_bias_init", 0.0)))
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

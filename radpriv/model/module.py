@@ -50,7 +50,8 @@ class PlainStep:
 class ReportClassifierModule(L.LightningModule):
     def __init__(self, net: nn.Module, label_names: Sequence[str], *, lr: float,
                  weight_decay: float = 0.0, warmup_ratio: float = 0.0, total_steps: int = 1,
-                 schedule: str = "linear", optimizer: str = "adamw", log_train_loss: bool = True):
+                 schedule: str = "linear", optimizer: str = "adamw", head_lr_multiplier: float = 1.0,
+                 log_train_loss: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.automatic_optimization = False
@@ -72,11 +73,16 @@ class ReportClassifierModule(L.LightningModule):
 
     # -- training --
     def configure_optimizers(self):
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        head = [p for p in self.net.head.parameters() if p.requires_grad]
+        body = [p for n, p in self.net.named_parameters() if p.requires_grad and not n.startswith("head.")]
+        lr = self.hparams.lr
+        params = [{"params": body, "lr": lr},
+                  {"params": head, "lr": lr * self.hparams.head_lr_multiplier}]
+        params = [g for g in params if g["params"]]
         if self.hparams.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+            opt = torch.optim.SGD(params, lr=lr, weight_decay=self.hparams.weight_decay)
         elif self.hparams.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.hparams.weight_decay)
         else:
             raise ConfigError(f"finetune.optimizer={self.hparams.optimizer!r}: expected adamw or sgd")
         total = max(1, int(self.hparams.total_steps))
