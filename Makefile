@@ -13,6 +13,9 @@ SHARED_DATA := $(abspath ../shared/data)
 export RADPRIV_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export TOKENIZERS_PARALLELISM ?= false
+# no usage telemetry from machines that hold patient reports
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export HF_HUB_DISABLE_TELEMETRY ?= 1
 
 .PHONY: install demo test test-all ui clean
 

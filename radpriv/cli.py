@@ -29,6 +29,28 @@ overrides use Hydra syntax over the config tree in radpriv/conf (conf/ at the re
 """
 
 
+def _configure_logging() -> None:
+    """radpriv's own INFO lines (counts and plans, never text) on stderr; libraries at WARNING.
+
+    A fresh handler on the *current* stderr each run: tests and notebooks swap streams.
+    """
+    logger = logging.getLogger("radpriv")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("radpriv: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _no_phone_home() -> None:
+    """Machines holding patient reports make no network calls they did not ask for: MLflow's
+    and Hugging Face's usage telemetry are off unless the user turns them on explicitly."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=UserWarning, module="opacus")
@@ -49,7 +71,8 @@ def run(argv: list[str]) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, overrides = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="radpriv: %(message)s")
+    _configure_logging()
+    _no_phone_home()
     _quiet_libraries()
     from radpriv.config import compose
 

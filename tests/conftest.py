@@ -23,6 +23,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Token caches of tests go to a temporary folder, never the user's cache."""
     monkeypatch.setenv("RADPRIV_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "radpriv-cache"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture
@@ -32,3 +34,12 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture
+def reports_csv(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A fabricated CT-RATE-shaped CSV outside the test's MLflow folder, and its texts."""
+    from tests.synthetic import write_fabricated_ct_csv
+
+    path = tmp_path_factory.mktemp("data") / "reports.csv"
+    return path, write_fabricated_ct_csv(path)

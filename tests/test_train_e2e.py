@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -12,32 +11,6 @@ import torch
 
 from radpriv.cli import run
 from radpriv.data.schemas import CT_RATE18
-from tests.synthetic import FILLER
-
-PHRASES = {0: "metal clip seen", 2: "heart is enlarged", 8: "basal atelectasis", 12: "fluid in the pleural space"}
-
-
-def write_fabricated_ct_csv(path: Path, n: int = 60, seed: int = 0) -> list[str]:
-    """A CT-RATE-shaped CSV of invented sentences; returns the texts (to search the store for)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    texts = []
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["AccessionNo", "report_text", *CT_RATE18])
-        for i in range(n):
-            labels = [0] * len(CT_RATE18)
-            parts = list(rng.choice(FILLER, size=2, replace=False))
-            for j, phrase in PHRASES.items():
-                if rng.random() < 0.4:
-                    labels[j] = 1
-                    parts.append(phrase)
-            parts.append(f"fabricated marker sentence number {i} for leak checks")
-            text = ". ".join(parts) + "."
-            texts.append(text)
-            w.writerow([f"train_{i}_a_1", text, *labels])
-    return texts
 
 
 def train_json(capsys, overrides) -> tuple[dict, str]:
@@ -58,12 +31,6 @@ def all_files_text(root: Path) -> str:
         if p.is_file():
             chunks.append(p.read_bytes().decode("utf-8", errors="ignore"))
     return "\n".join(chunks)
-
-
-@pytest.fixture
-def reports_csv(tmp_path_factory) -> tuple[Path, list[str]]:
-    path = tmp_path_factory.mktemp("data") / "reports.csv"
-    return path, write_fabricated_ct_csv(path)
 
 
 def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsys, reports_csv):

@@ -85,6 +85,12 @@ def build_classifier(encoder: nn.Module, num_labels: int, finetune: Mapping) -> 
         encoder = apply_lora(encoder, finetune)
     else:
         _freeze_embeddings(encoder)
+        # the [CLS] pooler is unused (mean pooling): a trainable weight outside the graph would
+        # get no per-sample gradient, and Opacus rightly refuses that
+        pooler = getattr(encoder, "pooler", None)
+        if pooler is not None:
+            for p in pooler.parameters():
+                p.requires_grad_(False)
     return ReportClassifier(encoder, num_labels, dropout=float(finetune.get("head_dropout", 0.1)),
                             bias_init=float(finetune.get("head_bias_init", 0.0)))
 

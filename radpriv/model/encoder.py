@@ -27,6 +27,8 @@ PAPER_MODELS = {
 }
 TINY_MODELS = ("tiny_bert", "tiny_albert")
 HF_HOST = "huggingface.co"
+# what a PyTorch encoder needs from a hub repository (not its TF/Flax/ONNX copies)
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "pytorch_model.bin"]
 
 
 def packaged_minilm_dir() -> Path:
@@ -123,20 +125,29 @@ def load_encoder(spec: EncoderSpec, seed: int = 0):
             return AutoModel.from_pretrained(spec.location), AutoTokenizer.from_pretrained(spec.location)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load the encoder in {spec.location}: {e}") from e
-    # hub: the local HF cache first, then the network if it answers
+    # hub: the local HF cache first (a snapshot folder: no network at all), then the network
+    # if it answers. Loading a hub id directly would make transformers probe the hub (with
+    # retries, ~20 s) even when the files are cached.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     try:
-        return (AutoModel.from_pretrained(spec.location, local_files_only=True),
-                AutoTokenizer.from_pretrained(spec.location, local_files_only=True))
-    except OSError:
-        pass
-    if not _hub_reachable():
-        raise ModelError(
-            f"model {spec.name!r} ({spec.location}) is not in the local Hugging Face cache and "
-            f"{HF_HOST} cannot be reached: on a machine with network run "
-            f"`huggingface-cli download {spec.location}` and copy ~/.cache/huggingface here, or "
-            f"pass model.source=<local dir with the weights>, or use model=minilm (offline)"
-        )
+        local = snapshot_download(spec.location, local_files_only=True, allow_patterns=HUB_FILES)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        local = None
+    if local is None:
+        if not _hub_reachable():
+            raise ModelError(
+                f"model {spec.name!r} ({spec.location}) is not in the local Hugging Face cache and "
+                f"{HF_HOST} cannot be reached: on a machine with network run "
+                f"`huggingface-cli download {spec.location}` and copy ~/.cache/huggingface here, or "
+                f"pass model.source=<local dir with the weights>, or use model=minilm (offline)"
+            )
+        try:
+            local = snapshot_download(spec.location, allow_patterns=HUB_FILES)
+        except OSError as e:
+            raise ModelError(f"cannot fetch {spec.location} from the Hugging Face hub: {e}") from e
     try:
-        return AutoModel.from_pretrained(spec.location), AutoTokenizer.from_pretrained(spec.location)
-    except OSError as e:
-        raise ModelError(f"cannot fetch {spec.location} from the Hugging Face hub: {e}") from e
+        return AutoModel.from_pretrained(local), AutoTokenizer.from_pretrained(local)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load {spec.location} from {local}: {e}") from e
