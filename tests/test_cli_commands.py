@@ -10,14 +10,7 @@ import pytest
 import torch
 
 from radpriv.cli import main, run
-from tests.test_train_e2e import TINY, train_json
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr less radpriv's progress lines; a traceback anywhere fails the test."""
-    assert "Traceback" not in stderr
-    return [ln for ln in stderr.strip().splitlines()
-            if ln.strip() and not (ln.startswith("radpriv: ") and not ln.startswith("radpriv: error"))]
+from tests.test_train_e2e import TINY, error_lines, train_json
 
 
 def test_evaluate_scores_a_logged_model_on_every_row(tmp_path, tracking_uri, capsys, reports_csv):
