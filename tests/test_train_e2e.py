@@ -49,7 +49,7 @@ def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsy
     m = run.data.metrics
     for key in ("val/f1_weighted", "test/f1_weighted", "test/f1_micro", "test/f1_macro",
                 "test/auroc_macro", "test/f1/Cardiomegaly", "privacy/epsilon", "privacy/delta",
-                "privacy/noise_multiplier", "privacy/sample_rate", "privacy/steps"):
+                "privacy/noise_multiplier", "privacy/sample_rate", "privacy/steps", "privacy/epsilon_pld"):
         assert key in m, key
     assert 0.99 * 2 <= m["privacy/epsilon"] <= 2.0
     assert float(run.data.params["privacy.epsilon"]) == 2.0

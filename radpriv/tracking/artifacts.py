@@ -60,8 +60,9 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
             "privacy/epsilon": privacy["epsilon"], "privacy/delta": privacy["delta"],
             "privacy/noise_multiplier": privacy["noise_multiplier"],
             "privacy/sample_rate": privacy["sample_rate"], "privacy/steps": float(privacy["steps"]),
-            **{f"privacy/check/{k}": float(v) for k, v in privacy["independent_check"].items()
-               if isinstance(v, (int, float))},
+            # privacy/epsilon_pld, privacy/epsilon_rdp_independent, privacy/epsilon_cross_check_*
+            **{k: float(v) for k, v in privacy["independent_check"].items()
+               if k != "privacy/epsilon" and isinstance(v, (int, float))},
         })
     thresholds = module.thresholds.cpu().tolist()
     label_schema = {"dataset": table.name, "labels": list(table.label_names),
