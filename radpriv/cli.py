@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("radpriv: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # `radpriv ... | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's exit flush quiet
+        code = 0
     sys.exit(code)
 
 
