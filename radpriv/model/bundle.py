@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from radpriv.errors import ModelError
 from radpriv.model.classifier import ReportClassifier
-from radpriv.model.encoder import EncoderSpec, load_encoder
+from radpriv.model.encoder import EncoderSpec, load_encoder, resolve_spec
 
 META = "radpriv_model.json"
 HEAD = "classifier_head.safetensors"
@@ -106,9 +106,9 @@ def load_bundle(path: Path) -> LoadedModel:
         base = AutoModel.from_pretrained(path / "encoder")
     else:
         spec = EncoderSpec(**meta["encoder"])
-        from radpriv.model.encoder import resolve_spec
-
-        spec = resolve_spec(spec.name) if spec.kind != "dir" or not Path(spec.location).exists() else spec
+        if spec.kind != "dir" or not Path(spec.location).exists():
+            # rebuilt by name on this machine (e.g. minilm from this machine's site-packages)
+            spec = resolve_spec(spec.name)
         base, _ = load_encoder(spec)
     if meta["finetune_mode"] == "lora":
         encoder = PeftModel.from_pretrained(base, path / "adapter")
