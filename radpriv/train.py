@@ -24,7 +24,7 @@ from radpriv.model.bundle import save_bundle
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.module import ReportClassifierModule
-from radpriv.privacy import accounting
+from radpriv.privacy import accounting, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> Priv
     calibration = accounting.calibrate_noise_multiplier(
         epsilon, delta, dm.sample_rate, steps, accountant=p.accountant)
     # the independent accountant must agree before any private data is touched, not after
-    accounting.cross_check(calibration.epsilon, str(p.accountant), calibration.noise_multiplier,
+    independent_check.cross_check(calibration.epsilon, str(p.accountant), calibration.noise_multiplier,
                            dm.sample_rate, steps, delta)
     log.info("privacy plan: ε=%g δ=%.3g σ=%.4g q=%.4g steps=%d C=%g (%s)", epsilon, delta,
              calibration.noise_multiplier, dm.sample_rate, steps, float(p.max_grad_norm), p.accountant)

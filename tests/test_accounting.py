@@ -17,6 +17,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 from radpriv.errors import ConfigError, PrivacyError
 from radpriv.privacy import accounting as acc
+from radpriv.privacy import independent_check as ind
 
 # An Open-i-sized run: N = 2,700 training reports, expected batch 64, 8 epochs.
 N = 2700
@@ -142,7 +143,7 @@ GRID = [
 @pytest.mark.parametrize("sigma, q, steps, delta", GRID)
 def test_epsilon_agrees_with_dp_accounting_pld(sigma, q, steps, delta):
     eps = acc.epsilon_spent("prv", (sigma, q, steps), delta)
-    independent = acc.independent_epsilons(sigma, q, steps, delta)
+    independent = ind.independent_epsilons(sigma, q, steps, delta)
     rel = eps / independent["pld"] - 1
     assert abs(rel) <= 0.01, (sigma, q, steps, delta, eps, independent)
     # the PRV bound is the upper end of its 0.5 % error bar: above the pessimistic PLD
@@ -160,9 +161,9 @@ def test_pld_is_pessimistic_and_converged():
     signature = inspect.signature(privacy_loss_distribution.from_gaussian_mechanism)
     assert signature.parameters["pessimistic_estimate"].default is True
     history = ((68.8, Q, STEPS),)
-    fine = acc.independent_epsilons(68.8, Q, STEPS, DELTA)["pld"]
-    coarse = acc._pld_epsilon(history, DELTA, 1e-2 * fine)
-    finer = acc._pld_epsilon(history, DELTA, 3e-5 * fine)
+    fine = ind.independent_epsilons(68.8, Q, STEPS, DELTA)["pld"]
+    coarse = ind._pld_epsilon(history, DELTA, 1e-2 * fine)
+    finer = ind._pld_epsilon(history, DELTA, 3e-5 * fine)
     assert coarse > fine  # pessimistic rounding approaches ε from above
     assert abs(fine / finer - 1) < 1e-4  # and 1e-4·ε is converged
 
@@ -182,7 +183,7 @@ def test_calibration_openi(target):
     if target == 0.01:
         # Opacus' get_noise_multiplier (absolute tolerance 0.01) returns σ = 640 here
         assert sigma < 100, sigma
-        assert acc.independent_epsilons(sigma, Q, STEPS, DELTA)["pld"] <= target
+        assert ind.independent_epsilons(sigma, Q, STEPS, DELTA)["pld"] <= target
 
 
 def test_calibration_rdp_and_result_object():
@@ -216,19 +217,19 @@ def test_calibration_rejects(kwargs, error):
 
 def test_cross_check():
     cal = acc.calibrate_noise_multiplier(1.0, DELTA, Q, STEPS)
-    numbers = acc.cross_check(cal.epsilon, "prv", float(cal), Q, STEPS, DELTA)
+    numbers = ind.cross_check(cal.epsilon, "prv", float(cal), Q, STEPS, DELTA)
     assert numbers["privacy/epsilon"] == cal.epsilon
     assert abs(numbers["privacy/epsilon_cross_check_rel_diff"]) <= 0.01
     assert numbers["privacy/epsilon_pld"] <= cal.epsilon <= numbers[
         "privacy/epsilon_rdp_independent"]
     assert all(isinstance(v, float) for v in numbers.values())
     with pytest.raises(PrivacyError, match="below both") as err:
-        acc.cross_check(0.9 * cal.epsilon, "prv", float(cal), Q, STEPS, DELTA)
+        ind.cross_check(0.9 * cal.epsilon, "prv", float(cal), Q, STEPS, DELTA)
     assert "\n" not in str(err.value)
     with pytest.raises(PrivacyError, match="differ by.*accountant=rdp"):
-        acc.cross_check(1.05 * cal.epsilon, "prv", float(cal), Q, STEPS, DELTA)
+        ind.cross_check(1.05 * cal.epsilon, "prv", float(cal), Q, STEPS, DELTA)
     rdp = acc.epsilon_spent("rdp", (float(cal), Q, STEPS), DELTA)
-    assert acc.cross_check(rdp, "rdp", float(cal), Q, STEPS, DELTA)["privacy/epsilon"] == rdp
+    assert ind.cross_check(rdp, "rdp", float(cal), Q, STEPS, DELTA)["privacy/epsilon"] == rdp
 
 
 # --- the stateful accountant -----------------------------------------------------------------

@@ -37,10 +37,10 @@ Accountants, and why every number here is an upper bound
   orders :data:`RDP_ORDERS` (Opacus' defaults stop at 63, too low for ε ≲ 0.1, where the best
   order is several hundred). Looser than PRV, but simple and also an upper bound.
 
-:func:`independent_epsilons` recomputes ε with Google's ``dp_accounting`` (a separate code base):
+:func:`radpriv.privacy.independent_check.independent_epsilons` recomputes ε with Google's ``dp_accounting`` (a separate code base):
 its PLD accountant with *pessimistic* rounding (the library default, kept: every rounding is
 towards more privacy loss, so its ε is an upper bound up to its discretisation) and its RDP
-accountant on the same orders. :func:`cross_check` compares the reported ε with the same-family
+accountant on the same orders. Its :func:`~radpriv.privacy.independent_check.cross_check` compares the reported ε with the same-family
 value (PRV ↔ PLD, RDP ↔ RDP) and refuses both under-reporting and unexplained disagreement.
 
 Numerical choices, measured on 2 shared CPU cores (Open-i-like run: N = 2,700, q = 64/2,700,
@@ -77,7 +77,6 @@ Numerical choices, measured on 2 shared CPU cores (Open-i-like run: N = 2,700, q
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import numbers
 import warnings
@@ -702,147 +701,6 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent accountants (Google's dp_accounting) and the cross-check
-# ---------------------------------------------------------------------------------------------
-
-
-def _events(history: History) -> list[tuple[Any, int]]:
-    import dp_accounting
-
-    return [(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), n)
-            for sigma, q, n in history]
-
-
-def _pld_epsilon(history: History, delta: float, value_discretization_interval: float) -> float:
-    """dp_accounting PLD ε (add/remove; pessimistic rounding, the library default)."""
-    from dp_accounting import NeighboringRelation
-    from dp_accounting.pld import PLDAccountant
-
-    accountant = PLDAccountant(NeighboringRelation.ADD_OR_REMOVE_ONE,
-                               value_discretization_interval=value_discretization_interval)
-    for event, count in _events(history):
-        accountant.compose(event, count)
-    return float(accountant.get_epsilon(delta))
-
-
-def _independent_rdp_epsilon(history: History, delta: float) -> float:
-    """dp_accounting RDP ε over :data:`RDP_ORDERS` (add/remove).
-
-    dp_accounting sums the *absolute* values of the series terms for a fractional order, so
-    its RDP is slightly above the exact one (Opacus' value matches numerical integration to
-    1e-11; dp_accounting is up to ~0.2 % higher in ε near ε = 10): conservative, and well inside
-    the cross-check tolerance. Orders whose series does not converge are dropped by the
-    library (which can only raise the minimum); its absl warning about that is silenced.
-    """
-    from dp_accounting import NeighboringRelation
-    from dp_accounting.rdp import RdpAccountant
-
-    accountant = RdpAccountant(list(RDP_ORDERS), NeighboringRelation.ADD_OR_REMOVE_ONE)
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        for event, count in _events(history):
-            accountant.compose(event, count)
-        return float(accountant.get_epsilon(delta))
-    finally:
-        absl_logger.setLevel(level)
-
-
-@functools.lru_cache(maxsize=128)
-def _independent_cached(history: History, delta: float) -> tuple[float, float]:
-    if not history:
-        return 0.0, 0.0
-    if any(sigma == 0 for sigma, _, _ in history):
-        return math.inf, math.inf
-    rdp = _independent_rdp_epsilon(history, delta)
-    # The grid is set relative to ε: first from the RDP bound (≥ ε), then, if RDP was far
-    # above, from the PLD's own ε. Both runs are pessimistic upper bounds; keep the smaller.
-    pld = _pld_epsilon(history, delta, max(PLD_REL_DISCRETIZATION * rdp, 1e-9))
-    if pld < rdp / 3:
-        pld = min(pld, _pld_epsilon(history, delta, max(PLD_REL_DISCRETIZATION * pld, 1e-9)))
-    return pld, rdp
-
-
-def independent_epsilons(noise_multiplier: float, sample_rate: float, steps: int,
-                         delta: float) -> dict[str, float]:
-    """ε from Google's ``dp_accounting`` for ``steps`` steps of the subsampled Gaussian.
-
-    ``pld``: ``PLDAccountant`` (add/remove adjacency, taking the worse of the add and remove
-    directions; pessimistic discretisation with interval 1e-4·ε, converged to ≲ 1e-4 relative).
-    ``rdp``: ``RdpAccountant`` over :data:`RDP_ORDERS`. Both are upper bounds on the exact ε.
-    """
-    history = _canonical(_as_history((noise_multiplier, sample_rate, steps)))
-    pld, rdp = _independent_cached(history, _check_delta_value(delta))
-    return {"pld": pld, "rdp": rdp}
-
-
-def _cross_check_history(reported_epsilon: float, accountant_name: str, history: History,
-                         delta: float, rel_tol: float) -> dict[str, float]:
-    name = _check_accountant_name(accountant_name)
-    reported = _as_float(reported_epsilon, "reported ε")
-    d = _check_delta_value(delta)
-    tol = _as_float(rel_tol, "rel_tol")
-    history = _canonical(history)
-    pld, rdp = _independent_cached(history, d)
-    same = pld if name == "prv" else rdp
-    family = "dp_accounting PLD" if name == "prv" else "dp_accounting RDP"
-    if reported == same:
-        rel_diff = 0.0
-    elif same == 0 or math.isinf(same):
-        rel_diff = math.inf
-    else:
-        rel_diff = (reported - same) / same
-    context = (f"(accountant {name}, history {[list(h) for h in history]}, δ={d:.4g}; "
-               f"dp_accounting PLD ε={pld:.6g}, RDP ε={rdp:.6g})")
-    if reported < pld and reported < rdp:
-        raise PrivacyError(f"privacy accounting check failed: reported ε={reported:.6g} is below "
-                           f"both independent upper bounds, it would under-state the privacy "
-                           f"loss {context}")
-    if abs(rel_diff) > tol:
-        hint = ""
-        if name == "prv" and rel_diff > 0:
-            # the known cause: Opacus' PRV error bar, widened by the grid cap for tiny ε with
-            # many steps (e.g. ε = 0.01 with 25,000 steps: +2.2 %); the report is then too
-            # high, never too low, but the check cannot tell that from a bug
-            hint = ("; the PRV error bar is wider than the tolerance for this ε and number of "
-                    "steps (grid cap): privacy.accountant=rdp avoids it")
-        raise PrivacyError(f"privacy accounting check failed: reported ε={reported:.6g} and "
-                           f"{family} ε={same:.6g} differ by {rel_diff:+.2%}, more than "
-                           f"{tol:.2%} {context}{hint}")
-    return {
-        "privacy/epsilon": reported,
-        "privacy/epsilon_pld": pld,
-        "privacy/epsilon_rdp_independent": rdp,
-        "privacy/epsilon_cross_check_rel_diff": rel_diff,
-        "privacy/epsilon_cross_check_rel_tol": tol,
-    }
-
-
-def cross_check(reported_epsilon: float, accountant_name: str, noise_multiplier: float,
-                sample_rate: float, steps: int, delta: float, rel_tol: float = 0.01
-                ) -> dict[str, float]:
-    """Check a reported ε against ``dp_accounting`` and return the numbers for logging.
-
-    Compares with the same-family independent accountant (Opacus PRV ↔ dp_accounting PLD,
-    Opacus RDP ↔ dp_accounting RDP). Raises :class:`PrivacyError` (one line, all numbers)
-    when the reported ε is below *both* independent upper bounds (under-reporting), or when it
-    differs from the same-family value by more than ``rel_tol`` relative (one of the two
-    implementations is wrong for this regime, and which one is unknown). PRV reports ≈ 0.5 %
-    above PLD by design (its error bar); the 1 % tolerance holds for ε ≥ 0.01 up to ≈ 5,000
-    steps at δ ≈ 1e-4, and for ε ≳ 0.025 with 25,000 steps at δ ≈ 1.5e-6 (MIMIC-sized); below
-    that the grid-capped error bar exceeds 1 % and this raises (see the module docstring).
-    Calling it right after calibration, on ``CalibrationResult.epsilon``, surfaces that before
-    training rather than after.
-
-    Returns ``privacy/epsilon``, ``privacy/epsilon_pld``, ``privacy/epsilon_rdp_independent``,
-    ``privacy/epsilon_cross_check_rel_diff`` and ``privacy/epsilon_cross_check_rel_tol``.
-    """
-    history = _as_history((noise_multiplier, sample_rate, steps))
-    return _cross_check_history(reported_epsilon, accountant_name, history, delta, rel_tol)
-
-
-# ---------------------------------------------------------------------------------------------
 # Stateful wrapper for training
 # ---------------------------------------------------------------------------------------------
 
@@ -879,7 +737,9 @@ class PrivacyAccountant:
                              self.delta if delta is None else delta)
 
     def cross_check(self, rel_tol: float = 0.01) -> dict[str, float]:
-        """:func:`cross_check` of this run's ε, for heterogeneous histories too."""
+        """:func:`radpriv.privacy.independent_check.cross_check` of this run's ε (any history)."""
+        from radpriv.privacy.independent_check import _cross_check_history
+
         return _cross_check_history(self.epsilon(), self.name, _as_history(self.history),
                                     self.delta, rel_tol)
 
