@@ -22,9 +22,11 @@ commands:
              radpriv train privacy.epsilon=1 model=minilm data=openi trainer.max_epochs=4
   evaluate   evaluate a logged model on a dataset file, e.g.
              radpriv evaluate run_id=<id> data=openi data.path=<file>
+  data check summarise a dataset (counts only) and exit 1 if it cannot be trained on, e.g.
+             radpriv data check data=mimic_cxr data.path=/path/to/mimic-cxr
 
 overrides use Hydra syntax over the config tree in radpriv/conf (conf/ at the repo root):
-  data=openi|ct_rate_text  model=minilm|bert_small|bert_medium|albert_base|tiny_bert|tiny_albert|custom
+  data=openi|ct_rate_text|ct_rate|mimic_cxr|csv  model=minilm|bert_small|bert_medium|albert_base|tiny_bert|tiny_albert|custom
   finetune=lora|full  privacy.epsilon=<float|null>  privacy.delta=<float>  seed=<int>
 """
 
@@ -84,6 +86,10 @@ def run(argv: list[str]) -> int:
         from radpriv.evaluate import evaluate
 
         summary = evaluate(compose(overrides))
+    elif command == "data":
+        from radpriv.data.check import data_command
+
+        return data_command(overrides)
     else:
         print(f"radpriv: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

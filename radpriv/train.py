@@ -26,6 +26,7 @@ from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.module import ReportClassifierModule
 from radpriv.privacy import accounting, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
+from radpriv.tracking.resume import COMPLETE_TAG, EpochEndCheckpoint, find_resume_point, run_key
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +110,15 @@ def build(cfg: DictConfig):
 
 
 def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     callbacks = list(callbacks)
     if ckpt_dir is not None:
-        callbacks.append(ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_last=False,
-                                         every_n_epochs=1, save_top_k=1, save_weights_only=False))
+        callbacks.append(EpochEndCheckpoint(ckpt_dir))
     return L.Trainer(
         max_epochs=int(cfg.trainer.max_epochs),
         limit_train_batches=cfg.trainer.get("limit_train_batches") or None,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         logger=logger, callbacks=callbacks,
-        enable_checkpointing=ckpt_dir is not None,
+        enable_checkpointing=False,  # radpriv's own epoch-end checkpoint (resume.py)
         enable_progress_bar=bool(cfg.trainer.progress_bar),
         enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=int(cfg.trainer.log_every_n_steps),
@@ -140,14 +138,24 @@ def train(cfg: DictConfig) -> dict:
     dm.setup("fit")
     t_setup = time.perf_counter()
 
-    logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"))
+    resume = None
+    if cfg.tracking.get("checkpoint_dir"):
+        resume = find_resume_point(Path(cfg.tracking.checkpoint_dir), run_key(cfg, table.fingerprint()),
+                                   mlflow_run.client(cfg))
+    logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"),
+                                    run_id=resume.run_id if resume else None)
     try:
         callbacks = [DPCallback(plan)] if plan is not None else []
-        ckpt_root = Path(cfg.tracking.checkpoint_dir) if cfg.tracking.get("checkpoint_dir") else None
-        ckpt_dir = ckpt_root / logger.run_id if ckpt_root is not None else None
-        trainer = make_trainer(cfg, logger, callbacks, ckpt_dir)
+        if resume is not None:
+            resume.record(logger.run_id)
+            if resume.checkpoint is not None:
+                log.info("resuming run %s from %s", logger.run_id, resume.checkpoint)
+                if resume.run_id != logger.run_id:  # `mlflow run` opened a new run for us
+                    logger.experiment.set_tag(logger.run_id, "radpriv.resumed_from", resume.run_id)
+        trainer = make_trainer(cfg, logger, callbacks, resume.directory if resume else None)
         logger.log_hyperparams(mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm,
+                    ckpt_path=str(resume.checkpoint) if resume and resume.checkpoint else None)
         t_fit = time.perf_counter()
         if trainer.interrupted:
             raise KeyboardInterrupt
@@ -167,6 +175,7 @@ def train(cfg: DictConfig) -> dict:
                    "time/eval_s": t_eval - t_fit, "time/log_s": t_log - t_eval,
                    "time/total_s": t_log - t0}
         logger.log_metrics(timings)
+        logger.experiment.set_tag(logger.run_id, COMPLETE_TAG, "true")
         logger.finalize("success")
         summary["metrics"].update({k: round(v, 2) for k, v in timings.items()})
         return summary

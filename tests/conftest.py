@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,16 @@ def real_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} not found: set RADPRIV_DATA_DIR to the shared data folder")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_radpriv_logger():
+    """Drop a handler an earlier CLI call bound to a since-closed captured stderr, and let
+    radpriv's records reach caplog."""
+    logger = logging.getLogger("radpriv")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
 
 
 @pytest.fixture(autouse=True)

@@ -53,7 +53,9 @@ def test_full_fine_tuning_runs_under_dp(tmp_path, tracking_uri, capsys, reports_
 def test_checkpoints_carry_the_accountant_and_only_trainable_weights(tmp_path, tracking_uri, capsys,
                                                                      reports_csv):
     out, _ = train_json(capsys, [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=3"])
-    ckpt = torch.load(tmp_path / "checkpoints" / out["run_id"] / "last.ckpt", weights_only=False)
+    (path,) = (tmp_path / "checkpoints").glob("*/last.ckpt")
+    assert json.loads((path.parent / "run.json").read_text())["run_id"] == out["run_id"]
+    ckpt = torch.load(path, weights_only=False)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("DPCallback")]
     history = state["accountant"]["history"]
     assert sum(n for _, _, n in history) == state["plan"]["planned_steps"]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from radpriv.data.ct_rate import load_ct_rate
 from radpriv.data.ct_rate_text import load_ct_rate_text
+from radpriv.data.generic_csv import load_generic_csv
+from radpriv.data.mimic_cxr import load_mimic_cxr
 from radpriv.data.openi import load_openi
 from radpriv.data.table import ReportTable
 from radpriv.errors import DataError
@@ -18,6 +21,9 @@ Reader = Callable[[Mapping, int], ReportTable]
 SOURCES: dict[str, Reader] = {
     "openi": load_openi,
     "ct_rate_text": load_ct_rate_text,
+    "ct_rate": load_ct_rate,
+    "mimic_cxr": load_mimic_cxr,
+    "csv": load_generic_csv,
 }
 
 

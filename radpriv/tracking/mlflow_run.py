@@ -44,14 +44,24 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def make_logger(cfg: Mapping, run_name: str | None = None):
-    """Lightning's MLFlowLogger bound to the right store; joins the run `mlflow run` made."""
+def client(cfg: Mapping):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri(cfg["tracking"].get("uri")))
+
+
+def make_logger(cfg: Mapping, run_name: str | None = None, run_id: str | None = None):
+    """Lightning's MLFlowLogger bound to the right store.
+
+    It joins, in this order: the run `mlflow run` made (MLFLOW_RUN_ID), the unfinished run
+    being resumed (`run_id`), or a new run.
+    """
     from lightning.pytorch.loggers import MLFlowLogger
 
     return MLFlowLogger(
         experiment_name=experiment_name(cfg),
         tracking_uri=tracking_uri(cfg["tracking"].get("uri")),
-        run_id=os.environ.get("MLFLOW_RUN_ID") or None,
+        run_id=os.environ.get("MLFLOW_RUN_ID") or run_id or None,
         run_name=run_name,
         log_model=False,
         tags={"radpriv.dataset": cfg["data"]["name"], "radpriv.model": cfg["model"]["name"]},

@@ -1,0 +1,90 @@
+"""Crash and resume: the same command, started again, continues the run it had begun.
+
+A run's checkpoints live in `<checkpoint_dir>/<run key>/`, where the key hashes the resolved
+config and the data's content: the same command on the same data finds them again. Beside
+`last.ckpt` (written at every epoch end: trainable weights, optimizer, loops, and the DP
+callback's accountant history) sits `run.json`, naming the MLflow run it belongs to.
+
+Only epoch-end checkpoints are kept. A run killed mid-epoch resumes from the last completed
+epoch, and the epoch is drawn again from the same per-epoch seed, so the step count — and ε —
+end exactly where an uninterrupted run's do. The killed partial epoch released nothing (under
+DP no per-batch value is logged), so discarding it costs no privacy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+COMPLETE_TAG = "radpriv.complete"  # set as the very last write of a training run
+CHECKPOINT = "last.ckpt"
+# settings that change where a run is written or what it is called, not what it computes
+_NOT_IN_KEY = ("tracking", "run_name", "run_id")
+
+
+def run_key(cfg: DictConfig, data_fingerprint: str) -> str:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_IN_KEY:
+        resolved.pop(key, None)
+    text = json.dumps(resolved, sort_keys=True, default=str) + data_fingerprint
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    directory: Path
+    run_id: str | None = None  # the unfinished MLflow run to continue in
+    checkpoint: Path | None = None  # the epoch-end checkpoint to continue from
+
+    def record(self, run_id: str) -> None:
+        """Name the MLflow run these checkpoints belong to (written before training starts)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / (RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps({"run_id": run_id}))
+        os.replace(tmp, self.directory / RUN_FILE)
+
+
+def find_resume_point(root: Path, key: str, client) -> ResumePoint:
+    """What an earlier, unfinished start of the same command left, if anything."""
+    directory = Path(root) / key
+    state = directory / RUN_FILE
+    if not state.is_file():
+        return ResumePoint(directory)
+    run_id = json.loads(state.read_text()).get("run_id")
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a deleted run or another tracking store
+        log.info("not resuming: run %s of %s is not in this tracking store; starting a new run",
+                 run_id, directory)
+        return ResumePoint(directory)
+    # not the run's status: Lightning marks a run FINISHED when `fit` ends, before test/logging
+    if run.data.tags.get(COMPLETE_TAG) == "true":
+        return ResumePoint(directory)  # the same command ran to the end before: a new run
+    checkpoint = directory / CHECKPOINT
+    return ResumePoint(directory, run_id, checkpoint if checkpoint.is_file() else None)
+
+
+class EpochEndCheckpoint(L.Callback):
+    """Write `last.ckpt` at every epoch end, atomically (a temp file, then a rename): a kill at
+    any moment leaves either the previous epoch's checkpoint or this one, never a torn file."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / (CHECKPOINT + ".tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.directory / CHECKPOINT)
