@@ -133,17 +133,23 @@ def binary_labels(table: CsvTable, columns: Sequence[str], keep: Sequence[int] |
     `keep` selects rows (indices into `table.rows`); default all. Rows are checked in file
     order and, within a row, in the order of `columns`.
     """
+    return _label_matrix(table, columns, keep, _BINARY,
+                         "is not 0 or 1; labels must be 0 (absent) or 1 (present)")
+
+
+def _label_matrix(table: CsvTable, columns: Sequence[str], keep: Sequence[int] | None,
+                  values: dict[str, float], what_to_do: str) -> np.ndarray:
+    """Cells → floats through `values`; the first cell not in it is a DataError naming file,
+    line and column (rows in file order, columns in the given order)."""
     idx = range(len(table.rows)) if keep is None else keep
     out = np.zeros((len(idx), len(columns)), dtype=np.float32)
     for r, i in enumerate(idx):
         row = table.rows[i]
         for j, col in enumerate(columns):
-            value = _BINARY.get(row[col].strip())
+            value = values.get(row[col].strip())
             if value is None:
-                raise DataError(
-                    f"{table.path}: line {table.lines[i]}, column {col!r}: label value "
-                    f"{row[col][:20]!r} is not 0 or 1; labels must be 0 (absent) or 1 (present)"
-                )
+                raise DataError(f"{table.path}: line {table.lines[i]}, column {col!r}: label value "
+                                f"{row[col][:20]!r} {what_to_do}")
             out[r, j] = value
     return out
 
@@ -191,19 +197,10 @@ def ternary_labels(table: CsvTable, columns: Sequence[str], keep: Sequence[int] 
     """
     policy = uncertain_policy(uncertain)
     uncertain_value = {"ignore": -1.0, "zeros": 0.0, "ones": 1.0}[policy]
-    idx = range(len(table.rows)) if keep is None else keep
-    out = np.zeros((len(idx), len(columns)), dtype=np.float32)
-    for r, i in enumerate(idx):
-        row = table.rows[i]
-        for j, col in enumerate(columns):
-            value = _TERNARY.get(row[col].strip())
-            if value is None:
-                raise DataError(
-                    f"{table.path}: line {table.lines[i]}, column {col!r}: label value "
-                    f"{row[col][:20]!r} is not one of 1, 0, -1 or blank; use 1 (positive), "
-                    "0 (negative), -1 (uncertain) or leave it blank (not mentioned = 0)"
-                )
-            out[r, j] = uncertain_value if value == -1.0 else value
+    out = _label_matrix(table, columns, keep, _TERNARY,
+                        "is not one of 1, 0, -1 or blank; use 1 (positive), 0 (negative), "
+                        "-1 (uncertain) or leave it blank (not mentioned = 0)")
+    out[out == -1.0] = uncertain_value
     return out
 
 
