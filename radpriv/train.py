@@ -7,9 +7,6 @@ before an MLflow run is opened, so a rejected run leaves nothing half-written.
 from __future__ import annotations
 
 import logging
-import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from radpriv.data.datamodule import ReportDataModule
 from radpriv.data.sources import load_table
 from radpriv.errors import ConfigError
-from radpriv.model.bundle import save_bundle
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.module import ReportClassifierModule

@@ -125,7 +125,6 @@ def test_dp_step_without_noise_or_clipping_equals_a_plain_step(name):
         fit(module, dm, callbacks, max_steps=1)
         results.append({n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad})
     plain, dp = results
-    moved = 0
     for n in plain:
         torch.testing.assert_close(dp[n], plain[n], rtol=1e-5, atol=1e-6, msg=n)
     init, _ = tiny_net(name, seed=1)

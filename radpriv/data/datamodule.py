@@ -148,6 +148,3 @@ class ReportDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
-
-    def predict_loader(self, split: str) -> DataLoader:
-        return self._eval_loader(split)

@@ -93,7 +93,3 @@ def build_classifier(encoder: nn.Module, num_labels: int, finetune: Mapping) -> 
                 p.requires_grad_(False)
     return ReportClassifier(encoder, num_labels, dropout=float(finetune.get("head_dropout", 0.1)),
                             bias_init=float(finetune.get("head_bias_init", 0.0)))
-
-
-def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

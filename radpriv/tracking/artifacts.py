@@ -15,7 +15,7 @@ import mlflow
 from omegaconf import OmegaConf
 
 from radpriv.model.bundle import save_bundle
-from radpriv.privacy import accounting, independent_check
+from radpriv.privacy import independent_check
 from radpriv.tracking import mlflow_run
 from radpriv.tracking.plots import per_label_f1_bar
 from radpriv.tracking.pyfunc import log_pyfunc

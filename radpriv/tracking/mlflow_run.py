@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 
 from radpriv.errors import ConfigError
 
@@ -66,20 +63,6 @@ def make_logger(cfg: Mapping, run_name: str | None = None, run_id: str | None = 
         log_model=False,
         tags={"radpriv.dataset": cfg["data"]["name"], "radpriv.model": cfg["model"]["name"]},
     )
-
-
-def log_json(client, run_id: str, obj, name: str, artifact_path: str | None = None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / name
-        p.write_text(json.dumps(obj, indent=2, default=float))
-        client.log_artifact(run_id, str(p), artifact_path)
-
-
-def log_text_file(client, run_id: str, text: str, name: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / name
-        p.write_text(text)
-        client.log_artifact(run_id, str(p))
 
 
 def mark_failed(logger) -> None:
