@@ -76,25 +76,44 @@ def run(argv: list[str]) -> int:
     _configure_logging()
     _no_phone_home()
     _quiet_libraries()
-    from radpriv.config import compose
-
-    if command == "train":
-        from radpriv.train import train
-
-        summary = train(compose(overrides))
-    elif command == "evaluate":
-        from radpriv.evaluate import evaluate
-
-        summary = evaluate(compose(overrides))
-    elif command == "data":
-        from radpriv.data.check import data_command
-
-        return data_command(overrides)
-    else:
+    handler = COMMANDS.get(command)
+    if handler is None:
         print(f"radpriv: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, default=float))
+    result = handler(overrides)
+    if isinstance(result, int):  # a command that prints its own output returns its exit code
+        return result
+    print(json.dumps(result, default=float))
     return 0
+
+
+def _train(overrides: list[str]) -> dict:
+    from radpriv.config import compose
+    from radpriv.train import train
+
+    return train(compose(overrides))
+
+
+def _evaluate(overrides: list[str]) -> dict:
+    from radpriv.config import compose
+    from radpriv.evaluate import evaluate
+
+    return evaluate(compose(overrides))
+
+
+def _data(overrides: list[str]) -> int:
+    from radpriv.data.check import data_command
+
+    return data_command(overrides)
+
+
+# command name -> handler(overrides): a dict (the summary printed as the last JSON line) or an
+# exit code. Heavy imports stay inside the handlers so `radpriv --help` is instant.
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "data": _data,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
