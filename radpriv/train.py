@@ -22,7 +22,8 @@ from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.module import ReportClassifierModule
 from radpriv.privacy import accounting, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
-from radpriv.tracking.resume import COMPLETE_TAG, EpochEndCheckpoint, find_resume_point, run_key
+from radpriv.tracking.resume import (COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint, find_resume_point,
+                                     run_key)
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,9 @@ def train(cfg: DictConfig) -> dict:
     t_setup = time.perf_counter()
 
     resume = None
+    key = run_key(cfg, table.fingerprint())
     if cfg.tracking.get("checkpoint_dir"):
-        resume = find_resume_point(Path(cfg.tracking.checkpoint_dir), run_key(cfg, table.fingerprint()),
-                                   mlflow_run.client(cfg))
+        resume = find_resume_point(Path(cfg.tracking.checkpoint_dir), key, mlflow_run.client(cfg))
     logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"),
                                     run_id=resume.run_id if resume else None)
     try:
@@ -150,6 +151,8 @@ def train(cfg: DictConfig) -> dict:
                     logger.experiment.set_tag(logger.run_id, "radpriv.resumed_from", resume.run_id)
         trainer = make_trainer(cfg, logger, callbacks, resume.directory if resume else None)
         logger.log_hyperparams(mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        # what was computed (config + data content): sweeps find finished cells by it
+        logger.experiment.set_tag(logger.run_id, RUN_KEY_TAG, key)
         trainer.fit(module, datamodule=dm,
                     ckpt_path=str(resume.checkpoint) if resume and resume.checkpoint else None)
         t_fit = time.perf_counter()

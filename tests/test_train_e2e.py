@@ -137,3 +137,19 @@ def test_missing_file_is_one_line(tmp_path, tracking_uri, capsys):
     assert exit_info.value.code == 2
     err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "absent.csv" in err[0]
+
+
+def test_nested_run_carries_parent_tags_and_run_key(tracking_uri, reports_csv, capsys):
+    """Tune, sweep and audit nest their runs through tracking.parent_run_id; sweeps find a
+    finished cell again through the run-key tag."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.create_experiment("parent-exp")
+    parent = client.create_run(exp).info.run_id
+    out, _ = train_json(capsys, [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=null",
+                                 f"tracking.parent_run_id={parent}", "+tracking.tags.cell=a1"])
+    tags = client.get_run(out["run_id"]).data.tags
+    assert tags["mlflow.parentRunId"] == parent
+    assert tags["cell"] == "a1"
+    assert len(tags["radpriv.run_key"]) == 20 and tags["radpriv.complete"] == "true"

@@ -51,17 +51,22 @@ def make_logger(cfg: Mapping, run_name: str | None = None, run_id: str | None = 
     """Lightning's MLFlowLogger bound to the right store.
 
     It joins, in this order: the run `mlflow run` made (MLFLOW_RUN_ID), the unfinished run
-    being resumed (`run_id`), or a new run.
+    being resumed (`run_id`), or a new run (nested under tracking.parent_run_id when set).
     """
     from lightning.pytorch.loggers import MLFlowLogger
 
+    tags = {"radpriv.dataset": cfg["data"]["name"], "radpriv.model": cfg["model"]["name"]}
+    tags.update({str(k): str(v) for k, v in (cfg["tracking"].get("tags") or {}).items()})
+    parent = cfg["tracking"].get("parent_run_id")
+    if parent:
+        tags["mlflow.parentRunId"] = str(parent)  # how the MLflow UI nests child runs
     return MLFlowLogger(
         experiment_name=experiment_name(cfg),
         tracking_uri=tracking_uri(cfg["tracking"].get("uri")),
         run_id=os.environ.get("MLFLOW_RUN_ID") or run_id or None,
         run_name=run_name,
         log_model=False,
-        tags={"radpriv.dataset": cfg["data"]["name"], "radpriv.model": cfg["model"]["name"]},
+        tags=tags,
     )
 
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 COMPLETE_TAG = "radpriv.complete"  # set as the very last write of a training run
+RUN_KEY_TAG = "radpriv.run_key"  # run_key() of the run's config and data
 CHECKPOINT = "last.ckpt"
 # settings that change where a run is written or what it is called, not what it computes
 _NOT_IN_KEY = ("tracking", "run_name", "run_id")
