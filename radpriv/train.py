@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from radpriv.data.datamodule import ReportDataModule
 from radpriv.data.sources import load_table
+from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
@@ -70,11 +72,15 @@ def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> Priv
     )
 
 
-def build(cfg: DictConfig):
-    """Data, model and privacy plan: every input check happens here, before MLflow."""
+def build(cfg: DictConfig, table: ReportTable | None = None):
+    """Data, model and privacy plan: every input check happens here, before MLflow.
+
+    `table`: an already-built report table (the audit adds canaries to one); None loads cfg.data.
+    """
     seed = int(cfg.seed)
     L.seed_everything(seed, workers=True, verbose=False)
-    table = load_table(cfg.data, seed)
+    if table is None:
+        table = load_table(cfg.data, seed)
     spec = resolve_spec(cfg.model.source)
     encoder, tokenizer = load_encoder(spec, seed=seed)
     if int(cfg.privacy.expected_batch_size) < 1 or int(cfg.privacy.max_physical_batch_size) < 1:
@@ -124,14 +130,18 @@ def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L
     )
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train, test and log one model; returns the summary printed as the final JSON line."""
+def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Sequence = ()) -> dict:
+    """Train, test and log one model; returns the summary printed as the final JSON line.
+
+    `table` replaces the configured data (see build); `extra_callbacks` are Lightning callbacks
+    added to the trainer (e.g. a search's pruning callback).
+    """
     from radpriv.tracking import mlflow_run
     from radpriv.tracking.artifacts import log_training_run
 
     t0 = time.perf_counter()
     configure_threads(cfg.trainer.get("num_threads"))
-    table, spec, tokenizer, dm, module, plan = build(cfg)
+    table, spec, tokenizer, dm, module, plan = build(cfg, table)
     dm.setup("fit")
     t_setup = time.perf_counter()
 
@@ -143,6 +153,7 @@ def train(cfg: DictConfig) -> dict:
                                     run_id=resume.run_id if resume else None)
     try:
         callbacks = [DPCallback(plan)] if plan is not None else []
+        callbacks += list(extra_callbacks)
         if resume is not None:
             resume.record(logger.run_id)
             if resume.checkpoint is not None:
@@ -174,6 +185,10 @@ def train(cfg: DictConfig) -> dict:
                    "time/eval_s": t_eval - t_fit, "time/log_s": t_log - t_eval,
                    "time/total_s": t_log - t0}
         logger.log_metrics(timings)
+        if cfg.tracking.get("register"):
+            from radpriv.tracking.registry import register_run_model
+
+            summary["registered"] = register_run_model(cfg, logger.run_id)
         logger.experiment.set_tag(logger.run_id, COMPLETE_TAG, "true")
         logger.finalize("success")
         summary["metrics"].update({k: round(v, 2) for k, v in timings.items()})
