@@ -19,9 +19,11 @@ from radpriv.data.datamodule import ReportDataModule
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError
+from radpriv.model import prefix_cache
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.module import ReportClassifierModule
+from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import accounting, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
 from radpriv.tracking.resume import (COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint, find_resume_point,
@@ -99,6 +101,12 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     plan = plan_privacy(cfg, dm, max_epochs)
     dm.poisson = plan is not None
     net = build_classifier(encoder, table.num_labels, cfg.finetune)
+    warm = None
+    if cfg.finetune.get("init_from"):
+        warm = apply_warm_start(net, str(cfg.finetune.init_from), label_names=table.label_names,
+                                spec=spec, mode=str(cfg.finetune.mode), dataset=table.name,
+                                train_fingerprint=dm.splits["train"].fingerprint(),
+                                tracking_uri=cfg.tracking.get("uri"))
     total_steps = max_epochs * steps_per_epoch(cfg, dm)
     module = ReportClassifierModule(
         net, table.label_names, lr=float(cfg.finetune.lr),
@@ -109,7 +117,30 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         # per-batch training losses are functions of private data: not released under DP
         log_train_loss=plan is None or bool(cfg.privacy.log_train_loss),
     )
+    module.warm_start = warm  # recorded in privacy.json; never part of the privacy plan
     return table, spec, tokenizer, dm, module, plan
+
+
+def attach_prefix_cache(cfg: DictConfig, dm: ReportDataModule, module: ReportClassifierModule) -> None:
+    """Compute the frozen bottom layers once for every report (see model/prefix_cache.py)."""
+    k = prefix_cache.frozen_prefix_layers(module.net.encoder, cfg.finetune)
+    if not k:
+        return
+    ids = {name: ds.input_ids for name, ds in dm.datasets.items()}
+    need = prefix_cache.estimated_bytes(ids, module.net.encoder.config.hidden_size)
+    limit = float(cfg.finetune.get("prefix_cache_max_gb", 4.0)) * 2**30
+    if need > limit:
+        log.info("frozen-prefix cache: %.1f GB needed > finetune.prefix_cache_max_gb; not caching",
+                 need / 2**30)
+        return
+    t0 = time.perf_counter()
+    cache = prefix_cache.PrefixCache(k)
+    for name, ds in dm.datasets.items():
+        cache.build(module.net, name, ds.input_ids, batch_size=int(cfg.trainer.eval_batch_size),
+                    pad_id=dm.pad_id, progress=bool(cfg.trainer.progress_bar))
+    module.prefix_cache = cache
+    log.info("frozen-prefix cache: layers 0-%d of every report computed once (%.0f MB, %.1f s)",
+             k - 1, cache.nbytes() / 2**20, time.perf_counter() - t0)
 
 
 def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L.Trainer:
@@ -143,6 +174,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     configure_threads(cfg.trainer.get("num_threads"))
     table, spec, tokenizer, dm, module, plan = build(cfg, table)
     dm.setup("fit")
+    attach_prefix_cache(cfg, dm, module)
     t_setup = time.perf_counter()
 
     resume = None

@@ -70,3 +70,31 @@ def split_by_patient(
         )
     val = set(rest[:n_val])
     return tuple("test" if p in test else "val" if p in val else "train" for p in patient_ids)
+
+
+def parse_shard(value: object) -> tuple[int, int]:
+    """`"i/k"` → (i, k) with 0 ≤ i < k; else a DataError naming data.train_shard."""
+    text = str(value).strip()
+    i, sep, k = text.partition("/")
+    try:
+        shard, shards = int(i), int(k)
+    except ValueError:
+        shard, shards = -1, 0
+    if not sep or shards < 2 or not 0 <= shard < shards:
+        raise DataError(f"data.train_shard={value!r}: expected i/k with k ≥ 2 and 0 ≤ i < k, e.g. 0/2")
+    return shard, shards
+
+
+def train_shard_members(patient_ids: Sequence[str], split: Sequence[str], seed: int,
+                        shard: int, shards: int) -> list[bool]:
+    """Which rows stay when only shard `shard` of `shards` of the training patients is kept.
+
+    Training patients are ranked by sha256(seed, patient) and dealt round-robin into equal
+    shards, so shards are disjoint, of sizes that differ by at most one patient, and the same
+    whatever the row order. Validation and test rows always stay. Used to simulate a public and
+    a private half of one dataset (warm-start experiments).
+    """
+    train = sorted({p for p, s in zip(patient_ids, split) if s == "train"},
+                   key=lambda p: _rank_key(seed, f"shard\x1f{p}"))
+    keep = {p for r, p in enumerate(train) if r % shards == shard}
+    return [s != "train" or p in keep for p, s in zip(patient_ids, split)]

@@ -92,15 +92,20 @@ def save_bundle(path: Path, net: ReportClassifier, tokenizer, spec: EncoderSpec,
     return path
 
 
+def load_meta(path: Path) -> dict:
+    """The bundle's radpriv_model.json (labels, thresholds, encoder, privacy facts)."""
+    meta_file = Path(path) / META
+    if not meta_file.is_file():
+        raise ModelError(f"{path} is not a radpriv model folder (no {META} in it)")
+    return json.loads(meta_file.read_text())
+
+
 def load_bundle(path: Path) -> LoadedModel:
     from peft import PeftModel
     from transformers import AutoModel, AutoTokenizer
 
     path = Path(path)
-    meta_file = path / META
-    if not meta_file.is_file():
-        raise ModelError(f"{path} is not a radpriv model folder (no {META} in it)")
-    meta = json.loads(meta_file.read_text())
+    meta = load_meta(path)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     if meta["base_saved"]:
         base = AutoModel.from_pretrained(path / "encoder")

@@ -38,8 +38,16 @@ class ReportClassifier(nn.Module):
         # private labels would spend privacy outside DP-SGD. "Most findings are rare" is public.
         nn.init.constant_(self.head.bias, bias_init)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                prefix_hidden: torch.Tensor | None = None, prefix_layers: int = 0) -> torch.Tensor:
+        """Label logits from token ids, or from cached outputs of the encoder's first
+        `prefix_layers` frozen layers (radpriv.model.prefix_cache)."""
+        if prefix_hidden is None:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            from radpriv.model.prefix_cache import suffix_forward
+
+            hidden = suffix_forward(self.encoder, prefix_hidden, attention_mask, prefix_layers)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.head(self.dropout(pooled))

@@ -62,14 +62,24 @@ class ReportClassifierModule(L.LightningModule):
         self.label_names = tuple(label_names)
         self.register_buffer("thresholds", torch.full((len(label_names),), 0.5))
         self.step_runner = PlainStep()
+        # cached outputs of the frozen bottom layers (radpriv.model.prefix_cache); None: off
+        self.prefix_cache = None
         self._outputs: dict[str, list] = {"val": [], "test": []}
 
     # -- shared by every stage --
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids, attention_mask)
 
+    def logits(self, batch, split: str) -> torch.Tensor:
+        cache = self.prefix_cache
+        if cache is not None and cache.has(split):
+            mask = batch["attention_mask"]
+            feats = cache.gather(split, batch["index"], mask.shape[1]).to(mask.device)
+            return self.net(None, mask, prefix_hidden=feats, prefix_layers=cache.k)
+        return self(batch["input_ids"], batch["attention_mask"])
+
     def chunk_losses(self, chunk) -> torch.Tensor:
-        return per_sample_loss(self(chunk["input_ids"], chunk["attention_mask"]), chunk["labels"])
+        return per_sample_loss(self.logits(chunk, "train"), chunk["labels"])
 
     # -- training --
     def configure_optimizers(self):
@@ -112,7 +122,7 @@ class ReportClassifierModule(L.LightningModule):
 
     # -- evaluation --
     def _eval_step(self, stage: str, batch) -> None:
-        probs = torch.sigmoid(self(batch["input_ids"], batch["attention_mask"]))
+        probs = torch.sigmoid(self.logits(batch, stage))
         self._outputs[stage].append((batch["index"].cpu(), probs.detach().float().cpu(),
                                      batch["labels"].cpu()))
 

@@ -55,6 +55,10 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
     client = logger.experiment
     run_id = logger.run_id
     privacy = privacy_report(plan, dp, dm.num_train, table.name)
+    warm = getattr(module, "warm_start", None)
+    privacy["warm_start"] = warm.as_dict() if warm is not None else None
+    if warm is not None:
+        client.set_tag(run_id, "radpriv.init_from", warm.source)
     if privacy["private"]:
         logger.log_metrics({
             "privacy/epsilon": privacy["epsilon"], "privacy/delta": privacy["delta"],
@@ -77,7 +81,10 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
             tmp / "bundle", module.net, tokenizer, spec, finetune_mode=cfg.finetune.mode,
             label_names=table.label_names, thresholds=thresholds, max_length=int(cfg.data.max_length),
             extra={"privacy": {k: privacy[k] for k in ("private", "epsilon", "delta") if k in privacy}
-                   | {"accountant": privacy.get("accountant"), "dataset": table.name}},
+                   | {"accountant": privacy.get("accountant"), "dataset": table.name},
+                   # lets a later warm start refuse to begin from this run's own training reports
+                   "train_data": {"dataset": table.name,
+                                  "train_fingerprint": dm.splits["train"].fingerprint()}},
         )
         (tmp / "label_schema.json").write_text(json.dumps(label_schema, indent=2))
         (tmp / "privacy.json").write_text(json.dumps(privacy, indent=2, default=float))

@@ -1,0 +1,146 @@
+"""Frozen-prefix features: compute the frozen bottom of the encoder once per report, not per epoch.
+
+With LoRA on the top layers only (`finetune.layers_to_transform`, e.g. [3, 4, 5] of MiniLM's
+six), the embeddings and every layer below the first adapted one are frozen: their output for a
+report is the same at every epoch. Training recomputed it at every step anyway — half of the
+forward pass for [3, 4, 5]. Here it is computed once, in eval mode, for every report of every
+split, and training runs only the adapted layers on top of it.
+
+Privacy: the cached features are a fixed public function (the pre-trained frozen layers) applied
+to each report separately — the same per-report preprocessing as tokenisation. Nothing crosses
+reports, so Poisson sampling, clipping and the accountant see exactly what they saw before. The
+features live in memory only, never in a file or the tracking store.
+
+Behaviour: identical to the uncached forward in eval mode (tested), with one difference in
+training: the frozen layers' dropout is not applied (their features are computed once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def base_encoder(encoder: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (or the encoder itself)."""
+    get_base = getattr(encoder, "get_base_model", None)
+    return get_base() if callable(get_base) else encoder
+
+
+def supports_prefix(encoder: nn.Module) -> bool:
+    """BERT-style encoders: embeddings, a list of layers, and transformers' own mask builder.
+
+    ALBERT shares one layer's weights across depth, so a frozen prefix of it does not exist.
+    """
+    base = base_encoder(encoder)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    return (hasattr(base, "embeddings") and isinstance(layers, nn.ModuleList)
+            and hasattr(base, "_create_attention_masks"))
+
+
+def frozen_prefix_layers(encoder: nn.Module, finetune: Mapping) -> int:
+    """How many bottom layers can be cached: those below the first LoRA layer (0: none)."""
+    layers = finetune.get("layers_to_transform")
+    if finetune.get("mode", "lora") != "lora" or not layers or not finetune.get("cache_frozen_prefix", True):
+        return 0
+    if not supports_prefix(encoder):
+        log.info("frozen-prefix cache: not available for %s; every step runs the whole encoder",
+                 type(base_encoder(encoder)).__name__)
+        return 0
+    k = min(int(i) for i in layers)
+    frozen = [n for n, p in base_encoder(encoder).named_parameters()
+              if p.requires_grad and (n.startswith("embeddings.") or _layer_index(n) < k)]
+    if frozen:  # a trainable weight below layer k: caching it would freeze it silently
+        log.info("frozen-prefix cache: %s is trainable below layer %d; not caching", frozen[0], k)
+        return 0
+    return k
+
+
+def _layer_index(name: str) -> int:
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "encoder" and parts[1] == "layer" and parts[2].isdigit():
+        return int(parts[2])
+    return 1 << 30
+
+
+def _attention_mask(base: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor):
+    mask, _ = base._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
+                                          embedding_output=hidden, encoder_hidden_states=None,
+                                          past_key_values=None)
+    return mask
+
+
+def _run_layers(base: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                start: int, stop: int | None) -> torch.Tensor:
+    mask = _attention_mask(base, hidden, attention_mask)
+    for layer in base.encoder.layer[start:stop]:
+        out = layer(hidden, mask)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def prefix_forward(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   k: int) -> torch.Tensor:
+    """Embeddings and layers [0, k): the frozen part."""
+    base = base_encoder(encoder)
+    hidden = base.embeddings(input_ids=input_ids)
+    return _run_layers(base, hidden, attention_mask, 0, k)
+
+
+def suffix_forward(encoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                   k: int) -> torch.Tensor:
+    """Layers [k, end) on top of cached prefix features: the part that trains."""
+    return _run_layers(base_encoder(encoder), hidden, attention_mask, k, None)
+
+
+class PrefixCache:
+    """Per split, one [length, hidden] tensor per report (padding positions not stored)."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.features: dict[str, list[torch.Tensor]] = {}
+
+    def has(self, split: str) -> bool:
+        return split in self.features
+
+    @torch.inference_mode()
+    def build(self, net: nn.Module, split: str, input_ids: list, batch_size: int = 64,
+              pad_id: int = 0, progress: bool = True) -> None:
+        from radpriv.data.datamodule import length_sorted_batches, pad_chunk
+
+        was_training = net.training
+        net.eval()
+        device = next(net.parameters()).device
+        feats: list[torch.Tensor | None] = [None] * len(input_ids)
+        batches = length_sorted_batches([len(x) for x in input_ids], batch_size)
+        for rows in tqdm(batches, desc=f"frozen layers 0-{self.k - 1} ({split})", leave=False,
+                         disable=not progress):
+            chunk = pad_chunk([(i, input_ids[i], np.zeros(0, np.float32)) for i in rows], pad_id)
+            hidden = prefix_forward(net.encoder, chunk["input_ids"].to(device),
+                                    chunk["attention_mask"].to(device), self.k).float().cpu()
+            for row, i in enumerate(rows):
+                feats[i] = hidden[row, : len(input_ids[i])].clone()
+        self.features[split] = feats
+        net.train(was_training)
+
+    def gather(self, split: str, index: torch.Tensor, length: int) -> torch.Tensor:
+        """The chunk's features, zero-padded to `length` (its attention mask masks the pads)."""
+        rows = [self.features[split][int(i)] for i in index]
+        out = torch.zeros((len(rows), length, rows[0].shape[-1]), dtype=rows[0].dtype)
+        for r, f in enumerate(rows):
+            out[r, : f.shape[0]] = f
+        return out
+
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for fs in self.features.values() for f in fs)
+
+
+def estimated_bytes(input_ids: Mapping[str, list], hidden_size: int) -> int:
+    return 4 * hidden_size * sum(len(x) for ids in input_ids.values() for x in ids)

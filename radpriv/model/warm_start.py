@@ -1,0 +1,164 @@
+"""Public warm start: begin (DP-)training from a model trained on *public* reports.
+
+`finetune.init_from=<run id | runs:/… | models:/… | bundle dir>` loads that model's trainable
+weights — the LoRA matrices (or, for `finetune=full`, the encoder) and the classifier head —
+into the freshly built classifier before training. Decision thresholds are not taken over:
+they are fitted again on this run's validation split.
+
+Privacy: the starting point is an input of the training algorithm that does not depend on this
+run's private reports, so DP-SGD's guarantee for them is unchanged and the warm start costs
+them nothing — *provided the source model never saw them*. radpriv cannot see inside the
+source's training data, so it checks what it can and records the rest on the run:
+- a source trained on exactly this run's training split is refused (its weights are a function
+  of the private reports: a non-private source would void the guarantee, a private one would
+  add its ε);
+- a source trained on the same dataset but another selection of reports (e.g. the other half
+  in the public/private simulation) is accepted with a warning: the user asserts the two are
+  disjoint;
+- the source's dataset, its privacy facts and the reference are written to privacy.json.
+See docs/PRIVACY.md, "Public warm start".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from radpriv.errors import ConfigError, ModelError, PrivacyError
+from radpriv.model.bundle import HEAD, META, load_meta
+from radpriv.model.classifier import ReportClassifier
+from radpriv.model.encoder import EncoderSpec
+
+log = logging.getLogger(__name__)
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What the run records about its starting point (privacy.json `warm_start`)."""
+
+    source: str
+    source_dataset: str | None
+    source_private: bool | None
+    source_epsilon: float | None
+    same_dataset_other_reports: bool
+    privacy_cost: str = ("none to this run's training reports: the source model was trained on "
+                         "other (public) reports; its own guarantee, if any, is the source's")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fetch_bundle(ref: str, tracking_uri: str | None, dst: Path) -> Path:
+    """A local bundle folder for a run id, a runs:/ or models:/ URI, or a local folder."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if (path / META).is_file():
+            return path
+        found = next(path.rglob(META), None)
+        if found is None:
+            raise ModelError(f"finetune.init_from={ref}: no radpriv model ({META}) in that folder")
+        return found.parent
+    if not (ref.startswith(("runs:/", "models:/")) or _RUN_ID.match(ref)):
+        raise ModelError(f"finetune.init_from={ref!r} is not a folder, an MLflow run id, runs:/… or "
+                         "models:/… URI")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from radpriv.tracking.mlflow_run import tracking_uri as resolve_uri
+
+    mlflow.set_tracking_uri(resolve_uri(tracking_uri))
+    uri = f"runs:/{ref}/model" if _RUN_ID.match(ref) else ref
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
+    except MlflowException as e:
+        raise ModelError(f"finetune.init_from={ref}: {str(e).splitlines()[0]}") from None
+    found = next(Path(local).rglob(META), None)
+    if found is None:
+        raise ModelError(f"finetune.init_from={ref}: not a radpriv model (no {META})")
+    return found.parent
+
+
+def _check_compatible(meta: Mapping, label_names, spec: EncoderSpec, mode: str, ref: str) -> None:
+    if list(meta["label_names"]) != list(label_names):
+        raise ModelError(f"finetune.init_from={ref}: its labels {meta['label_names']} differ from this "
+                         f"run's {list(label_names)}; warm-start from a model with the same label schema")
+    if meta["encoder"]["name"] != spec.name:
+        raise ModelError(f"finetune.init_from={ref}: it was trained on encoder {meta['encoder']['name']!r}, "
+                         f"this run uses {spec.name!r}")
+    if meta["finetune_mode"] != mode:
+        raise ModelError(f"finetune.init_from={ref}: a {meta['finetune_mode']} model cannot start a "
+                         f"finetune={mode} run")
+
+
+def _check_source_data(meta: Mapping, dataset: str, train_fingerprint: str, ref: str) -> bool:
+    """Refuse a source trained on this run's training reports; True: same dataset, other reports."""
+    source = meta.get("train_data") or {}
+    if source.get("train_fingerprint") == train_fingerprint:
+        raise PrivacyError(
+            f"finetune.init_from={ref} was trained on this run's own training reports: starting from "
+            "it would spend their privacy outside this run's accounting. Warm-start from a model "
+            "trained on public reports (e.g. another dataset, or data.train_shard=0/2 vs 1/2)")
+    same = source.get("dataset") == dataset
+    if same:
+        log.warning("warm start: %s was trained on other reports of %s; their being disjoint from "
+                    "this run's training reports is what makes the warm start free", ref, dataset)
+    return same
+
+
+def _load_lora(net: ReportClassifier, adapter_dir: Path, ref: str) -> None:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    files = sorted(adapter_dir.glob("adapter_model.safetensors"))
+    if not files:
+        raise ModelError(f"finetune.init_from={ref}: no adapter weights in {adapter_dir}")
+    saved = load_file(str(files[0]))
+    expected = get_peft_model_state_dict(net.encoder)
+    if set(saved) != set(expected) or any(saved[k].shape != expected[k].shape for k in saved):
+        cfg = (adapter_dir / "adapter_config.json").read_text() if (adapter_dir / "adapter_config.json").is_file() else ""
+        hint = re.findall(r'"(r|target_modules|layers_to_transform)": ([^,\n]+(?:\][^,\n]*)?)', cfg)
+        raise ConfigError(f"finetune.init_from={ref}: its LoRA adapter ({', '.join(f'{k}={v}' for k, v in hint)}) "
+                          "does not match this run's finetune.r / target_modules / layers_to_transform; "
+                          "set them to the source's")
+    set_peft_model_state_dict(net.encoder, saved)
+
+
+def _load_full(net: ReportClassifier, encoder_dir: Path, ref: str) -> None:
+    files = sorted(encoder_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"finetune.init_from={ref}: no encoder weights in {encoder_dir}")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = net.encoder.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(net.encoder.state_dict()):
+        raise ModelError(f"finetune.init_from={ref}: its encoder weights do not fit this encoder")
+
+
+def apply_warm_start(net: ReportClassifier, ref: str, *, label_names, spec: EncoderSpec, mode: str,
+                     dataset: str, train_fingerprint: str, tracking_uri: str | None = None) -> WarmStart:
+    """Load the source's trainable weights into `net` (in place) and say where they came from."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = fetch_bundle(str(ref), tracking_uri, Path(tmp))
+        meta = load_meta(bundle)
+        _check_compatible(meta, label_names, spec, mode, ref)
+        same_dataset = _check_source_data(meta, dataset, train_fingerprint, ref)
+        if mode == "lora":
+            _load_lora(net, bundle / "adapter", ref)
+        else:
+            _load_full(net, bundle / "encoder", ref)
+        net.head.load_state_dict(load_file(str(bundle / HEAD)))
+    privacy = meta.get("privacy") or {}
+    log.info("warm start: trainable weights from %s (trained on %s, %s)", ref,
+             privacy.get("dataset", "an unrecorded dataset"),
+             f"ε={privacy['epsilon']:.3g}" if privacy.get("private") else "non-private")
+    return WarmStart(source=str(ref), source_dataset=privacy.get("dataset"),
+                     source_private=privacy.get("private"), source_epsilon=privacy.get("epsilon"),
+                     same_dataset_other_reports=same_dataset)
