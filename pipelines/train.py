@@ -10,12 +10,17 @@ import sys
 
 from radpriv.cli import main
 
-if __name__ == "__main__":
+
+def mlproject_overrides(args: list[str]) -> list[str]:
     overrides = []
-    for arg in sys.argv[1:]:
+    for arg in args:
         key, _, value = arg.partition("=")
         if key == "extra":
             overrides += shlex.split(value)
         elif value != "default":
             overrides.append(arg)
-    main(["train", *overrides])
+    return overrides
+
+
+if __name__ == "__main__":
+    main(["train", *mlproject_overrides(sys.argv[1:])])

@@ -1,0 +1,83 @@
+"""The recipe (issue 10): one set of defaults, used by every entry point; thresholds from
+validation only."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import shlex
+from pathlib import Path
+
+import numpy as np
+import yaml
+from omegaconf import OmegaConf
+
+from radpriv.config import CONF_DIR, compose
+from radpriv.data.sources import load_table
+from radpriv.model.bundle import load_bundle, predict_proba
+from radpriv.model.metrics import fit_thresholds
+from radpriv.model.warm_start import fetch_bundle
+from tests.test_train_e2e import TINY, train_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _conf(group: str, name: str) -> dict:
+    return yaml.safe_load((CONF_DIR / group / f"{name}.yaml").read_text())
+
+
+def test_defaults_are_the_recipe_files():
+    """`radpriv train` with nothing overridden: MiniLM, LoRA, DP, exactly the conf files' values."""
+    cfg = OmegaConf.to_container(compose([]), resolve=True)
+    assert cfg["model"]["name"] == "minilm" and cfg["data"]["name"] == "openi"
+    assert cfg["finetune"] == _conf("finetune", "lora")
+    assert cfg["privacy"] == _conf("privacy", "dp")
+    assert cfg["trainer"] == _conf("trainer", "cpu")
+
+
+def test_mlflow_run_with_default_parameters_trains_the_same_recipe():
+    """`mlflow run .` renders MLproject's command; with its defaults it must compose to the same
+    config as a bare `radpriv train` (the MLproject must not carry a second recipe)."""
+    spec = importlib.util.spec_from_file_location("pipeline_train", ROOT / "pipelines" / "train.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    main = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["main"]
+    params = {k: str(v["default"]) for k, v in main["parameters"].items()}
+    command = " ".join(main["command"].split())
+    for key, value in params.items():
+        command = command.replace("{" + key + "}", shlex.quote(value))
+    args = shlex.split(command)[2:]  # drop `python pipelines/train.py`
+    overrides = pipeline.mlproject_overrides(args)
+    assert compose(overrides) == compose([])
+
+
+def _write_with_test_labels_flipped(src: Path, dst: Path, test_ids: set[str]) -> None:
+    rows = list(csv.reader(src.open(encoding="utf-8")))
+    with dst.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(rows[0])
+        for row in rows[1:]:
+            if row[0] in test_ids:
+                row = row[:2] + [str(1 - int(v)) for v in row[2:]]
+            w.writerow(row)
+
+
+def test_thresholds_are_fitted_on_validation_reports_only(tracking_uri, reports_csv, capsys, tmp_path):
+    path = reports_csv[0]
+    base = [*TINY, "privacy.epsilon=null", "finetune.lr=0.05"]
+    table = load_table(compose([*base, f"data.path={path}"]).data, 42)
+    val = table.subset("val")
+    out, _ = train_json(capsys, [*base, f"data.path={path}"])
+    model = load_bundle(fetch_bundle(out["run_id"], tracking_uri, tmp_path / "a"))
+    # the stored thresholds are exactly the F1-optimal ones on the validation split
+    expected = fit_thresholds(predict_proba(model, val.texts).numpy(), val.labels)
+    np.testing.assert_allclose(model.thresholds, expected)
+    assert len(set(model.thresholds)) > 1  # tuned, not all left at 0.5
+
+    # the same training with every test label flipped stores the same thresholds
+    flipped = tmp_path / "flipped.csv"
+    _write_with_test_labels_flipped(path, flipped, set(table.subset("test").ids))
+    out2, _ = train_json(capsys, [*base, f"data.path={flipped}"])
+    model2 = load_bundle(fetch_bundle(out2["run_id"], tracking_uri, tmp_path / "b"))
+    assert model2.thresholds == model.thresholds
+    assert out2["metrics"]["test/f1_weighted"] != out["metrics"]["test/f1_weighted"]
