@@ -22,6 +22,7 @@ from radpriv.errors import ConfigError
 from radpriv.model import prefix_cache
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
+from radpriv.model.head_init import HEAD_INITS, init_head_from_label_names
 from radpriv.model.module import ReportClassifierModule
 from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import accounting, independent_check
@@ -101,6 +102,11 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     plan = plan_privacy(cfg, dm, max_epochs)
     dm.poisson = plan is not None
     net = build_classifier(encoder, table.num_labels, cfg.finetune)
+    head_init = str(cfg.finetune.get("head_init", "random"))
+    if head_init not in HEAD_INITS:
+        raise ConfigError(f"finetune.head_init={head_init!r}: expected one of {', '.join(HEAD_INITS)}")
+    if head_init == "label_names":
+        init_head_from_label_names(net, tokenizer, table.label_names, float(cfg.finetune.head_init_scale))
     warm = None
     if cfg.finetune.get("init_from"):
         warm = apply_warm_start(net, str(cfg.finetune.init_from), label_names=table.label_names,

@@ -81,3 +81,25 @@ def test_thresholds_are_fitted_on_validation_reports_only(tracking_uri, reports_
     model2 = load_bundle(fetch_bundle(out2["run_id"], tracking_uri, tmp_path / "b"))
     assert model2.thresholds == model.thresholds
     assert out2["metrics"]["test/f1_weighted"] != out["metrics"]["test/f1_weighted"]
+
+
+def test_label_name_head_init_is_the_centred_label_embeddings():
+    import torch
+
+    from radpriv.errors import ConfigError
+    from radpriv.model.head_init import init_head_from_label_names, label_name_directions
+    from tests.test_dp_core import LORA, tiny_net
+
+    names = ["Pleural_Effusion", "cardiomegaly", "fracture"]
+    net, tok = tiny_net("tiny_bert", {**LORA, "normalize_pooled": True}, num_labels=3)
+    init_head_from_label_names(net, tok, names, scale=7.0)
+    directions = label_name_directions(net.encoder, tok, names)
+    torch.testing.assert_close(net.head.weight, 7.0 * directions)
+    torch.testing.assert_close(directions.sum(0), torch.zeros(directions.shape[1]), atol=1e-5, rtol=0)
+    # a different name gives a different row: the rows come from the names, not a constant
+    net2, _ = tiny_net("tiny_bert", {**LORA, "normalize_pooled": True}, num_labels=3)
+    init_head_from_label_names(net2, tok, ["atelectasis", *names[1:]], scale=7.0)
+    assert not torch.allclose(net2.head.weight[0], net.head.weight[0])
+    plain, _ = tiny_net("tiny_bert", LORA, num_labels=3)
+    with __import__("pytest").raises(ConfigError, match="normalize_pooled"):
+        init_head_from_label_names(plain, tok, names, scale=7.0)

@@ -86,6 +86,7 @@ def save_bundle(path: Path, net: ReportClassifier, tokenizer, spec: EncoderSpec,
         "thresholds": [float(t) for t in thresholds],
         "max_length": int(max_length),
         "hidden_size": int(net.head.in_features),
+        "normalize_pooled": bool(getattr(net, "normalize_pooled", False)),
         **(extra or {}),
     }
     (path / META).write_text(json.dumps(meta, indent=2))
@@ -119,7 +120,8 @@ def load_bundle(path: Path) -> LoadedModel:
         encoder = PeftModel.from_pretrained(base, path / "adapter")
     else:
         encoder = base
-    net = ReportClassifier(encoder, len(meta["label_names"]), dropout=0.0)
+    net = ReportClassifier(encoder, len(meta["label_names"]), dropout=0.0,
+                           normalize_pooled=bool(meta.get("normalize_pooled", False)))
     net.head.load_state_dict(load_file(str(path / HEAD)))
     net.eval()
     return LoadedModel(net=net, tokenizer=tokenizer, meta=meta)

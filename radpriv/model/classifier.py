@@ -25,9 +25,12 @@ FINETUNE_MODES = ("lora", "full")
 
 class ReportClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1,
-                 bias_init: float = 0.0):
+                 bias_init: float = 0.0, normalize_pooled: bool = False):
         super().__init__()
         self.encoder = encoder
+        # unit-norm report embeddings (as sentence-transformers serve MiniLM): bounded features,
+        # and the head's rows become cosine scores (see head_init.py)
+        self.normalize_pooled = bool(normalize_pooled)
         hidden = encoder.config.hidden_size
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, num_labels)
@@ -50,6 +53,8 @@ class ReportClassifier(nn.Module):
             hidden = suffix_forward(self.encoder, prefix_hidden, attention_mask, prefix_layers)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if self.normalize_pooled:
+            pooled = nn.functional.normalize(pooled, dim=-1)
         return self.head(self.dropout(pooled))
 
 
@@ -100,4 +105,5 @@ def build_classifier(encoder: nn.Module, num_labels: int, finetune: Mapping) -> 
             for p in pooler.parameters():
                 p.requires_grad_(False)
     return ReportClassifier(encoder, num_labels, dropout=float(finetune.get("head_dropout", 0.1)),
-                            bias_init=float(finetune.get("head_bias_init", 0.0)))
+                            bias_init=float(finetune.get("head_bias_init", 0.0)),
+                            normalize_pooled=bool(finetune.get("normalize_pooled", False)))
