@@ -98,6 +98,7 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         batch_size=int(cfg.privacy.expected_batch_size),
         physical_batch_size=int(cfg.privacy.max_physical_batch_size),
         eval_batch_size=int(cfg.trainer.eval_batch_size), seed=seed,
+        padding=str(cfg.data.get("padding", "dynamic")),
     )
     plan = plan_privacy(cfg, dm, max_epochs)
     dm.poisson = plan is not None

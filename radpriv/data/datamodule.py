@@ -36,9 +36,11 @@ class TokenizedReports(Dataset):
         return i, self.input_ids[i], self.labels[i]
 
 
-def pad_chunk(items, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a list of (index, ids, labels) to the longest ids in it."""
+def pad_chunk(items, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad a list of (index, ids, labels) to the longest ids in it (or to `pad_to`)."""
     longest = max(len(ids) for _, ids, _ in items)
+    if pad_to is not None:
+        longest = max(longest, int(pad_to))
     input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
     attention = torch.zeros((len(items), longest), dtype=torch.long)
     for row, (_, ids, _) in enumerate(items):
@@ -61,23 +63,25 @@ class LogicalBatch:
 
 
 class LogicalBatchCollator:
-    def __init__(self, pad_id: int, physical_batch_size: int):
+    def __init__(self, pad_id: int, physical_batch_size: int, pad_to: int | None = None):
         self.pad_id = pad_id
         self.physical_batch_size = physical_batch_size
+        self.pad_to = pad_to
 
     def __call__(self, items) -> LogicalBatch:
         items = sorted(items, key=lambda it: len(it[1]), reverse=True)
         p = self.physical_batch_size
-        chunks = [pad_chunk(items[s:s + p], self.pad_id) for s in range(0, len(items), p)]
+        chunks = [pad_chunk(items[s:s + p], self.pad_id, self.pad_to) for s in range(0, len(items), p)]
         return LogicalBatch(chunks=chunks, size=len(items))
 
 
 class EvalCollator:
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, pad_to: int | None = None):
         self.pad_id = pad_id
+        self.pad_to = pad_to
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
-        return pad_chunk(items, self.pad_id)
+        return pad_chunk(items, self.pad_id, self.pad_to)
 
 
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
@@ -89,7 +93,7 @@ def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
 class ReportDataModule(L.LightningDataModule):
     def __init__(self, table: ReportTable, tokenizer, *, max_length: int, batch_size: int,
                  physical_batch_size: int, eval_batch_size: int = 64, poisson: bool = False,
-                 seed: int = 0, cache_dir=None):
+                 seed: int = 0, cache_dir=None, padding: str = "dynamic"):
         super().__init__()
         self.table = table
         self.tokenizer = tokenizer
@@ -100,6 +104,12 @@ class ReportDataModule(L.LightningDataModule):
         self.poisson = poisson
         self.seed = seed
         self.cache_dir = cache_dir
+        if padding not in ("dynamic", "max_length"):
+            from radpriv.errors import ConfigError
+            raise ConfigError(f"data.padding={padding!r}: expected dynamic or max_length")
+        # max_length: every chunk padded to max_length (the common fixed-shape baseline; only
+        # for comparison: dynamic padding computes the same losses on fewer positions)
+        self.pad_to = max_length if padding == "max_length" else None
         self.splits: dict[str, ReportTable] = {s: table.subset(s) for s in ("train", "val", "test")}
         self.datasets: dict[str, TokenizedReports] = {}
         if len(self.splits["train"]) == 0:
@@ -136,12 +146,12 @@ class ReportDataModule(L.LightningDataModule):
         else:
             sampler = ShuffledBatchSampler(n, self.batch_size, self.seed)
         return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=0,
-                          collate_fn=LogicalBatchCollator(self.pad_id, self.physical_batch_size))
+                          collate_fn=LogicalBatchCollator(self.pad_id, self.physical_batch_size, self.pad_to))
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.datasets[split]
         batches = length_sorted_batches([len(x) for x in ds.input_ids], self.eval_batch_size)
-        return DataLoader(ds, batch_sampler=batches, num_workers=0, collate_fn=EvalCollator(self.pad_id))
+        return DataLoader(ds, batch_sampler=batches, num_workers=0, collate_fn=EvalCollator(self.pad_id, self.pad_to))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -1,0 +1,297 @@
+"""Performance suite (issue 7): ratios measured side by side in one invocation.
+
+    python benchmarks/perf.py [--steps 5] [--reps 1] [--e2e] [--out benchmarks/out]
+
+Every training configuration runs in its own subprocess (a fresh process: its peak RSS is its
+own; one configuration's warm caches do not flatter the next), on the same model, the same
+Open-i training reports and the same logical batch; configurations alternate within each
+repetition so drift on this shared machine hits them alike. Reported per configuration: reports
+per second over the timed optimisation steps (the first step is a warm-up, not timed) and peak
+RSS. Then ratios against their baseline, and the pyfunc model's inference throughput and load
+time. `--e2e` adds the default job (`radpriv train privacy.epsilon=0.1`) split into set-up,
+fit, evaluation and logging from its `time/*` metrics.
+
+Writes perf.json and perf.md under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DP = ["privacy.epsilon=1"]
+TOP3 = ["finetune.layers_to_transform=[3,4,5]"]
+
+# name -> (overrides, training loop)
+CONFIGS: dict[str, tuple[list[str], str]] = {
+    "lora_nonprivate": (["privacy.epsilon=null"], "lightning"),
+    "lora_dp": (DP, "lightning"),
+    "lora_dp_plain_loop": (DP, "plain"),
+    "lora_dp_pad_max_length": ([*DP, "data.padding=max_length"], "lightning"),
+    "lora_dp_top3_uncached": ([*DP, *TOP3, "finetune.cache_frozen_prefix=false"], "lightning"),
+    "lora_dp_top3_cached": ([*DP, *TOP3], "lightning"),
+}
+
+# ratio name -> (numerator, denominator, target, what the target means)
+RATIOS = [
+    ("DP / non-private time per report", "lora_dp", "lora_nonprivate", 1.10, "≤"),
+    ("Lightning path / plain Opacus loop time per report", "lora_dp", "lora_dp_plain_loop", 1.05, "≤"),
+    ("pad-to-max_length / dynamic padding time per report", "lora_dp_pad_max_length", "lora_dp", 1.5, "≥"),
+    ("top-3 LoRA: uncached / cached frozen prefix time per report", "lora_dp_top3_uncached",
+     "lora_dp_top3_cached", None, ""),
+    ("all-layer LoRA / top-3 cached time per report", "lora_dp", "lora_dp_top3_cached", None, ""),
+]
+
+
+# --------------------------------------------------------------------------- one configuration
+def _timed_steps(step_fn, batches, steps: int) -> tuple[float, int]:
+    """Run steps+1 optimisation steps; time the last `steps` (the first warms up)."""
+    it = iter(batches)
+    step_fn(next(it))
+    n, t0 = 0, time.perf_counter()
+    for _ in range(steps):
+        n += step_fn(next(it))
+    return time.perf_counter() - t0, n
+
+
+def measure(name: str, steps: int) -> dict:
+    """Train `steps` timed DP/non-private steps of one configuration in this process."""
+    import lightning as L
+    import torch
+
+    from radpriv.config import compose
+    from radpriv.train import attach_prefix_cache, build
+
+    overrides, loop = CONFIGS[name]
+    cfg = compose([*overrides, "trainer.progress_bar=false"])
+    torch.set_num_threads(int(cfg.trainer.num_threads or os.cpu_count() or 1))
+    table, spec, tokenizer, dm, module, plan = build(cfg)
+    dm.setup("fit")
+    t_cache = time.perf_counter()
+    attach_prefix_cache(cfg, dm, module)
+    t_cache = time.perf_counter() - t_cache
+    if plan is not None:
+        # enough planned steps for the accountant; the plan's σ is the real one
+        dm.poisson = True
+    if loop == "plain":
+        seconds, reports = _plain_opacus_loop(module, dm, plan, steps)
+    else:
+        from radpriv.privacy.callback import DPCallback
+
+        timer = _StepTimer(steps)
+        trainer = L.Trainer(max_steps=steps + 1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",
+                            callbacks=[*([DPCallback(plan)] if plan is not None else []), timer])
+        trainer.fit(module, datamodule=dm)
+        seconds, reports = timer.seconds, timer.reports
+    return {"name": name, "overrides": overrides, "loop": loop, "steps": steps,
+            "reports": reports, "seconds": seconds, "reports_per_s": reports / seconds,
+            "prefix_cache_s": t_cache,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads()}
+
+
+class _StepTimer:
+    """A Lightning callback timing optimisation steps 2..steps+1 and counting their reports."""
+
+    def __new__(cls, steps: int):
+        import lightning as L
+
+        class Timer(L.Callback):
+            def __init__(self):
+                self.steps, self.seen, self.reports, self.seconds, self.t0 = steps, 0, 0, 0.0, None
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if self.seen >= 1:
+                    self.t0 = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if self.t0 is not None:
+                    self.seconds += time.perf_counter() - self.t0
+                    self.reports += batch.size
+                    self.t0 = None
+                self.seen += 1
+
+        return Timer()
+
+
+def _plain_opacus_loop(module, dm, plan, steps: int) -> tuple[float, int]:
+    """The same peft model, Opacus hooks and optimizer, the same batches: no Lightning at all."""
+    import torch
+    from opacus.grad_sample import GradSampleHooks
+    from opacus.optimizers import DPOptimizer
+
+    from radpriv.model.module import per_sample_loss
+
+    net = module.net
+    net.train()
+    GradSampleHooks(net, batch_first=True, loss_reduction="sum")
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = DPOptimizer(torch.optim.AdamW(params, lr=float(module.hparams.lr)),
+                      noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                      expected_batch_size=plan.expected_batch_size, loss_reduction="sum")
+    cache = module.prefix_cache
+
+    def logits(chunk):
+        if cache is not None:
+            feats = cache.gather("train", chunk["index"], chunk["attention_mask"].shape[1])
+            return net(None, chunk["attention_mask"], prefix_hidden=feats, prefix_layers=cache.k)
+        return net(chunk["input_ids"], chunk["attention_mask"])
+
+    def step(batch) -> int:
+        last = len(batch.chunks) - 1
+        for k, chunk in enumerate(batch.chunks):
+            per_sample_loss(logits(chunk), chunk["labels"]).sum().backward()
+            if k < last:
+                opt.signal_skip_step(do_skip=True)
+                opt.step()
+                opt.zero_grad()
+        opt.step()
+        opt.zero_grad()
+        return batch.size
+
+    return _timed_steps(step, dm.train_dataloader(), steps)
+
+
+# --------------------------------------------------------------------------- inference
+def measure_pyfunc(n_reports: int) -> dict:
+    """Log a (1-step) MiniLM model, then time mlflow.pyfunc load and predict on Open-i texts."""
+    import mlflow
+    import pandas as pd
+
+    from radpriv.config import compose
+    from radpriv.data.sources import load_table
+    from radpriv.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        cwd = os.getcwd()
+        os.chdir(tmp)  # artifacts beside the temporary store
+        try:
+            cfg = compose(["privacy.epsilon=null", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                           "trainer.progress_bar=false", "tracking.checkpoint_dir=null",
+                           f"tracking.uri={uri}"])
+            run_id = train(cfg)["run_id"]
+            texts = list(load_table(cfg.data, 42).texts)[:n_reports]
+            mlflow.set_tracking_uri(uri)
+            t0 = time.perf_counter()
+            model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+            t_load = time.perf_counter() - t0
+            frame = pd.DataFrame({"text": texts})
+            t0 = time.perf_counter()
+            model.predict(frame.iloc[:8])
+            t_first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = model.predict(frame)
+            t_all = time.perf_counter() - t0
+        finally:
+            os.chdir(cwd)
+    return {"reports": len(texts), "load_s": t_load, "first_call_8_reports_s": t_first,
+            "predict_s": t_all, "reports_per_s": len(texts) / t_all, "columns": len(out.columns)}
+
+
+def measure_e2e() -> dict:
+    """The default job as `make demo` runs it, split by the run's own time/* metrics."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+        proc = subprocess.run([sys.executable, "-m", "radpriv.cli", "train", "privacy.epsilon=0.1",
+                               "trainer.progress_bar=false", "tracking.checkpoint_dir=null"],
+                              cwd=tmp, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"e2e run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])["metrics"]
+    split = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("time/")}
+    split["process_start_and_imports_s"] = wall - split["total_s"]
+    return {"wall_s": wall, **split}
+
+
+# --------------------------------------------------------------------------- driver
+def _run_child(name: str, steps: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(steps)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Performance ({result['date']}, {result['machine']})", "",
+             f"Command: `{result['command']}`", "",
+             "| configuration | reports/s | peak RSS (MB) | runs |", "|---|---|---|---|"]
+    for name, r in result["configs"].items():
+        lines.append(f"| {name} | {r['reports_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['runs']} |")
+    lines += ["", "| ratio | value | target |", "|---|---|---|"]
+    for r in result["ratios"]:
+        target = f"{r['direction']} {r['target']}" if r["target"] else "—"
+        lines.append(f"| {r['name']} | {r['value']:.3f} | {target} |")
+    if "pyfunc" in result:
+        p = result["pyfunc"]
+        lines += ["", f"pyfunc inference: {p['reports_per_s']:.1f} reports/s over {p['reports']} reports; "
+                      f"load {p['load_s']:.1f} s; first call (8 reports) {p['first_call_8_reports_s']:.2f} s"]
+    if "e2e" in result:
+        lines += ["", "default job: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["e2e"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=5, help="timed optimisation steps per configuration")
+    ap.add_argument("--reps", type=int, default=1, help="alternating repetitions of every configuration")
+    ap.add_argument("--only", nargs="*", default=None, help="a subset of configurations")
+    ap.add_argument("--pyfunc-reports", type=int, default=746)
+    ap.add_argument("--no-pyfunc", action="store_true")
+    ap.add_argument("--e2e", action="store_true", help="also time the default ε=0.1 job end to end")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.one:
+        print(json.dumps(measure(args.one, args.steps)))
+        return
+    from tqdm import tqdm
+
+    names = args.only or list(CONFIGS)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    jobs = [(rep, n) for rep in range(args.reps) for n in (names if rep % 2 == 0 else names[::-1])]
+    for rep, name in tqdm(jobs, desc="configurations"):
+        runs[name].append(_run_child(name, args.steps))
+    configs = {n: {"reports_per_s": statistics.median(r["reports_per_s"] for r in rs),
+                   "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "runs": len(rs),
+                   "prefix_cache_s": statistics.median(r["prefix_cache_s"] for r in rs)}
+               for n, rs in runs.items()}
+    ratios = []
+    for label, num, den, target, direction in RATIOS:
+        if num in configs and den in configs:
+            # time per report ratio = throughput(den) / throughput(num)
+            value = configs[den]["reports_per_s"] / configs[num]["reports_per_s"]
+            ratios.append({"name": label, "value": value, "target": target, "direction": direction})
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} CPU cores",
+              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "steps": args.steps, "configs": configs, "ratios": ratios, "runs": runs}
+    if not args.no_pyfunc:
+        result["pyfunc"] = measure_pyfunc(args.pyfunc_reports)
+    if args.e2e:
+        result["e2e"] = measure_e2e()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "perf.json").write_text(json.dumps(result, indent=2))
+    (out / "perf.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
