@@ -25,6 +25,10 @@ commands:
   data check summarise a dataset (counts only) and exit 1 if it cannot be trained on, e.g.
              radpriv data check data=mimic_cxr data.path=/path/to/mimic-cxr
 
+  audit      train with m canary reports and audit the result: the one-run ε lower bound
+             (Steinke et al. 2023) and a membership-inference AUC, e.g.
+             radpriv audit privacy.epsilon=1 audit.canaries=500
+
 overrides use Hydra syntax over the config tree in radpriv/conf (conf/ at the repo root):
   data=openi|ct_rate_text|ct_rate|mimic_cxr|csv  model=minilm|bert_small|bert_medium|albert_base|tiny_bert|tiny_albert|custom
   finetune=lora|full  privacy.epsilon=<float|null>  privacy.delta=<float>  seed=<int>
@@ -109,12 +113,20 @@ def _data(overrides: list[str]) -> int:
     return data_command(overrides)
 
 
+def _audit(overrides: list[str]) -> dict:
+    from radpriv.audit.run import audit
+    from radpriv.config import compose
+
+    return audit(compose(["+audit=default", *overrides]))
+
+
 # command name -> handler(overrides): a dict (the summary printed as the last JSON line) or an
 # exit code. Heavy imports stay inside the handlers so `radpriv --help` is instant.
 COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
     "data": _data,
+    "audit": _audit,
 }
 
 

@@ -1,0 +1,1 @@
+"""Empirical privacy audit: canaries, the one-run ε lower bound, membership inference."""
