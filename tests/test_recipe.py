@@ -103,3 +103,23 @@ def test_label_name_head_init_is_the_centred_label_embeddings():
     plain, _ = tiny_net("tiny_bert", LORA, num_labels=3)
     with __import__("pytest").raises(ConfigError, match="normalize_pooled"):
         init_head_from_label_names(plain, tok, names, scale=7.0)
+
+
+def test_every_mlproject_entry_point_composes_with_its_defaults():
+    """A typo in an entry point's command (a key that does not exist) fails here, not in a user's
+    `mlflow run . -e <entry>`."""
+    spec = importlib.util.spec_from_file_location("pipeline_train", ROOT / "pipelines" / "train.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    prefixes = {"train.py": [], "audit.py": ["+audit=default"]}
+    entries = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    for name, entry in entries.items():
+        command = " ".join(entry["command"].split())
+        for key, value in entry["parameters"].items():
+            command = command.replace("{" + key + "}", shlex.quote(str(value["default"])))
+        script, *args = shlex.split(command)[1:]
+        assert (ROOT / script).is_file(), name
+        prefix = prefixes.get(Path(script).name)
+        if prefix is None:
+            continue  # entry points of other commands are checked by their own tests
+        compose([*prefix, *pipeline.mlproject_overrides(args)])
