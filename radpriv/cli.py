@@ -25,6 +25,8 @@ commands:
   data check summarise a dataset (counts only) and exit 1 if it cannot be trained on, e.g.
              radpriv data check data=mimic_cxr data.path=/path/to/mimic-cxr
 
+  tune       an Optuna search of lr and clipping per ε, with the search's privacy cost, e.g.
+             radpriv tune privacy.epsilon=1 tune.n_trials=8 tune.accounting=compose
   audit      train with m canary reports and audit the result: the one-run ε lower bound
              (Steinke et al. 2023) and a membership-inference AUC, e.g.
              radpriv audit privacy.epsilon=1 audit.canaries=500
@@ -120,6 +122,12 @@ def _audit(overrides: list[str]) -> dict:
     return audit(compose(["+audit=default", *overrides]))
 
 
+def _tune(overrides: list[str]) -> dict:
+    from radpriv.tune.study import tune_command
+
+    return tune_command(overrides)
+
+
 # command name -> handler(overrides): a dict (the summary printed as the last JSON line) or an
 # exit code. Heavy imports stay inside the handlers so `radpriv --help` is instant.
 COMMANDS = {
@@ -127,6 +135,7 @@ COMMANDS = {
     "evaluate": _evaluate,
     "data": _data,
     "audit": _audit,
+    "tune": _tune,
 }
 
 

@@ -111,7 +111,7 @@ def test_every_mlproject_entry_point_composes_with_its_defaults():
     spec = importlib.util.spec_from_file_location("pipeline_train", ROOT / "pipelines" / "train.py")
     pipeline = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pipeline)
-    prefixes = {"train.py": [], "audit.py": ["+audit=default"]}
+    prefixes = {"train.py": [], "audit.py": ["+audit=default"], "tune.py": ["+tune=default"]}
     entries = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
     for name, entry in entries.items():
         command = " ".join(entry["command"].split())
