@@ -59,3 +59,21 @@ def test_dp_training_on_cached_features_moves_the_adapter_and_counts_steps():
     adapted = [n for n in before if ".layer.1." in n]
     assert adapted and all(not torch.equal(before[n], after[n]) for n in adapted)
     assert callback.steps == 4
+
+
+def test_top_half_is_the_upper_half_of_a_bert_stack_and_every_layer_of_albert():
+    from radpriv.model.classifier import resolve_lora_layers
+    from radpriv.model.encoder import load_encoder, resolve_spec
+
+    bert, _ = load_encoder(resolve_spec("tiny_bert"))
+    albert, _ = load_encoder(resolve_spec("tiny_albert"))
+    assert resolve_lora_layers(bert, "top_half") == [1]
+    assert resolve_lora_layers(albert, "top_half") is None
+    assert resolve_lora_layers(bert, None) is None and resolve_lora_layers(bert, [0]) == [0]
+    net, _ = tiny_net("tiny_bert", {**LORA, "layers_to_transform": "top_half"})
+    assert prefix_cache.frozen_prefix_layers(net.encoder, {**LORA, "layers_to_transform": "top_half"}) == 1
+    import pytest
+
+    from radpriv.errors import ConfigError
+    with pytest.raises(ConfigError, match="top_half"):
+        resolve_lora_layers(bert, "bottom")

@@ -66,6 +66,28 @@ def _freeze_embeddings(encoder: nn.Module) -> None:
         p.requires_grad_(False)
 
 
+def resolve_lora_layers(encoder: nn.Module, layers) -> list[int] | None:
+    """`finetune.layers_to_transform`: null (every layer), a list of indices, or `top_half`.
+
+    `top_half` is the recipe's per-family default: the upper half of a BERT-style stack (MiniLM's
+    [3, 4, 5], BERT-small's [2, 3], BERT-medium's [4..7]); fewer noisy parameters under DP, and
+    the frozen lower half is computed once (prefix_cache.py). ALBERT shares one layer's weights
+    across depth, so there is no upper half to pick: every (the one) layer.
+    """
+    if layers is None or (isinstance(layers, str) and layers == "all"):
+        return None
+    if isinstance(layers, str):
+        if layers != "top_half":
+            raise ConfigError(f"finetune.layers_to_transform={layers!r}: expected null, a list of "
+                              "layer indices, or top_half")
+        stack = getattr(getattr(encoder, "encoder", None), "layer", None)
+        if not isinstance(stack, nn.ModuleList):
+            return None
+        n = len(stack)
+        return list(range(n // 2, n)) if n > 1 else None
+    return [int(i) for i in layers] or None
+
+
 def apply_lora(encoder: nn.Module, cfg: Mapping) -> nn.Module:
     """Wrap the encoder with peft LoRA adapters; only the LoRA matrices stay trainable."""
     from peft import LoraConfig, get_peft_model
@@ -78,13 +100,13 @@ def apply_lora(encoder: nn.Module, cfg: Mapping) -> nn.Module:
             f"finetune.target_modules {missing} name no module of {type(encoder).__name__}; "
             f"linear modules it has: {sorted(n for n in names if n)[:20]}"
         )
-    layers = cfg.get("layers_to_transform")
+    layers = resolve_lora_layers(encoder, cfg.get("layers_to_transform"))
     lora = LoraConfig(
         r=int(cfg.get("r", 8)),
         lora_alpha=float(cfg.get("alpha", 16)),
         lora_dropout=float(cfg.get("dropout", 0.0)),
         target_modules=targets,
-        layers_to_transform=list(layers) if layers else None,
+        layers_to_transform=layers,
         bias="none",
     )
     return get_peft_model(encoder, lora)

@@ -34,6 +34,12 @@ def base_encoder(encoder: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else encoder
 
 
+def peft_config(encoder: nn.Module):
+    """The LoRA config peft applied (its layers_to_transform is the resolved list), or None."""
+    configs = getattr(encoder, "peft_config", None)
+    return next(iter(configs.values()), None) if configs else None
+
+
 def supports_prefix(encoder: nn.Module) -> bool:
     """BERT-style encoders: embeddings, a list of layers, and transformers' own mask builder.
 
@@ -47,8 +53,11 @@ def supports_prefix(encoder: nn.Module) -> bool:
 
 def frozen_prefix_layers(encoder: nn.Module, finetune: Mapping) -> int:
     """How many bottom layers can be cached: those below the first LoRA layer (0: none)."""
-    layers = finetune.get("layers_to_transform")
-    if finetune.get("mode", "lora") != "lora" or not layers or not finetune.get("cache_frozen_prefix", True):
+    if finetune.get("mode", "lora") != "lora" or not finetune.get("cache_frozen_prefix", True):
+        return 0
+    config = getattr(peft_config(encoder), "layers_to_transform", None)
+    layers = config if config is not None else None
+    if not layers:
         return 0
     if not supports_prefix(encoder):
         log.info("frozen-prefix cache: not available for %s; every step runs the whole encoder",
