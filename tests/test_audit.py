@@ -1,20 +1,28 @@
 """The empirical audit (issue 5, part 4): the bound's arithmetic, its power, and no canary text
-anywhere it should not be."""
+or membership anywhere it should not be."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
+import mlflow
 import numpy as np
 import pytest
 from scipy.optimize import brentq
 from scipy.stats import binom
 
+from radpriv.audit.canaries import make_canaries, public_words, with_canaries
 from radpriv.audit.one_run_bound import epsilon_lower_bound, guesses, p_value
+from radpriv.audit.run import EXIT_PRIVACY_BUG, privacy_bug
 from radpriv.cli import main
+from radpriv.data.schemas import CT_RATE18
+from tests.synthetic import synthetic_table
 from tests.test_train_e2e import TINY, all_files_text
 
+
+# ---- the bound (Steinke, Nasr & Jagielski 2023) -------------------------------------------------
 
 def test_all_correct_guesses_worked_example():
     """δ = 0, 100 guesses all correct: P = q^100 = 0.05 ⇒ q = 0.05^(1/100), ε = log(q/(1-q)) ≈ 3.493."""
@@ -24,19 +32,58 @@ def test_all_correct_guesses_worked_example():
     assert epsilon_lower_bound(1000, 100, 100, delta=0.0) == pytest.approx(by_hand, rel=1e-6)
 
 
+def test_delta_term_worked_example():
+    """m=10, r=4, v=4, ε=0 (q=½), δ=0.01, by hand: P[Bin ≥ 4] = 1/16; the averaged tails
+    P[4-i ≤ Bin < 4]/i are 4/16, 10/32, 14/48, 15/64 for i=1..4, max 5/16;
+    p = 1/16 + 5/16 · 2·10·0.01 = 0.125."""
+    assert p_value(10, 4, 4, 0.0, 0.01) == pytest.approx(0.125, rel=1e-12)
+    assert p_value(10, 4, 4, 0.0, 0.0) == pytest.approx(1 / 16, rel=1e-12)
+
+
 def test_pure_dp_bound_is_the_binomial_tail_root():
     m, r, v = 1000, 200, 150
     root = brentq(lambda e: binom.sf(v - 1, r, 1 / (1 + math.exp(-e))) - 0.05, 0, 10)
     assert epsilon_lower_bound(m, r, v, delta=0.0) == pytest.approx(root, rel=1e-6)
 
 
-def test_bound_grows_with_correct_guesses_and_is_zero_at_chance():
-    bounds = [epsilon_lower_bound(1000, 200, v, delta=1e-5) for v in (100, 110, 130, 160, 190)]
-    assert bounds[0] == 0.0 and bounds[1] == 0.0  # chance level and a little above: nothing proven
-    assert bounds[2] < bounds[3] < bounds[4]
-    # δ can only weaken the bound
+def _theorem_p_value(m, r, v, eps, delta):
+    """The theorem's p-value computed another way: the whole Binomial(r, q) pmf, tails by slicing."""
+    q = math.exp(eps) / (1 + math.exp(eps))
+    pmf = binom.pmf(np.arange(r + 1), r, q)
+    tail = pmf[v:].sum()
+    alpha = max((pmf[v - i:v].sum() / i for i in range(1, v + 1)), default=0.0)
+    return min(1.0, tail + 2 * m * delta * alpha)
+
+
+@pytest.mark.parametrize("m,r,v,delta", [(1000, 100, 90, 1e-5), (500, 100, 80, 1.5e-4), (200, 40, 36, 1e-3)])
+def test_bound_with_delta_matches_an_independent_root_of_the_theorem(m, r, v, delta):
+    root = brentq(lambda e: _theorem_p_value(m, r, v, e, delta) - 0.05, 0, 20, xtol=1e-12)
+    assert epsilon_lower_bound(m, r, v, delta) == pytest.approx(root, rel=1e-6, abs=1e-9)
+    assert 0 < epsilon_lower_bound(m, r, v, delta) < epsilon_lower_bound(m, r, v, 0.0)
+
+
+def test_bound_is_monotone_in_correct_guesses_and_zero_at_chance():
+    bounds = [epsilon_lower_bound(1000, 200, v, delta=1e-5) for v in range(90, 201)]
+    assert all(b1 <= b2 for b1, b2 in zip(bounds, bounds[1:]))
+    assert bounds[-1] > bounds[70] > 0
+    assert epsilon_lower_bound(1000, 200, 100, delta=1e-5) == 0.0  # exactly chance
+    assert epsilon_lower_bound(1000, 200, 110, delta=1e-5) == 0.0  # chance + noise: nothing proven
+    # δ and a higher confidence can only weaken the bound
     assert epsilon_lower_bound(1000, 200, 160, delta=1e-3) < epsilon_lower_bound(1000, 200, 160, delta=0.0)
-    assert p_value(1000, 200, 160, 0.0, 0.0) < 1e-10
+    assert (epsilon_lower_bound(1000, 200, 160, 1e-5, confidence=0.99)
+            < epsilon_lower_bound(1000, 200, 160, 1e-5, confidence=0.95))
+
+
+def test_chance_level_guessing_gives_about_zero_on_average():
+    """A model that learnt nothing about membership: random coins, scores independent of them."""
+    rng = np.random.default_rng(7)
+    bounds = []
+    for _ in range(200):
+        member = rng.random(500) < 0.5
+        r, v = guesses(rng.normal(size=500), member, 50, 50)
+        bounds.append(epsilon_lower_bound(500, r, v, 1e-5))
+    assert np.mean(np.asarray(bounds) > 0) <= 0.1  # false "leak" at most ~5% of the time
+    assert np.mean(bounds) < 0.05
 
 
 def test_guesses_take_the_top_and_bottom_scores():
@@ -44,58 +91,120 @@ def test_guesses_take_the_top_and_bottom_scores():
     member = np.array([True, False, False, True, True])
     # "in" for 0.9 and 0.8 (one right), "out" for 0.1 (right)
     assert guesses(scores, member, 2, 1) == (3, 2)
+    assert guesses(scores, member, 1, 0) == (1, 1)
+    assert guesses(scores, member, 0, 2) == (2, 1)
 
+
+# ---- canaries -----------------------------------------------------------------------------------
+
+def test_canaries_are_public_words_with_a_fair_seeded_coin():
+    from radpriv.model.encoder import load_encoder, resolve_spec
+
+    _, tok = load_encoder(resolve_spec("tiny_bert"))
+    vocab = set(public_words(tok))
+    c = make_canaries(400, CT_RATE18, tok, seed=3, words_per_canary=12)
+    again = make_canaries(400, CT_RATE18, tok, seed=3, words_per_canary=12)
+    assert c.texts == again.texts and (c.member == again.member).all() and c.ids == again.ids
+    assert c.texts != make_canaries(400, CT_RATE18, tok, seed=4, words_per_canary=12).texts
+    assert all(len(t.split()) == 12 and set(t.split()) <= vocab for t in c.texts)
+    assert all(w.isalpha() and not w.startswith("#") for w in vocab)
+    assert 160 < c.member.sum() < 240 and c.labels.shape == (400, len(CT_RATE18))
+    # opaque ids (not the canary's index): splits.json then shows only how many were included
+    assert len(set(c.ids)) == 400 and all(re.fullmatch(r"canary-[0-9a-f]{16}", cid) for cid in c.ids)
+
+    table = synthetic_table()
+    small = make_canaries(30, table.label_names, tok, seed=0)
+    audited = with_canaries(table, small)
+    added = audited.subset("train")
+    assert len(audited) == len(table) + small.member.sum()
+    assert set(added.texts) - set(table.texts) == {t for t, m in zip(small.texts, small.member) if m}
+    assert audited.subset("test").ids == table.subset("test").ids
+
+
+# ---- the command --------------------------------------------------------------------------------
 
 def _audit(overrides, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["audit", *overrides])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured
+    return exit_info.value.code, capsys.readouterr()
 
 
-def test_a_non_private_audit_has_power_and_leaks_no_canary_text(tracking_uri, reports_csv, capsys, tmp_path):
-    """Non-private full fine-tuning memorises random-label canaries: the bound is clearly > 0."""
-    from radpriv.audit.canaries import make_canaries
+def test_a_privacy_bug_is_one_loud_line():
+    summary = {"run_id": "abc", "audit": {"claimed_epsilon": 1.0, "epsilon_lower_bound": 1.7,
+                                          "confidence": 0.95, "correct_guesses": 90, "guesses": 100}}
+    message = privacy_bug(summary)
+    assert message.startswith("PRIVACY BUG") and "\n" not in message and "1.7" in message
+    summary["audit"]["epsilon_lower_bound"] = 0.4
+    assert privacy_bug(summary) is None
+    summary["audit"]["claimed_epsilon"] = None  # non-private: nothing claimed, nothing to refute
+    summary["audit"]["epsilon_lower_bound"] = 3.0
+    assert privacy_bug(summary) is None
+
+
+def test_bad_audit_settings_are_one_line_errors_before_any_training(tracking_uri, reports_csv, capsys, tmp_path):
+    base = [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=1"]
+    cases = [
+        ([*base, "audit.canaries=0"], "at least 1 canary"),
+        ([*base, "audit.canaries=-3"], "at least 1 canary"),
+        ([*base, "audit.canaries=40", "audit.k_plus=50"], "exceeds audit.canaries"),
+        ([*base, "audit.confidence=1.5"], "confidence"),
+        ([*base, "audit.delta=1e-12"], "below the run's δ"),
+        ([*TINY, f"data.path={reports_csv[0]}"], "state the claimed ε"),
+    ]
+    for overrides, message in cases:
+        code, captured = _audit(overrides, capsys)
+        lines = [ln for ln in captured.err.strip().splitlines() if ln.startswith("radpriv: error")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (overrides, captured.err[-500:])
+        assert "Traceback" not in captured.err and captured.out == ""
+    assert not list(tmp_path.rglob("model")), "a bad setting must stop the audit before training"
+
+
+def test_a_non_private_audit_has_power_and_leaks_no_canary(tracking_uri, reports_csv, capsys, tmp_path):
+    """Non-private full fine-tuning memorises random-label canaries: the bound is clearly > 0.
+    And no canary text, id or per-canary membership reaches MLflow, checkpoints or the console."""
     from radpriv.model.encoder import load_encoder, resolve_spec
 
     overrides = [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=null", "finetune=full",
-                 "finetune.lr=1e-2", "finetune.warmup_ratio=0", "trainer.max_epochs=30",
-                 "audit.canaries=120", "audit.words_per_canary=8", "audit.k_plus=20", "audit.k_minus=20",
-                 "audit.delta=1e-6",
-                 "tracking.checkpoint_dir=ckpt"]
-    with pytest.raises(SystemExit):
-        main(["audit", *overrides])  # exits 0 through main()
-    captured = capsys.readouterr()
+                 "finetune.lr=1e-2", "finetune.warmup_ratio=0", "trainer.max_epochs=20",
+                 "audit.canaries=120", "audit.words_per_canary=4", "audit.k_plus=20", "audit.k_minus=20",
+                 "audit.delta=1e-6", "audit.seed=0", "tracking.checkpoint_dir=ckpt"]
+    code, captured = _audit(overrides, capsys)
+    assert code == 0, captured.err[-2000:]
     summary = json.loads(captured.out.strip().splitlines()[-1])
     result = summary["audit"]
     assert result["guesses"] == 40 and result["claimed_epsilon"] is None
-    assert result["epsilon_lower_bound"] > 0.5, result
-    assert 0.5 < result["mia_auc"] <= 1.0
+    # 40 guesses all right would prove ε ≥ 2.55; chance-level guessing proves nothing (0)
+    assert result["epsilon_lower_bound"] > 1.0, result
+    assert result["canary_auc"] > 0.8 and 0.5 < result["mia_auc"] <= 1.0, result
+
+    run = mlflow.MlflowClient(tracking_uri).get_run(summary["run_id"])
+    assert run.data.metrics["audit/epsilon_lower_bound"] == pytest.approx(result["epsilon_lower_bound"])
+    for key in ("audit/mia_auc", "audit/canaries", "audit/correct_guesses", "audit/guesses"):
+        assert key in run.data.metrics, key
+    assert run.data.tags["radpriv.audit"] == "true"
+    assert not any(k.startswith("audit") for k in run.data.params), "audit.seed would regenerate the canaries"
 
     _, tok = load_encoder(resolve_spec("tiny_bert"))
-    texts = make_canaries(120, ["a", "b"], tok, seed=0, words_per_canary=8).texts
-    stored = all_files_text(tmp_path)  # MLflow store, artifacts and checkpoints
+    canaries = make_canaries(120, CT_RATE18, tok, seed=0, words_per_canary=4)
+    assert (canaries.labels.shape[1], len(canaries)) == (18, 120)
+    stored = all_files_text(tmp_path)  # MLflow store, its artifacts and the checkpoint dir
     printed = captured.out + captured.err
-    for text in texts:
+    assert (tmp_path / "ckpt").is_dir()
+    for text, cid in zip(canaries.texts, canaries.ids):
         assert text not in stored and text not in printed
-
-
-def test_bad_audit_settings_are_one_line_errors(tracking_uri, reports_csv, capsys):
-    base = [*TINY, f"data.path={reports_csv[0]}"]
-    for extra, message in [("audit.canaries=1", "at least 2"),
-                           ("audit.k_plus=50", "exceeds audit.canaries"),
-                           ("audit.confidence=1.5", "confidence")]:
-        code, captured = _audit([*base, "audit.canaries=40", *extra.split()] if "canaries=1" not in extra
-                                else [*base, extra], capsys)
-        lines = [ln for ln in captured.err.strip().splitlines() if ln.startswith("radpriv: error")]
-        assert code == 2 and lines and message in lines[-1], (extra, captured.err[-500:])
+        assert cid not in printed
+    # three consecutive words of a canary would be enough to recognise it
+    for text in canaries.texts:
+        words = text.split()
+        for i in range(len(words) - 2):
+            assert " ".join(words[i:i + 3]) not in stored + printed
 
 
 @pytest.mark.slow
 def test_the_audit_catches_a_dp_implementation_that_forgets_the_noise(
         tracking_uri, reports_csv, capsys, monkeypatch):
     """A planted bug — clipping but no noise, while the accountant counts σ — must be caught:
-    the lower bound exceeds the claimed ε and the command exits non-zero."""
+    the lower bound exceeds the claimed ε and the command exits with the privacy-bug status."""
     from opacus.optimizers import DPOptimizer
 
     monkeypatch.setattr(DPOptimizer, "add_noise", lambda self: [
@@ -105,5 +214,8 @@ def test_the_audit_catches_a_dp_implementation_that_forgets_the_noise(
                              "finetune.lr=1e-2", "finetune.warmup_ratio=0", "trainer.max_epochs=40",
                              "audit.canaries=120", "audit.words_per_canary=8", "audit.k_plus=20",
                              "audit.k_minus=20", "tracking.checkpoint_dir=null"], capsys)
-    assert code == 2, [ln for ln in captured.err.splitlines() if "audit" in ln]
-    assert "PRIVACY BUG" in captured.err
+    assert code == EXIT_PRIVACY_BUG, [ln for ln in captured.err.splitlines() if "audit" in ln]
+    bug_lines = [ln for ln in captured.err.splitlines() if "PRIVACY BUG" in ln]
+    assert len(bug_lines) == 1
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["audit"]["epsilon_lower_bound"] > summary["audit"]["claimed_epsilon"]

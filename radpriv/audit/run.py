@@ -1,12 +1,22 @@
-"""`radpriv audit [training overrides] audit.canaries=500`: train with canaries, then audit.
+"""`radpriv audit privacy.epsilon=<ε> [training overrides] [audit.*]`: train with canaries, audit.
 
-One training run, exactly as `radpriv train` would make it from the same overrides, except that
-the m canaries whose coin came up heads are appended to its training split (so N, q and δ are
-those of the audited run). The audit's numbers are logged to that same run (metrics `audit/*`,
-artifact `audit.json`: counts and bounds only — never a canary text or a per-canary score).
+Design: the audited training run *is* the audit run. One training run, exactly as `radpriv
+train` makes it from the same overrides (the same params, no `audit.*` among them), except that
+the canaries whose coin came up heads are appended to its training split — so N, the sampling
+rate q, σ and δ are those of the audited run, and its `audit/*` metrics sit in the same MLflow
+run as the `privacy/epsilon` they test (tag `radpriv.audit=true`). A separate parent run would
+only add a second place to look.
 
-If the ε lower bound exceeds the ε the run claims, the DP implementation is broken: the command
-says so and exits with status 2.
+Scoring uses the model as *logged* (downloaded from MLflow and loaded with
+radpriv.model.bundle), not the in-process module: the audit then tests exactly what is released.
+
+What reaches MLflow, stdout and stderr: counts, the bound, AUCs and settings — never a canary
+text, a per-canary score or a per-canary membership bit (nor audit.seed, from which canaries
+could be regenerated: it stays on the user's command line).
+
+If the ε lower bound exceeds the ε the run claims, the DP implementation leaks more than its
+accountant says: the command prints the summary, one loud line on stderr, and exits with
+status 3 (2 is reserved for input mistakes).
 """
 
 from __future__ import annotations
@@ -14,101 +24,202 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from radpriv.audit.canaries import make_canaries, with_canaries
-from radpriv.audit.mia import loss_threshold_auc, per_report_loss
+from radpriv.audit.mia import loss_threshold_auc, model_losses
 from radpriv.audit.one_run_bound import epsilon_lower_bound, guesses
-from radpriv.data.sources import load_table
 from radpriv.errors import ConfigError, PrivacyError
-from radpriv.model.bundle import load_bundle, predict_proba
-from radpriv.model.encoder import load_encoder, resolve_spec
-from radpriv.model.warm_start import fetch_bundle
-from radpriv.privacy import accounting
 
 log = logging.getLogger(__name__)
 
+EXIT_PRIVACY_BUG = 3
+METHOD = ("one-run ε lower bound of Steinke, Nasr & Jagielski (NeurIPS 2023), canary score = "
+          "−BCE of its own labels; loss-threshold MIA AUC (Yeom et al. 2018) on train vs test reports")
 
-def _guess_counts(cfg_audit, m: int) -> tuple[int, int]:
-    default = max(1, m // 10)
-    k_plus = default if cfg_audit.get("k_plus") is None else int(cfg_audit.k_plus)
-    k_minus = default if cfg_audit.get("k_minus") is None else int(cfg_audit.k_minus)
-    return k_plus, k_minus
+
+@dataclass(frozen=True)
+class Settings:
+    """The audit's knobs, all checked before any data is read or model trained."""
+    canaries: int
+    k_plus: int
+    k_minus: int
+    confidence: float
+    delta: float | None
+    words_per_canary: int
+    seed: int
+
+
+def settings(cfg: DictConfig) -> Settings:
+    a = cfg.audit
+    m = int(a.canaries)
+    if m < 1:
+        raise ConfigError(f"audit.canaries={m}: need at least 1 canary (the paper's audits use ≥ 1000)")
+    default = m // 10  # fixed before any score is seen: "in" for the top 10%, "out" for the bottom 10%
+    k_plus = max(1, default) if a.get("k_plus") is None else int(a.k_plus)
+    k_minus = default if a.get("k_minus") is None else int(a.k_minus)
+    if k_plus < 0 or k_minus < 0 or k_plus + k_minus < 1:
+        raise ConfigError(f"audit.k_plus={k_plus}, audit.k_minus={k_minus}: need ≥ 0 each and ≥ 1 guess")
+    if k_plus + k_minus > m:
+        raise ConfigError(f"audit.k_plus + audit.k_minus = {k_plus + k_minus} exceeds audit.canaries={m}")
+    confidence = float(a.confidence)
+    if not 0 < confidence < 1:
+        raise ConfigError(f"audit.confidence={confidence}: must be in (0, 1), e.g. 0.95")
+    delta = None if a.get("delta") is None else float(a.delta)
+    if delta is not None and not 0 <= delta < 1:
+        raise ConfigError(f"audit.delta={delta}: must be in [0, 1)")
+    if int(a.words_per_canary) < 1:
+        raise ConfigError(f"audit.words_per_canary={a.words_per_canary}: need at least 1 word")
+    if not cfg.tracking.get("log_model", True):
+        raise ConfigError("tracking.log_model=false: the audit scores the logged model; drop that override")
+    return Settings(m, k_plus, k_minus, confidence, delta, int(a.words_per_canary), int(a.seed))
+
+
+def require_claim(overrides: list[str]) -> None:
+    """The audit tests a claim: the user must state it, not inherit the config's default ε."""
+    keys = {ov.lstrip("+~").partition("=")[0] for ov in overrides}
+    if not keys & {"privacy.epsilon", "privacy"}:
+        raise ConfigError("radpriv audit: state the claimed ε to test, privacy.epsilon=<ε> "
+                          "(or privacy.epsilon=null to audit a non-private run)")
+
+
+def _audit_delta(s: Settings, cfg: DictConfig, private: bool, n_train: int) -> float:
+    """δ of the null hypothesis. For a private run it is the run's own δ (or a larger one): a
+    smaller δ would test a claim the run never made and could raise a false alarm."""
+    from radpriv.privacy import accounting
+
+    run_delta = (float(cfg.privacy.delta) if cfg.privacy.get("delta") is not None
+                 else accounting.default_delta(n_train))
+    if s.delta is None:
+        return run_delta
+    if private and s.delta < run_delta:
+        raise ConfigError(f"audit.delta={s.delta:g} is below the run's δ={run_delta:.3g}: a private run "
+                          "claims nothing at a smaller δ; leave audit.delta=null")
+    return s.delta
 
 
 def audit(cfg: DictConfig) -> dict:
+    """Train with canaries, score them and the real reports, log and return the summary."""
+    from radpriv.data.sources import load_table
+    from radpriv.model.bundle import load_bundle
+    from radpriv.model.encoder import load_encoder, resolve_spec
+    from radpriv.model.warm_start import fetch_bundle
+    from radpriv.privacy import accounting
     from radpriv.train import train
-    from radpriv.tracking.mlflow_run import client as tracking_client
 
-    a = cfg.audit
-    m = int(a.canaries)
-    if m < 2:
-        raise ConfigError(f"audit.canaries={m}: need at least 2 canaries")
-    k_plus, k_minus = _guess_counts(a, m)
-    if k_plus + k_minus > m:
-        raise ConfigError(f"audit.k_plus + audit.k_minus = {k_plus + k_minus} exceeds audit.canaries={m}")
-    seed = int(cfg.seed)
-    table = load_table(cfg.data, seed)
-    _, tokenizer = load_encoder(resolve_spec(cfg.model.source), seed=seed)
-    canaries = make_canaries(m, table.label_names, tokenizer, int(a.seed), int(a.words_per_canary))
+    s = settings(cfg)
+    private = accounting.resolve_epsilon(cfg.privacy.epsilon) is not None
+    table = load_table(cfg.data, int(cfg.seed))
+    if "test" not in table.split:
+        raise ConfigError("audit: the dataset has no test split to compare training reports with")
+    _, tokenizer = load_encoder(resolve_spec(cfg.model.source), seed=int(cfg.seed))
+    canaries = make_canaries(s.canaries, table.label_names, tokenizer, s.seed, s.words_per_canary)
     audited = with_canaries(table, canaries)
-    log.info("audit: %d canaries, %d of them in training (N_train %d → %d)", m, int(canaries.member.sum()),
-             table.split.count("train"), audited.split.count("train"))
+    n_train = audited.split.count("train")
+    delta = _audit_delta(s, cfg, private, n_train)
+    n_in = int(canaries.member.sum())
+    log.info("audit: %d canaries, %d of them in training (N_train %d → %d); guesses fixed in advance: "
+             "k+=%d, k−=%d", s.canaries, n_in, table.split.count("train"), n_train, s.k_plus, s.k_minus)
 
-    cfg = cfg.copy()
-    OmegaConf.update(cfg, "tracking.tags", {**(cfg.tracking.get("tags") or {}), "radpriv.audit": "true"},
-                     force_add=True)
-    summary = train(cfg, table=audited)
+    train_cfg = cfg.copy()
+    with open_dict(train_cfg):
+        del train_cfg["audit"]  # the training run's params are those `radpriv train` would log
+    OmegaConf.update(train_cfg, "tracking.tags", {**(train_cfg.tracking.get("tags") or {}),
+                                                  "radpriv.audit": "true"}, force_add=True)
+    summary = train(train_cfg, table=audited)
     run_id = summary["run_id"]
+    claimed = summary["metrics"].get("privacy/epsilon")
+    if private and claimed is None:
+        raise PrivacyError(f"audit: run {run_id} trained privately but reported no privacy/epsilon")
+    if private and s.delta is None:  # the δ the run itself reports is the claim under test
+        delta = float(summary["metrics"].get("privacy/delta", delta))
 
     with tempfile.TemporaryDirectory() as tmp:
         model = load_bundle(fetch_bundle(run_id, cfg.tracking.get("uri"), Path(tmp)))
     batch = int(cfg.trainer.eval_batch_size)
-    scores = -per_report_loss(predict_proba(model, canaries.texts, batch), canaries.labels)
-    r, v = guesses(scores, canaries.member, k_plus, k_minus)
-    claimed = summary["metrics"].get("privacy/epsilon")
-    n_train = audited.split.count("train")
-    if a.get("delta") is not None:
-        delta = float(a.delta)
-    else:
-        delta = float(summary["metrics"].get("privacy/delta") or accounting.default_delta(n_train))
-    confidence = float(a.confidence)
-    lower = epsilon_lower_bound(m, r, v, delta, confidence)
+    scores = -model_losses(model, canaries.texts, canaries.labels, batch, "audit: scoring canaries")
+    r, v = guesses(scores, canaries.member, s.k_plus, s.k_minus)
+    lower = epsilon_lower_bound(s.canaries, r, v, delta, s.confidence)
+    canary_auc = (loss_threshold_auc(-scores[canaries.member], -scores[~canaries.member])
+                  if 0 < n_in < s.canaries else None)
 
-    log.info("audit: membership inference on real training vs test reports (loss threshold)")
     train_split, test_split = table.subset("train"), table.subset("test")
-    if len(test_split) == 0:
-        raise ConfigError("audit: the dataset has no test split to compare training reports with")
-    auc = loss_threshold_auc(per_report_loss(predict_proba(model, train_split.texts, batch), train_split.labels),
-                             per_report_loss(predict_proba(model, test_split.texts, batch), test_split.labels))
+    auc = loss_threshold_auc(
+        model_losses(model, train_split.texts, train_split.labels, batch, "audit: scoring training reports"),
+        model_losses(model, test_split.texts, test_split.labels, batch, "audit: scoring test reports"))
 
     result = {
-        "canaries": m, "canaries_in_training": int(canaries.member.sum()), "k_plus": k_plus,
-        "k_minus": k_minus, "guesses": r, "correct": v, "confidence": confidence, "delta": delta,
-        "epsilon_lower_bound": lower, "claimed_epsilon": claimed, "mia_auc": auc,
-        "mia_members": len(train_split), "mia_nonmembers": len(test_split),
-        "method": "Steinke, Nasr & Jagielski (NeurIPS 2023) one-run bound; loss-threshold MIA AUC",
+        "canaries": s.canaries, "canaries_in_training": n_in, "k_plus": s.k_plus, "k_minus": s.k_minus,
+        "guesses": r, "correct_guesses": v, "confidence": s.confidence, "delta": delta,
+        "epsilon_lower_bound": lower, "claimed_epsilon": claimed, "canary_auc": canary_auc,
+        "mia_auc": auc, "mia_members": len(train_split), "mia_nonmembers": len(test_split),
+        "method": METHOD,
     }
+    result["verdict"] = ("non-private: nothing claimed" if claimed is None
+                         else "PRIVACY BUG" if lower > claimed else "consistent with the claimed ε")
+    _log(cfg, run_id, result)
+    log.info("audit: ε lower bound %.3g at %.0f%% confidence (%d of %d guesses correct, δ=%.3g); "
+             "claimed ε %s; MIA AUC %.3f (train vs test), canary AUC %s", lower, 100 * s.confidence,
+             v, r, delta, "none (non-private)" if claimed is None else f"{claimed:.4g}", auc,
+             "n/a" if canary_auc is None else f"{canary_auc:.3f}")
+    return {"run_id": run_id, "audit": result, "metrics": summary["metrics"]}
+
+
+def _log(cfg: DictConfig, run_id: str, result: dict) -> None:
+    """Metrics `audit/*`, a verdict tag and `audit.json` (aggregates only) on the training run."""
+    from radpriv.tracking.mlflow_run import client as tracking_client
+
     client = tracking_client(cfg)
-    metrics = {"audit/epsilon_lower_bound": lower if math.isfinite(lower) else 1e9, "audit/mia_auc": auc,
-               "audit/canaries": m, "audit/guesses": r, "audit/correct_guesses": v,
-               "audit/claimed_epsilon": claimed if claimed is not None else float("inf")}
+    metrics = {"audit/epsilon_lower_bound": result["epsilon_lower_bound"], "audit/mia_auc": result["mia_auc"],
+               "audit/canary_auc": result["canary_auc"], "audit/canaries": result["canaries"],
+               "audit/canaries_in_training": result["canaries_in_training"],
+               "audit/guesses": result["guesses"], "audit/correct_guesses": result["correct_guesses"],
+               "audit/k_plus": result["k_plus"], "audit/k_minus": result["k_minus"],
+               "audit/delta": result["delta"], "audit/confidence": result["confidence"]}
+    if result["claimed_epsilon"] is not None:
+        metrics["audit/claimed_epsilon"] = result["claimed_epsilon"]
     for key, value in metrics.items():
-        if math.isfinite(value):
+        if value is not None and math.isfinite(float(value)):
             client.log_metric(run_id, key, float(value))
+    client.set_tag(run_id, "radpriv.audit.verdict", result["verdict"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "audit.json"
-        path.write_text(json.dumps(result, indent=2))
+        path.write_text(json.dumps(result, indent=2, default=float))
         client.log_artifact(run_id, str(path))
-    log.info("audit: ε lower bound %.3g at %.0f%% confidence (%d/%d guesses correct); claimed ε %s; "
-             "MIA AUC %.3f", lower, 100 * confidence, v, r,
-             "none (non-private)" if claimed is None else f"{claimed:.3g}", auc)
-    if claimed is not None and lower > claimed * (1 + 1e-9):
-        raise PrivacyError(
-            f"PRIVACY BUG: the audit's ε lower bound {lower:.4g} ({100 * confidence:.0f}% confidence) "
-            f"exceeds the claimed ε {claimed:.4g} of run {run_id}; the DP implementation leaks more "
-            "than its accountant says")
-    return {"run_id": run_id, "audit": result, "metrics": summary["metrics"]}
+
+
+def privacy_bug(summary: dict) -> str | None:
+    """The loud one-line message when the audit refutes the claimed ε, else None.
+
+    A correct DP implementation triggers it with probability at most 1 − confidence (5%).
+    """
+    a = summary["audit"]
+    claimed, lower = a["claimed_epsilon"], a["epsilon_lower_bound"]
+    if claimed is None or not lower > claimed:
+        return None
+    return (f"PRIVACY BUG: run {summary['run_id']}: the audited ε lower bound {lower:.4g} "
+            f"({100 * a['confidence']:.0f}% confidence, {a['correct_guesses']}/{a['guesses']} canary guesses "
+            f"correct) exceeds the claimed ε {claimed:.4g}: the DP implementation leaks more than its "
+            "accountant says")
+
+
+def audit_command(overrides: list[str]) -> int:
+    """The `radpriv audit` command: print the summary JSON; exit 3 on a privacy bug."""
+    from radpriv.config import compose
+
+    require_claim(overrides)
+    cfg = compose(["+audit=default", *overrides])
+    settings(cfg)  # every audit setting checked before any data is read
+    summary = audit(cfg)
+    print(json.dumps(summary, default=float))
+    message = privacy_bug(summary)
+    if message:
+        print(f"radpriv: {message}", file=sys.stderr)
+        return EXIT_PRIVACY_BUG
+    return 0
+
