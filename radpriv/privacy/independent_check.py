@@ -163,10 +163,3 @@ def cross_check(reported_epsilon: float, accountant_name: str, noise_multiplier:
     """
     history = _as_history((noise_multiplier, sample_rate, steps))
     return _cross_check_history(reported_epsilon, accountant_name, history, delta, rel_tol)
-
-
-def cross_check_spend(reported_epsilon: float, accountant_name: str, spend, delta: float,
-                      rel_tol: float = 0.01) -> dict[str, float]:
-    """:func:`cross_check` for a whole history ``[(σ, q, steps), ...]`` (e.g. every trial of a
-    hyperparameter search)."""
-    return _cross_check_history(reported_epsilon, accountant_name, _as_history(spend), delta, rel_tol)

@@ -1,0 +1,85 @@
+"""Optuna samplers and pruner for `radpriv tune`.
+
+Why a sampler of our own: Optuna's RandomSampler (and TPE's random start-up phase) draws from
+one random stream per process, so two workers started with the same seed propose the same
+trials. Here a random proposal depends only on (seed, trial number, parameter name): a study is
+reproducible from its seed, and workers sharing one storage never repeat each other. Trial
+numbers come from the storage, which hands each number out once.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import zlib
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from radpriv.errors import ConfigError
+
+
+class TrialSeededRandomSampler(optuna.samplers.BaseSampler):
+    """Independent uniform proposals (log-uniform on log scales), seeded per trial number."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        rng = np.random.default_rng([self.seed, trial.number, zlib.crc32(param_name.encode())])
+        d = param_distribution
+        if isinstance(d, CategoricalDistribution):
+            return d.choices[int(rng.integers(len(d.choices)))]
+        if isinstance(d, IntDistribution):
+            if d.log:
+                value = math.exp(rng.uniform(math.log(d.low - 0.5), math.log(d.high + 0.5)))
+                return int(min(max(round(value), d.low), d.high))
+            return int(d.low + d.step * rng.integers((d.high - d.low) // d.step + 1))
+        if isinstance(d, FloatDistribution):
+            if d.log:
+                value = math.exp(rng.uniform(math.log(d.low), math.log(d.high)))
+            elif d.step is not None:
+                value = d.low + d.step * rng.integers(round((d.high - d.low) / d.step) + 1)
+            else:
+                value = rng.uniform(d.low, d.high)
+            return float(min(max(value, d.low), d.high))
+        raise TypeError(f"unsupported distribution {d!r}")
+
+
+class SharedStartTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random start-up proposals come from :class:`TrialSeededRandomSampler`."""
+
+    def __init__(self, seed: int | None, n_startup_trials: int) -> None:
+        super().__init__(seed=seed, n_startup_trials=n_startup_trials, constant_liar=True)
+        self._startup = TrialSeededRandomSampler(seed)
+        self._n_startup = n_startup_trials
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if len(done) < self._n_startup:
+            return self._startup.sample_independent(study, trial, param_name, param_distribution)
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+def make_sampler(name: str, seed: int | None, tpe_startup_trials: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return TrialSeededRandomSampler(seed)
+    if name == "tpe":
+        return SharedStartTPESampler(seed, int(tpe_startup_trials))
+    raise ConfigError(f"tune.sampler={name!r}: expected tpe or random")
+
+
+def make_pruner(enabled: bool, n_startup_trials: int, n_warmup_steps: int) -> optuna.pruners.BasePruner:
+    """Median pruning on the per-epoch validation F1 (a trial is stopped at an epoch end when it
+    is below the median of earlier trials at that epoch)."""
+    if not enabled:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=int(n_startup_trials), n_warmup_steps=int(n_warmup_steps))
