@@ -59,6 +59,16 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
     privacy["warm_start"] = warm.as_dict() if warm is not None else None
     if warm is not None:
         client.set_tag(run_id, "radpriv.init_from", warm.source)
+    # trained on teacher labels (radpriv label / pate): the teacher's guarantee for *its* training
+    # reports beside this run's own (radpriv/teacher/provenance.py); the provenance is an artifact
+    from radpriv.teacher.provenance import ARTIFACT as TEACHER_ARTIFACT
+    from radpriv.teacher.provenance import add_teacher_guarantee
+
+    teacher_file = add_teacher_guarantee(privacy, cfg.data)
+    if teacher_file is not None:
+        client.set_tag(run_id, "radpriv.teacher_protected", str(privacy["teacher"]["protected"]).lower())
+        if privacy["teacher"]["protected"]:
+            logger.log_metrics({"privacy/teacher_epsilon": float(privacy["teacher"]["epsilon"])})
     if privacy["private"]:
         logger.log_metrics({
             "privacy/epsilon": privacy["epsilon"], "privacy/delta": privacy["delta"],
@@ -96,6 +106,9 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
                          f"{table.name} · {cfg.model.name} · {cfg.finetune.mode} · {eps_txt}")
         for name in ("label_schema.json", "privacy.json", "config.yaml", "splits.json", "data_summary.json"):
             client.log_artifact(run_id, str(tmp / name))
+        if teacher_file is not None:
+            (tmp / TEACHER_ARTIFACT).write_bytes(teacher_file.read_bytes())
+            client.log_artifact(run_id, str(tmp / TEACHER_ARTIFACT))
         client.log_artifacts(run_id, str(tmp / "plots"), "plots")
         if (bundle / "adapter").is_dir():
             client.log_artifacts(run_id, str(bundle / "adapter"), "adapter")

@@ -40,16 +40,31 @@ class RadprivClassifierModel(mlflow.pyfunc.PythonModel):
 
 
 def log_pyfunc(bundle_dir, label_names, name: str = "model"):
-    """Log the bundle as a pyfunc model with a signature and a synthetic input example."""
+    """Log the bundle as a pyfunc model with a signature and a synthetic input example.
+
+    The signature declares the optional `batch_size` parameter (a served model accepts
+    `{"inputs": [...], "params": {"batch_size": 16}}`), and the MLmodel file's `metadata`
+    carries the bundle's privacy facts and label schema, so they travel with every copy of
+    the model (`mlflow.models.get_model_info(uri).metadata`), served ones included.
+    """
+    import json
+    from pathlib import Path
+
     from mlflow.models import infer_signature
+
+    from radpriv.model.bundle import META
 
     example = pd.DataFrame({"text": [INPUT_EXAMPLE_TEXT]})
     output = pd.DataFrame([[0.5] * len(label_names)], columns=list(label_names))
+    meta = json.loads((Path(bundle_dir) / META).read_text())
+    metadata = {"radpriv": {"privacy": meta.get("privacy"), "label_names": list(label_names),
+                            "thresholds": meta.get("thresholds")}}
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=RadprivClassifierModel(),
         artifacts={"bundle": str(bundle_dir)},
-        signature=infer_signature(example, output),
+        signature=infer_signature(example, output, params={"batch_size": 64}),
         input_example=example,
         pip_requirements=["radpriv"],
+        metadata=metadata,
     )
