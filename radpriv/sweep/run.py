@@ -1,0 +1,365 @@
+"""`radpriv sweep`: train every cell of the grid (or reuse it), add the baselines, compare, plot.
+
+One parent MLflow run per invocation; each cell is an ordinary training run
+(`radpriv.train.train`) nested under it. Resumable by construction: before training a cell,
+the experiment is searched for a finished run (`radpriv.complete=true`) whose run key — the
+hash of the resolved config and the data's content, the tag every training run carries — is
+the cell's; if there is one, from this sweep, an earlier one or a standalone `radpriv train`
+with the same config, it is reused. A killed sweep started again trains only what is missing
+(and a cell killed mid-training resumes from its epoch-end checkpoint, as `radpriv train` does).
+
+Statistics need per-report test predictions: they are recomputed in memory from each cell's
+logged model and never written anywhere (predictions.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from radpriv.config import compose
+from radpriv.data.sources import load_table
+from radpriv.data.table import ReportTable
+from radpriv.errors import ConfigError, ModelError
+from radpriv.sweep import baselines, report, stats
+from radpriv.sweep.grid import DP_KIND, Cell, build_grid, cell_overrides, check_epsilons, training_overrides
+from radpriv.sweep.predictions import binarize, logged_model_predictions
+
+log = logging.getLogger(__name__)
+
+CELL_TAG = "radpriv.sweep.cell"
+SWEEP_TAG = "radpriv.sweep"
+BASELINES = ("tfidf_lr", "dp_lr")
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    run_id: str
+    reused: bool
+    seconds: float
+    epsilon_spent: float | None
+    predictions: stats.SeedPredictions
+
+
+def sweep_command(overrides: list[str]) -> dict:
+    cfg = compose(["+sweep=default", *overrides])
+    return run_sweep(cfg, list(overrides))
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    s = cfg.sweep
+    b = s.bootstrap
+    if int(b.n_resamples) < 1:
+        raise ConfigError(f"sweep.bootstrap.n_resamples={b.n_resamples}: must be ≥ 1")
+    if not 0 < float(b.alpha) < 1:
+        raise ConfigError(f"sweep.bootstrap.alpha={b.alpha}: must be in (0, 1), e.g. 0.05 for 95% intervals")
+    bad = [x for x in (s.baselines or []) if x not in BASELINES]
+    if bad:
+        raise ConfigError(f"sweep.baselines: {bad} unknown; choose from {', '.join(BASELINES)} (or [] for none)")
+    if "dp_lr" in (s.baselines or []):
+        check_epsilons(s.epsilons)
+
+
+def available_models(models: list[str], base: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The models that load here; each one that does not is reported in one line and skipped
+    (the paper's hub models need the Hugging Face cache or network once)."""
+    from radpriv.model.encoder import load_encoder, resolve_spec
+
+    ok, skipped = [], {}
+    for model in models:
+        try:
+            load_encoder(resolve_spec(str(compose([*base, f"model={model}"]).model.source)))
+            ok.append(model)
+        except ModelError as e:
+            skipped[model] = str(e).splitlines()[0]
+            log.warning("sweep: model %s is not available here, skipped: %s", model, skipped[model])
+    if not ok:
+        raise ModelError(f"sweep: none of sweep.models={models} can be loaded here ({skipped})")
+    return ok, skipped
+
+
+@contextmanager
+def _without_env(name: str):
+    """`mlflow run` sets MLFLOW_RUN_ID for the whole process; the cells must open runs of their
+    own (nested under it), not log into it."""
+    value = os.environ.pop(name, None)
+    try:
+        yield value
+    finally:
+        if value is not None:
+            os.environ[name] = value
+
+
+def _open_parent(client, cfg: DictConfig, mlflow_run_id: str | None, name: str, tags: dict) -> tuple[str, str, str, bool]:
+    """(run id, experiment id, experiment name, whether we own the run): the run `mlflow run`
+    opened, or a new one in radpriv-<data>."""
+    from radpriv.tracking.mlflow_run import experiment_name
+
+    if mlflow_run_id:
+        run = client.get_run(mlflow_run_id)
+        exp = client.get_experiment(run.info.experiment_id)
+        for k, v in tags.items():
+            client.set_tag(mlflow_run_id, k, v)
+        return mlflow_run_id, exp.experiment_id, exp.name, False
+    exp_name = experiment_name(cfg)
+    exp = client.get_experiment_by_name(exp_name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    return run.info.run_id, exp_id, exp_name, True
+
+
+def find_finished(client, experiment_ids: list[str], keys: list[str]):
+    """The newest finished run with one of these run keys and a logged model, else None."""
+    for key in keys:
+        runs = client.search_runs(
+            experiment_ids, f"tags.`radpriv.run_key` = '{key}' and tags.`radpriv.complete` = 'true'",
+            order_by=["attributes.start_time DESC"], max_results=50)
+        for run in runs:
+            if client.list_artifacts(run.info.run_id, "model"):
+                return run
+    return None
+
+
+def _cell_cfg(base: list[str], cell: Cell, parent_id: str, exp_name: str, spelling: str | None = None) -> DictConfig:
+    cfg = compose([*cell_overrides(base, cell, spelling), f"tracking.parent_run_id={parent_id}",
+                   f"tracking.experiment={exp_name}", "tracking.log_model=true"])
+    with open_dict(cfg):  # a flat tag name (an override `+tracking.tags.a.b=v` would nest it)
+        cfg.tracking.tags[CELL_TAG] = cell.name
+    return cfg
+
+
+def _test_part(table: ReportTable) -> ReportTable:
+    return table.subset("test")
+
+
+def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, parent_id: str,
+              exp_name: str, search_ids: list[str], batch_size: int, progress: bool) -> list[CellResult]:
+    """Train (or reuse) every cell, in order, and predict its test split in memory."""
+    from tqdm.auto import tqdm
+
+    from radpriv.tracking.resume import run_key
+    from radpriv.train import train
+
+    t0 = time.perf_counter()
+    results: list[CellResult] = []
+    n = len(cells)
+    bar = tqdm(total=n, desc="sweep", unit="cell", disable=not progress)
+    try:
+        for i, cell in enumerate(cells, 1):
+            t_cell = time.perf_counter()
+            table = tables(cell.seed)
+            cfg = _cell_cfg(base, cell, parent_id, exp_name)
+            fingerprint = table.fingerprint()
+            keys = [run_key(cfg, fingerprint)]
+            keys += [run_key(_cell_cfg(base, cell, parent_id, exp_name, s), fingerprint)
+                     for s in cell.epsilon_spellings()[1:]]
+            bar.set_postfix_str(cell.name)
+            found = find_finished(client, search_ids, keys)
+            if found is not None:
+                run_id, reused = found.info.run_id, True
+                log.info("sweep: [%d/%d] %s: reusing finished run %s (same config and data)", i, n, cell.name, run_id)
+            else:
+                log.info("sweep: [%d/%d] %s: training (elapsed %s)", i, n, cell.name, _hms(time.perf_counter() - t0))
+                run_id, reused = train(cfg, table=table)["run_id"], False
+            metrics = client.get_run(run_id).data.metrics
+            test = _test_part(table)
+            probs, thresholds = logged_model_predictions(run_id, uri, test, batch_size)
+            preds = stats.SeedPredictions(cell.seed, stats.test_key(test.ids), binarize(probs, thresholds), test.labels)
+            f1 = float(stats.f1_scores(preds.preds, preds.labels)["f1_weighted"])
+            logged = metrics.get("test/f1_weighted")
+            if logged is not None and abs(logged - f1) > 1e-4:
+                log.warning("sweep: %s: the reloaded model scores test F1 %.4f, the run logged %.4f", cell.name, f1, logged)
+            seconds = time.perf_counter() - t_cell
+            results.append(CellResult(cell, run_id, reused, seconds, metrics.get("privacy/epsilon"), preds))
+            done_trained = sum(not r.reused for r in results)
+            log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
+                     "elapsed %s", i, n, cell.name, _hms(seconds), "reused" if reused else "trained", run_id, f1,
+                     done_trained, len(results) - done_trained, _hms(time.perf_counter() - t0))
+            bar.update(1)
+    finally:
+        bar.close()
+    return results
+
+
+def run_baselines(cfg: DictConfig, seeds: list[int], tables, progress: bool) -> dict[tuple, list]:
+    """(method, "", ε) → [(SeedPredictions, ε spent or None)] for the classical baselines."""
+    from tqdm.auto import tqdm
+
+    s = cfg.sweep
+    wanted = list(s.baselines or [])
+    jobs = [("tfidf_lr", None, seed) for seed in seeds if "tfidf_lr" in wanted]
+    jobs += [("dp_lr", eps, seed) for seed in seeds for eps in check_epsilons(s.epsilons) if "dp_lr" in wanted]
+    out: dict[tuple, list] = defaultdict(list)
+    thresholds = str(cfg.trainer.thresholds)
+    for method, eps, seed in tqdm(jobs, desc="baselines", unit="fit", disable=not progress or not jobs):
+        t0 = time.perf_counter()
+        table = tables(seed)
+        if method == "tfidf_lr":
+            res = baselines.tfidf_logreg(table, thresholds=thresholds, **OmegaConf.to_container(s.tfidf_lr))
+        else:
+            res = baselines.dp_logreg(table, eps, seed=seed, thresholds=thresholds, **OmegaConf.to_container(s.dp_lr))
+        test = _test_part(table)
+        preds = stats.SeedPredictions(seed, stats.test_key(test.ids), binarize(res.probs_test, res.thresholds),
+                                      test.labels)
+        out[(method, "", eps)].append((preds, res.epsilon_spent))
+        log.info("sweep: baseline %s%s seed %d: test F1 weighted %.3f (%.1f s)", method,
+                 "" if eps is None else f" ε={eps:g}", seed,
+                 float(stats.f1_scores(preds.preds, preds.labels)["f1_weighted"]), time.perf_counter() - t0)
+    return out
+
+
+def build_rows(results: list[CellResult], baseline_out: dict, boot: stats.Bootstrap, alpha: float):
+    """The table's rows, the per-label F1 of the neural cells, and the paired comparisons."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in results:
+        groups[r.cell.group].append((r.predictions, r.epsilon_spent, r.run_id))
+    for key, items in baseline_out.items():
+        groups[key] += [(p, e, None) for p, e in items]
+    rows, per_label = [], {}
+    for (method, model, eps), items in groups.items():
+        seeds = [p for p, _, _ in items]
+        spent = [e for _, e, _ in items if e is not None]
+        row = {"method": method, "model": model, "epsilon": eps, **stats.summarize(boot, seeds, alpha),
+               "epsilon_spent": float(np.mean(spent)) if spent else None,
+               "run_ids": ";".join(r for _, _, r in items if r)}
+        if method == DP_KIND and ("lora", model, None) in groups:
+            test = stats.paired_test(boot, seeds, [p for p, _, _ in groups[("lora", model, None)]],
+                                     "f1_weighted", alpha)
+            if test is not None:
+                row.update(diff_vs_lora=test["diff"], diff_ci_low=test["diff_ci_low"],
+                           diff_ci_high=test["diff_ci_high"], p_vs_lora=test["p"])
+        if method in ("dp_lora", "lora", "full"):
+            per_label[(method, model, eps)] = stats.per_label_mean(seeds)
+        rows.append(row)
+    tested = [r for r in rows if r.get("p_vs_lora") is not None]
+    for r, p in zip(tested, stats.holm([r["p_vs_lora"] for r in tested], alpha)):
+        r["p_holm"] = p
+    return report.sort_rows(rows), per_label
+
+
+def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    from radpriv.train import configure_threads
+    from radpriv.tracking.mlflow_run import experiment_name, flatten, tracking_uri
+
+    t0 = time.perf_counter()
+    _check_settings(cfg)
+    cells = build_grid(cfg.sweep)
+    base = training_overrides(overrides)
+    models = list(dict.fromkeys(c.model for c in cells))
+    compose([*base, *cells[0].overrides()])  # a bad base override fails here, before any model loads
+    ok, skipped = available_models(models, base)
+    cells = [c for c in cells if c.model in ok]
+    seeds = list(dict.fromkeys(c.seed for c in cells))
+    configure_threads(cfg.trainer.get("num_threads"))
+
+    cache: dict[int, ReportTable] = {}
+
+    def tables(seed: int) -> ReportTable:
+        if seed not in cache:
+            cache[seed] = load_table(cfg.data, seed)
+        return cache[seed]
+
+    for seed in seeds:  # data errors before the parent run is opened
+        tables(seed)
+    uri = tracking_uri(cfg.tracking.get("uri"))
+    client = MlflowClient(uri)
+    progress = bool(cfg.sweep.progress_bar)
+    name = f"sweep {cfg.data.name} {'+'.join(ok)}"
+    with _without_env("MLFLOW_RUN_ID") as mlflow_run_id:
+        parent_id, exp_id, exp_name, owned = _open_parent(
+            client, cfg, mlflow_run_id, name, {SWEEP_TAG: "true", "radpriv.dataset": str(cfg.data.name)})
+        try:
+            default_exp = client.get_experiment_by_name(experiment_name(cfg))
+            search_ids = list(dict.fromkeys([exp_id] + ([default_exp.experiment_id] if default_exp else [])))
+            log.info("sweep: %d cells (%s × %d ε × %d seeds + %s), parent run %s in %s%s", len(cells), "+".join(ok),
+                     len(cfg.sweep.epsilons), len(seeds), "/".join(cfg.sweep.nonprivate or []) or "no non-private",
+                     parent_id, exp_name, f"; skipped {sorted(skipped)}" if skipped else "")
+            params = {**flatten({"sweep": OmegaConf.to_container(cfg.sweep, resolve=True)}),
+                      "sweep.base_overrides": " ".join(base)[:6000] or "(none)",
+                      "sweep.skipped_models": ",".join(sorted(skipped)) or "(none)"}
+            client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
+            results = run_cells(cells, base, tables, client, uri, parent_id, exp_name, search_ids,
+                                int(cfg.trainer.eval_batch_size), progress)
+            baseline_out = run_baselines(cfg, seeds, tables, progress)
+            b = cfg.sweep.bootstrap
+            boot = stats.Bootstrap(int(b.n_resamples), int(b.seed))
+            rows, per_label = build_rows(results, baseline_out, boot, float(b.alpha))
+            wall = time.perf_counter() - t0
+            summary = _log_outputs(client, parent_id, cfg, rows, per_label, results, skipped, tables(seeds[0]),
+                                   wall, overrides)
+            if owned:
+                client.set_terminated(parent_id, "FINISHED")
+        except BaseException:
+            if owned:
+                client.set_terminated(parent_id, "FAILED")
+            raise
+    log.info("sweep: finished in %s: %d cells trained, %d reused", _hms(wall),
+             sum(not r.reused for r in results), sum(r.reused for r in results))
+    return {"run_id": parent_id, "experiment": exp_name, **summary}
+
+
+def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, results: list[CellResult],
+                 skipped: dict, table: ReportTable, wall: float, overrides: list[str]) -> dict:
+    from radpriv.sweep import plots
+
+    alpha = float(cfg.sweep.bootstrap.alpha)
+    trained = sum(not r.reused for r in results)
+    metrics = {"sweep/wall_time_s": wall, "sweep/cells": len(results), "sweep/cells_trained": trained,
+               "sweep/cells_reused": len(results) - trained}
+    for r in rows:
+        name = report.row_name(r)
+        metrics[f"{name}/f1_weighted"] = r["f1_weighted_mean"]
+        if r.get("p_holm") is not None:
+            metrics[f"{name}/p_holm"] = r["p_holm"]
+    for k, v in metrics.items():
+        if v is not None and math.isfinite(v):
+            client.log_metric(parent_id, k, float(v))
+    header = (f"# radpriv sweep on {cfg.data.name}\n\n`radpriv sweep {' '.join(overrides)}` — "
+              f"{len(results)} cells ({trained} trained, {len(results) - trained} reused), wall time "
+              f"{_hms(wall)}. Test metrics: mean ± sd over seeds, "
+              f"{100 * (1 - alpha):g}% percentile bootstrap CI over test reports "
+              f"({int(cfg.sweep.bootstrap.n_resamples)} redraws); Δ and p: paired bootstrap against "
+              "non-private LoRA of the same model and seeds, Holm-adjusted over all ε × models.")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "plots").mkdir()
+        report.write_csv(rows, tmp / "results.csv")
+        report.write_markdown(rows, tmp / "results.md", header, alpha)
+        plots.privacy_utility_curve(rows, tmp / "plots" / "privacy_utility.png",
+                                    f"{cfg.data.name}: privacy–utility (bands: {100 * (1 - alpha):g}% bootstrap CI)")
+        plots.per_label_heatmap(per_label, table.label_names, tmp / "plots" / "per_label_f1_heatmap.png",
+                                f"{cfg.data.name}: per-label test F1, mean over seeds")
+        cells = [{"cell": r.cell.name, "run_id": r.run_id, "reused": r.reused, "seconds": round(r.seconds, 1)}
+                 for r in results]
+        rows_json = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                     for r in rows]  # strict JSON: no NaN (an sd over one seed)
+        (tmp / "sweep.json").write_text(json.dumps(
+            {"cells": cells, "skipped_models": skipped, "rows": rows_json, "wall_time_s": wall}, indent=2))
+        for f in ("results.csv", "results.md", "sweep.json"):
+            client.log_artifact(parent_id, str(tmp / f))
+        client.log_artifacts(parent_id, str(tmp / "plots"), "plots")
+    return {"cells": len(results), "trained": trained, "reused": len(results) - trained,
+            "skipped_models": skipped, "wall_time_s": round(wall, 1),
+            "artifacts": ["results.csv", "results.md", "sweep.json", "plots/privacy_utility.png",
+                          "plots/per_label_f1_heatmap.png"],
+            "metrics": {k: v for k, v in metrics.items() if v is not None}}

@@ -1,0 +1,323 @@
+"""`radpriv sweep` (issue 6): grid, resumability, baselines' privacy budget, statistics, errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from radpriv.cli import main
+from radpriv.errors import ConfigError, ModelError
+from radpriv.model.metrics import classification_metrics
+from radpriv.sweep import baselines, stats
+from radpriv.sweep.grid import Cell, build_grid, cell_overrides, training_overrides
+from tests.synthetic import synthetic_table
+from tests.test_train_e2e import TINY, error_lines
+
+# the tiny training settings, less the model (the grid sets it per cell)
+TRAIN = [*(o for o in TINY if not o.startswith("model=")), "trainer.max_epochs=1", "trainer.num_threads=1"]
+SMALL = [*TRAIN, "sweep.bootstrap.n_resamples=200", "sweep.progress_bar=false"]
+GRID = ["sweep.models=[tiny_bert,tiny_albert]", "sweep.epsilons=[1,10]", "sweep.seeds=[42]"]
+
+
+def sweep(capsys, overrides) -> tuple[dict, str]:
+    """The final JSON line of `radpriv sweep`, and its stderr (radpriv's log lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *overrides])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err[-3000:]
+    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
+
+
+def _training_runs(client) -> list:
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, "tags.`radpriv.run_key` != ''")
+
+
+# --------------------------------------------------------------------------------------------
+# end to end: 2 models × 2 ε × 1 seed (+ LoRA and full per model), then the same command again
+# --------------------------------------------------------------------------------------------
+
+
+def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_nothing(
+        tracking_uri, reports_csv, capsys, tmp_path, monkeypatch):
+    csv_path, texts = reports_csv
+    data = ["data=ct_rate_text", f"data.path={csv_path}"]
+    # a standalone run of one cell's config, made before the sweep (ε spelled 1, not 1.0)
+    assert main_train(capsys, [*TRAIN, *data, "model=tiny_bert", "privacy.epsilon=1"])
+    client = mlflow.MlflowClient(tracking_uri)
+    standalone = _training_runs(client)
+    assert len(standalone) == 1
+
+    out, err = sweep(capsys, [*SMALL, *data, *GRID])
+    assert (out["cells"], out["trained"], out["reused"]) == (8, 7, 1)
+    assert "the run logged" not in err, "the reloaded model does not score what the run logged"
+    progress = [ln for ln in err.splitlines() if ln.startswith("radpriv: sweep: [")]
+    assert "reusing finished run" in err and "Traceback" not in err
+    assert any("[1/8]" in m and "training" in m for m in progress)
+    assert any("[8/8]" in m and "done in" in m and "elapsed" in m for m in progress)
+    parent = out["run_id"]
+    children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 7  # the reused standalone run keeps its own (no) parent
+    assert {c.data.tags["radpriv.sweep.cell"] for c in children} == {
+        f"{m}-{w}-seed42" for m in ("tiny_bert", "tiny_albert") for w in ("lora", "full", "eps1", "eps10")
+    } - {"tiny_bert-eps1-seed42"}
+    arts = {a.path for a in client.list_artifacts(parent)} | {a.path for a in client.list_artifacts(parent, "plots")}
+    assert {"results.csv", "results.md", "sweep.json", "plots/privacy_utility.png",
+            "plots/per_label_f1_heatmap.png"} <= arts
+    local = Path(mlflow.artifacts.download_artifacts(run_id=parent, dst_path=str(tmp_path / "art")))
+    for png in ("privacy_utility.png", "per_label_f1_heatmap.png"):
+        assert (local / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader(io.StringIO((local / "results.csv").read_text())))
+    methods = [(r["method"], r["model"], r["epsilon"]) for r in rows]
+    assert len(rows) == 11 and len(set(methods)) == 11  # 2 × (lora, full, 2 ε) + tfidf + 2 dp_lr
+    by = {m: r for m, r in zip(methods, rows)}
+    for model in ("tiny_bert", "tiny_albert"):
+        for eps in ("1", "10"):
+            row = by[("dp_lora", model, eps)]
+            assert 0 <= float(row["p_vs_lora"]) <= float(row["p_holm"]) <= 1
+            assert float(row["f1_weighted_ci_low"]) <= float(row["f1_weighted_mean"]) <= float(row["f1_weighted_ci_high"])
+            assert 0.99 * float(eps) <= float(row["epsilon_spent"]) <= float(eps)
+            # one seed: the table's mean is the run's own logged test F1, recomputed from its model
+            run = client.get_run(row["run_ids"])
+            assert float(row["f1_weighted_mean"]) == pytest.approx(run.data.metrics["test/f1_weighted"], abs=1e-4)
+    assert by[("dp_lora", "tiny_bert", "1")]["run_ids"] == standalone[0].info.run_id
+    assert float(by[("dp_lr", "", "10")]["epsilon_spent"]) == pytest.approx(10.0)
+    assert "| DP-LoRA | tiny_albert | 10 |" in (local / "results.md").read_text()
+    # nothing of a report's text in what the sweep wrote
+    written = "\n".join(p.read_text(errors="ignore") for p in local.rglob("*") if p.suffix in (".csv", ".md", ".json"))
+    assert "fabricated marker sentence" in texts[0] and "fabricated marker" not in written
+
+    # the same command again, inside a run `mlflow run` opened: nothing is trained
+    n_before = len(_training_runs(client))
+    outer = client.create_run(client.get_run(parent).info.experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
+    again, _ = sweep(capsys, [*SMALL, *data, *GRID])
+    assert (again["trained"], again["reused"], again["run_id"]) == (0, 8, outer)
+    assert len(_training_runs(client)) == n_before
+    assert again["metrics"]["dp_lora/tiny_albert/eps10/f1_weighted"] == pytest.approx(
+        out["metrics"]["dp_lora/tiny_albert/eps10/f1_weighted"])
+
+
+def main_train(capsys, overrides) -> bool:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *overrides])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err[-3000:]
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# statistics against a direct computation
+# --------------------------------------------------------------------------------------------
+
+
+def _known_example(seed: int = 3, n: int = 40, labels: int = 4):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, labels)) < 0.35).astype(np.float32)
+    y[rng.random((n, labels)) < 0.05] = -1  # unknown entries count nowhere
+    good = np.where(rng.random((n, labels)) < 0.85, y == 1, y != 1).astype(np.int8)
+    poor = np.where(rng.random((n, labels)) < 0.6, y == 1, y != 1).astype(np.int8)
+    return y, good, poor
+
+
+def _tm(preds: np.ndarray, labels: np.ndarray) -> dict:
+    """radpriv's torchmetrics path on 0/1 predictions (threshold 0.5)."""
+    return classification_metrics(torch.as_tensor(preds, dtype=torch.float32), torch.as_tensor(labels),
+                                  [0.5] * labels.shape[1], [f"l{j}" for j in range(labels.shape[1])])
+
+
+def test_f1_matches_radpriv_metrics_including_unknown_labels():
+    y, good, _ = _known_example()
+    ours, ref = stats.f1_scores(good, y), _tm(good, y)
+    for metric in stats.METRICS:
+        assert float(ours[metric]) == pytest.approx(ref[metric], abs=1e-6)
+    assert ours["per_label"].tolist() == pytest.approx([ref[f"f1/l{j}"] for j in range(4)], abs=1e-6)
+    # a hand-checked case: label 0 has tp=1, fp=1, fn=1 → 0.5; label 1 nothing; label 2 masked
+    p, t = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 1]]), np.array([[1, 0, 0], [1, 0, 0], [0, 0, -1]])
+    got = stats.f1_scores(p, t)
+    assert (float(got["f1_weighted"]), float(got["f1_micro"]), float(got["f1_macro"])) == pytest.approx((0.5, 0.5, 0.5 / 3))
+
+
+def test_bootstrap_ci_and_paired_test_agree_with_a_direct_computation():
+    y, good, poor = _known_example()
+    key = stats.test_key([f"r{i}" for i in range(len(y))])
+    a = [stats.SeedPredictions(1, key, good, y)]
+    b = [stats.SeedPredictions(1, key, poor, y)]
+    boot = stats.Bootstrap(200, seed=7)
+    idx = np.random.default_rng([7, int(key[:15], 16)]).integers(0, len(y), size=(200, len(y)))
+    assert (boot.indices(key, len(y)) == idx).all()  # a plain uniform redraw of the reports
+
+    # direct: redraw the rows, score each replicate with torchmetrics, take percentiles
+    direct_a = np.array([_tm(good[i], y[i])["f1_weighted"] for i in idx])
+    direct_b = np.array([_tm(poor[i], y[i])["f1_weighted"] for i in idx])
+    assert boot.replicates(a, "f1_weighted") == pytest.approx(direct_a, abs=1e-6)
+    summary = stats.summarize(boot, a)
+    assert summary["f1_weighted_mean"] == pytest.approx(_tm(good, y)["f1_weighted"], abs=1e-6)
+    assert (summary["f1_weighted_ci_low"], summary["f1_weighted_ci_high"]) == pytest.approx(
+        tuple(np.quantile(direct_a, [0.025, 0.975])), abs=1e-6)
+
+    d = _tm(good, y)["f1_weighted"] - _tm(poor, y)["f1_weighted"]
+    reps = direct_a - direct_b
+    p_direct = (1 + sum(abs(r - d) >= abs(d) for r in reps)) / (len(reps) + 1)
+    test = stats.paired_test(boot, a, b)
+    assert test["diff"] == pytest.approx(d, abs=1e-6)
+    assert test["p"] == pytest.approx(p_direct)
+    assert (test["diff_ci_low"], test["diff_ci_high"]) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), abs=1e-6)
+    assert d > 0.1 and test["p"] < 0.05  # 85% vs 60% correct entries: a real difference
+    same = stats.paired_test(boot, a, a)
+    assert same["diff"] == 0 and same["p"] == 1.0
+    # a cell on other test reports has no pair
+    assert stats.paired_test(boot, a, [stats.SeedPredictions(1, "0" * 16, poor, y)]) is None
+
+
+def test_seeds_on_one_test_split_share_their_redraws_and_holm_is_holm():
+    y, good, poor = _known_example()
+    key = stats.test_key(["x"])
+    boot = stats.Bootstrap(50, seed=0)
+    two = [stats.SeedPredictions(1, key, good, y), stats.SeedPredictions(2, key, poor, y)]
+    idx = boot.indices(key, len(y))
+    direct = [(_tm(good[i], y[i])["f1_macro"] + _tm(poor[i], y[i])["f1_macro"]) / 2 for i in idx]
+    assert boot.replicates(two, "f1_macro") == pytest.approx(direct, abs=1e-6)
+    mean, sd = stats.point(two, "f1_macro")
+    vals = [_tm(good, y)["f1_macro"], _tm(poor, y)["f1_macro"]]
+    assert (mean, sd) == pytest.approx((np.mean(vals), np.std(vals, ddof=1)), abs=1e-6)
+    # Holm by hand: sorted p 0.01, 0.03, 0.04 → 3·0.01, max(2·0.03, ·), max(1·0.04, ·)
+    assert stats.holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert stats.holm([]) == []
+
+
+# --------------------------------------------------------------------------------------------
+# baselines: the DP one spends exactly ε, split over the labels, and never fits on the data
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("epsilon, n_labels", [(0.01, 18), (0.1, 14), (1.0, 3), (10.0, 7)])
+def test_per_label_epsilons_compose_to_epsilon(epsilon, n_labels):
+    shares, spent = baselines.per_label_epsilons(epsilon, n_labels)
+    assert len(shares) == n_labels and sum(shares) <= epsilon * (1 + 1e-12)
+    assert sum(shares) == pytest.approx(epsilon, rel=1e-9) and spent == pytest.approx(epsilon, rel=1e-12)
+    assert max(shares) - min(shares) < 1e-12 * epsilon * n_labels
+
+
+def test_dp_logreg_gives_each_label_its_share_and_is_noisy(monkeypatch):
+    table = synthetic_table(n=120, seed=1)
+    real = baselines._diffprivlib()
+    seen = []
+
+    def recording():
+        accountant, path, clip = real
+
+        def path_spy(x, y, epsilon, data_norm, **kw):
+            seen.append((epsilon, data_norm, float(np.linalg.norm(x, axis=1).max())))
+            return path(x, y, epsilon=epsilon, data_norm=data_norm, **kw)
+        return accountant, path_spy, clip
+
+    monkeypatch.setattr(baselines, "_diffprivlib", recording)
+    out = baselines.dp_logreg(table, 0.3, seed=0, n_features=64)
+    assert len(seen) == table.num_labels
+    assert sum(e for e, _, _ in seen) == pytest.approx(0.3, rel=1e-9) and out.epsilon_spent == pytest.approx(0.3)
+    assert all(dn == 1.0 and norm <= 1.0 + 1e-9 for _, dn, norm in seen)  # rows bounded by data_norm
+    again = baselines.dp_logreg(table, 0.3, seed=1, n_features=64)
+    assert not np.allclose(out.probs_test, again.probs_test)  # noise: another seed, another model
+    # with a huge budget the same code is plain logistic regression: it learns the findings
+    loose = baselines.dp_logreg(table, 1e6, seed=0, n_features=64, C=100.0, max_iter=500)
+    test = table.subset("test")
+    assert float(stats.f1_scores((loose.probs_test >= loose.thresholds).astype(int), test.labels)["f1_weighted"]) > 0.8
+
+
+def test_hashed_features_of_a_report_do_not_depend_on_the_other_reports():
+    texts = ["heart enlarged. lungs are clear.", "tube in place.", "fluid at the base. exam limited."]
+    alone = baselines.hashing_features(texts[:1], 256)
+    together = baselines.hashing_features(texts, 256)
+    assert np.array_equal(alone[0], together[0])
+    assert np.linalg.norm(together, axis=1) == pytest.approx(1.0)
+
+
+def test_tfidf_baseline_learns_the_synthetic_findings():
+    table = synthetic_table(n=120, seed=2)
+    out = baselines.tfidf_logreg(table, min_df=1)
+    test = table.subset("test")
+    assert float(stats.f1_scores((out.probs_test >= out.thresholds).astype(int), test.labels)["f1_weighted"]) > 0.9
+
+
+# --------------------------------------------------------------------------------------------
+# the grid, and bad input: one line, exit 2, no MLflow run
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_grid_and_cell_overrides():
+    from radpriv.config import compose
+
+    cfg = compose(["+sweep=default"])
+    cells = build_grid(cfg.sweep)
+    assert len(cells) == 1 * 3 * (4 + 2)
+    assert cells[0] == Cell("minilm", "lora", None, 42) and cells[1] == Cell("minilm", "full", None, 42)
+    assert [c.epsilon for c in cells[2:6]] == [0.01, 0.1, 1.0, 10.0]
+    assert cells[4].overrides() == ["model=minilm", "seed=42", "privacy.epsilon=1.0"]
+    assert cells[4].epsilon_spellings() == ["1.0", "1"] and cells[2].epsilon_spellings() == ["0.01"]
+    base = training_overrides(["data=ct_rate_text", "sweep.seeds=[1]", "+sweep.x=1", "finetune.lr=0.02"])
+    assert base == ["data=ct_rate_text", "finetune.lr=0.02"]
+    assert cell_overrides(base, cells[1]) == ["data=ct_rate_text", "model=minilm", "seed=42", "finetune=full",
+                                              "privacy.epsilon=null"]
+    assert "finetune.lr=0.02" in cell_overrides(base, cells[0])
+
+
+def test_an_unavailable_model_is_skipped_in_one_line(monkeypatch, caplog):
+    from radpriv.model import encoder
+    from radpriv.sweep.run import available_models
+
+    real = encoder.load_encoder
+
+    def offline(spec, seed=0):
+        if spec.name == "bert_small":
+            raise ModelError("model 'bert_small' is not in the local Hugging Face cache and huggingface.co "
+                             "cannot be reached")
+        return real(spec, seed)
+
+    monkeypatch.setattr(encoder, "load_encoder", offline)
+    with caplog.at_level(logging.WARNING, logger="radpriv"):
+        ok, skipped = available_models(["bert_small", "tiny_bert"], [])
+    assert ok == ["tiny_bert"] and list(skipped) == ["bert_small"]
+    lines = [r.getMessage() for r in caplog.records if "bert_small" in r.getMessage()]
+    assert len(lines) == 1 and "skipped" in lines[0] and "\n" not in lines[0]
+    with pytest.raises(ModelError, match="none of"):
+        available_models(["bert_small"], [])
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("sweep.models=[]", "sweep.models is empty"),
+    ("sweep.seeds=[]", "sweep.seeds is empty"),
+    ("sweep.models=[tiny_bert,gpt9]", "unknown model 'gpt9'"),
+    ("sweep.epsilons=[1,0]", "must be a finite number > 0"),
+    ("sweep.epsilons=[-1]", "must be a finite number > 0"),
+    ("sweep.epsilons=[abc]", "is not a number"),
+    ("sweep.epsilons=[]", "sweep.epsilons is empty"),
+    ("model=tiny_bert", "use sweep.models"),
+    ("privacy.epsilon=1", "use sweep.epsilons"),
+    ("sweep.nonprivate=[lora,dp]", "sweep.nonprivate"),
+    ("sweep.baselines=[svm]", "sweep.baselines"),
+    ("sweep.bootstrap.alpha=1.5", "sweep.bootstrap.alpha"),
+])
+def test_bad_sweep_settings_are_one_line_errors(tracking_uri, reports_csv, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *SMALL, "data=ct_rate_text", f"data.path={reports_csv[0]}",
+              "sweep.models=[tiny_bert]", *extra.split()])
+    lines = error_lines(capsys.readouterr().err)
+    assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    if Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        client = mlflow.MlflowClient(tracking_uri)
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_build_grid_rejects_a_non_list():
+    with pytest.raises(ConfigError, match="expected a list"):
+        build_grid({"models": "minilm", "epsilons": [1], "seeds": [1], "nonprivate": []})
