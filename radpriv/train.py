@@ -25,10 +25,10 @@ from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.head_init import HEAD_INITS, init_head_from_label_names
 from radpriv.model.module import ReportClassifierModule
 from radpriv.model.warm_start import apply_warm_start
-from radpriv.privacy import accounting, independent_check
+from radpriv.privacy import accounting, distributed, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
-from radpriv.tracking.resume import (COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint, find_resume_point,
-                                     run_key)
+from radpriv.tracking.resume import (CHECKPOINT, COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint,
+                                     find_resume_point, run_key)
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,20 @@ def attach_prefix_cache(cfg: DictConfig, dm: ReportDataModule, module: ReportCla
 
 def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L.Trainer:
     callbacks = list(callbacks)
+    # DDP (trainer.strategy=ddp): radpriv/privacy/distributed.py, docs/SCALING.md
+    strategy = distributed.make_strategy(cfg.trainer)
+    ddp = not isinstance(strategy, str)
     if ckpt_dir is not None:
-        callbacks.append(EpochEndCheckpoint(ckpt_dir))
-    return L.Trainer(
+        callbacks.append(distributed.CollectiveEpochEndCheckpoint(ckpt_dir, CHECKPOINT) if ddp
+                         else EpochEndCheckpoint(ckpt_dir))
+    if ddp:
+        callbacks.append(distributed.RankAgreement())
+    trainer = L.Trainer(
         max_epochs=int(cfg.trainer.max_epochs),
         limit_train_batches=cfg.trainer.get("limit_train_batches") or None,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        strategy=strategy, num_nodes=int(cfg.trainer.get("num_nodes", 1) or 1),
+        use_distributed_sampler=False,  # radpriv's samplers shard themselves (data/distributed_sampling.py)
         logger=logger, callbacks=callbacks,
         enable_checkpointing=False,  # radpriv's own epoch-end checkpoint (resume.py)
         enable_progress_bar=bool(cfg.trainer.progress_bar),
@@ -166,6 +174,8 @@ def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L
         check_val_every_n_epoch=int(cfg.trainer.check_val_every_n_epoch),
         deterministic=False,
     )
+    distributed.check_trainer(trainer)
+    return trainer
 
 
 def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Sequence = ()) -> dict:
@@ -188,18 +198,19 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     key = run_key(cfg, table.fingerprint())
     if cfg.tracking.get("checkpoint_dir"):
         resume = find_resume_point(Path(cfg.tracking.checkpoint_dir), key, mlflow_run.client(cfg))
+        resume = distributed.agree_on_resume(cfg.trainer, resume)  # DDP: every rank as rank 0 chose
     logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"),
                                     run_id=resume.run_id if resume else None)
     try:
         callbacks = [DPCallback(plan)] if plan is not None else []
         callbacks += list(extra_callbacks)
-        if resume is not None:
+        trainer = make_trainer(cfg, logger, callbacks, resume.directory if resume else None)
+        if resume is not None and trainer.is_global_zero:
             resume.record(logger.run_id)
             if resume.checkpoint is not None:
                 log.info("resuming run %s from %s", logger.run_id, resume.checkpoint)
                 if resume.run_id != logger.run_id:  # `mlflow run` opened a new run for us
                     logger.experiment.set_tag(logger.run_id, "radpriv.resumed_from", resume.run_id)
-        trainer = make_trainer(cfg, logger, callbacks, resume.directory if resume else None)
         logger.log_hyperparams(mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True)))
         # what was computed (config + data content): sweeps find finished cells by it
         logger.experiment.set_tag(logger.run_id, RUN_KEY_TAG, key)
@@ -217,6 +228,8 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
 
         test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
         t_eval = time.perf_counter()
+        if not trainer.is_global_zero:  # DDP: only rank 0 writes the MLflow run; same summary
+            return distributed.summary_from_rank_zero(trainer)
         dp = callbacks[0] if plan is not None else None
         summary = log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, test_metrics)
         t_log = time.perf_counter()
@@ -231,7 +244,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
         logger.experiment.set_tag(logger.run_id, COMPLETE_TAG, "true")
         logger.finalize("success")
         summary["metrics"].update({k: round(v, 2) for k, v in timings.items()})
-        return summary
+        return distributed.summary_from_rank_zero(trainer, summary)
     except BaseException:
         mlflow_run.mark_failed(logger)
         raise

@@ -141,7 +141,15 @@ class ReportDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         n = self.num_train
-        if self.poisson:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:  # DDP: each rank draws from its own shard
+            from radpriv.data.distributed_sampling import distributed_batch_sampler
+
+            sampler = distributed_batch_sampler(
+                n, poisson=self.poisson, sample_rate=self.sample_rate, batch_size=self.batch_size,
+                steps=self.steps_per_epoch, seed=self.seed, rank=trainer.global_rank,
+                world_size=trainer.world_size)
+        elif self.poisson:
             sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, self.seed)
         else:
             sampler = ShuffledBatchSampler(n, self.batch_size, self.seed)

@@ -68,14 +68,19 @@ class DPCallback(L.Callback):
             raise PrivacyError("DP training supports exactly one optimizer")
         self._hooks = GradSampleHooks(pl_module.net, batch_first=True, loss_reduction="sum")
         original = trainer.strategy.optimizers[0]
-        dp_optimizer = DPOptimizer(
-            original,
-            noise_multiplier=self.plan.noise_multiplier,
-            max_grad_norm=self.plan.max_grad_norm,
-            expected_batch_size=self.plan.expected_batch_size,
-            loss_reduction="mean",
-            secure_mode=self.plan.secure_mode,
-        )
+        if trainer.world_size > 1:  # DDP: noise once on rank 0, clipped sums all-reduced
+            from radpriv.privacy.distributed import distributed_dp_optimizer
+
+            dp_optimizer = distributed_dp_optimizer(original, self.plan, trainer.strategy.model)
+        else:
+            dp_optimizer = DPOptimizer(
+                original,
+                noise_multiplier=self.plan.noise_multiplier,
+                max_grad_norm=self.plan.max_grad_norm,
+                expected_batch_size=self.plan.expected_batch_size,
+                loss_reduction="mean",
+                secure_mode=self.plan.secure_mode,
+            )
         dp_optimizer.attach_step_hook(self._account_step)
         trainer.strategy.optimizers = [dp_optimizer]
         pl_module.step_runner = DPStep()

@@ -1,0 +1,113 @@
+"""Training batch samplers for several processes (Lightning DDP): each rank draws its own shard.
+
+Private training (distributed Poisson sampling). At every epoch the training split is cut into
+one shard per rank (a seeded permutation shared by every rank, dealt out round-robin). At every
+step each rank includes each report of *its* shard independently with the global rate
+q = b / N. A report belongs to exactly one shard, so over the union of the ranks' draws every
+report joins the step's logical batch independently with probability q: the union is a Poisson
+sample of the whole training split with rate q, the mechanism the accountant analyses. The
+noise is added once for the union (radpriv/privacy/distributed.py), so ε is that of a
+single-process run with the same q, σ and number of steps.
+
+Every rank yields exactly `steps` batches per epoch, *empty ones included*: an empty local draw
+is still a step of the union (on all ranks at once), the accountant counts it, and the ranks
+must reach each all-reduce together. Opacus' `DistributedUniformWithReplacementSampler`
+implements the same sharding but silently skips an empty local draw, which would leave the
+ranks with different step counts (a hang at the next all-reduce, and a step count that no
+longer matches the plan); that is why this one is written here.
+
+Non-private training: one seeded permutation per epoch (the same on every rank), cut into
+global batches of `batch_size`; rank r takes every world_size-th report of each batch.
+
+Randomness is derived from (seed, epoch) for the shared permutation and from
+(seed, epoch, rank) for each rank's Bernoulli draws, so a run resumed at an epoch boundary
+draws exactly the batches of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Sampler
+
+from radpriv.errors import ConfigError
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def _check(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} of world size {world_size}: expected 0 ≤ rank < world size")
+
+
+class DistributedPoissonBatchSampler(Sampler[list[int]]):
+    """This rank's part of a Poisson draw of rate `sample_rate` over `num_samples` reports."""
+
+    def __init__(self, num_samples: int, sample_rate: float, steps: int, seed: int, *,
+                 rank: int, world_size: int):
+        _check(rank, world_size)
+        if num_samples < 1 or not 0 < sample_rate <= 1 or steps < 1:
+            raise ConfigError(f"Poisson sampling needs N ≥ 1, 0 < q ≤ 1 and steps ≥ 1 "
+                              f"(got N={num_samples}, q={sample_rate}, steps={steps})")
+        self.num_samples = num_samples
+        self.sample_rate = sample_rate
+        self.steps = steps
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard(self) -> torch.Tensor:
+        """The report indices this rank draws from in the current epoch."""
+        perm = torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch))
+        return perm[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        shard = self.shard()
+        draws = _generator(self.seed, self.epoch, self.rank + 1)
+        for _ in range(self.steps):
+            mask = torch.rand(len(shard), generator=draws) < self.sample_rate
+            yield shard[mask].tolist()  # possibly empty: still a step
+
+
+class DistributedShuffledBatchSampler(Sampler[list[int]]):
+    """This rank's part of each fixed-size shuffled batch (non-private training)."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, *, rank: int, world_size: int):
+        _check(rank, world_size)
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self):
+        perm = torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch))
+        for start in range(0, self.num_samples, self.batch_size):
+            yield perm[start:start + self.batch_size][self.rank::self.world_size].tolist()
+
+
+def distributed_batch_sampler(num_samples: int, *, poisson: bool, sample_rate: float, batch_size: int,
+                              steps: int, seed: int, rank: int, world_size: int) -> Sampler[list[int]]:
+    """The training sampler of one rank: Poisson under DP, shuffled batches otherwise."""
+    if poisson:
+        return DistributedPoissonBatchSampler(num_samples, sample_rate, steps, seed,
+                                              rank=rank, world_size=world_size)
+    return DistributedShuffledBatchSampler(num_samples, batch_size, seed, rank=rank, world_size=world_size)
