@@ -79,9 +79,18 @@ def _path(value: object) -> Path:
     return require_file(str(value), "reports CSV", f"check the path or {hint}")
 
 
+def _teacher_provenance(cfg: Mapping) -> tuple[dict, Path] | None:
+    """The teacher provenance of a labelled CSV (data.provenance or <path>.provenance.json)."""
+    from radpriv.teacher import provenance
+
+    found = provenance.resolve({**cfg, "name": "csv"})
+    return None if found is None else (provenance.load(found), found)
+
+
 def load_generic_csv(cfg: Mapping, seed: int) -> ReportTable:
     """The CSV as a ReportTable (see the module docstring and conf/data/csv.yaml)."""
-    label_columns = _label_columns(cfg.get("label_columns"))
+    teacher = _teacher_provenance(cfg)
+    label_columns = _label_columns(cfg.get("label_columns") or (teacher[0]["labels"] if teacher else None))
     text_columns = _text_columns(cfg)
     id_column = _column(cfg.get("id_column"))
     patient_column = _column(cfg.get("patient_column"))
@@ -94,6 +103,10 @@ def load_generic_csv(cfg: Mapping, seed: int) -> ReportTable:
     if overlap:
         raise DataError(f"data.label_columns and data.text_columns share {sorted(overlap)}; a column is text or a label")
 
+    if teacher:  # the teacher's label schema must be the student's (radpriv/teacher/provenance.py)
+        from radpriv.teacher.provenance import check_against_data
+
+        check_against_data(teacher[0], teacher[1], label_columns, path)
     extra = [c for c in (id_column, patient_column, split_column) if c]
     table = read_csv(path, [*text_columns, *label_columns, *extra], what="reports CSV")
     if not table.rows:
