@@ -28,8 +28,26 @@ commands:
   tune       an Optuna search of lr and clipping per ε, with the search's privacy cost, e.g.
              radpriv tune privacy.epsilon=1 tune.n_trials=8 tune.accounting=compose
   audit      train with m canary reports and audit the result: the one-run ε lower bound
-             (Steinke et al. 2023) and a membership-inference AUC, e.g.
+             (Steinke et al. 2023) and a membership-inference AUC; exit 3 if the bound
+             exceeds the claimed ε (a privacy bug). The claim must be stated, e.g.
              radpriv audit privacy.epsilon=1 audit.canaries=500
+  sweep      the privacy–utility study: models × ε × seeds (+ non-private LoRA and full
+             fine-tuning, TF-IDF and DP logistic-regression baselines), bootstrap CIs, paired
+             tests, table and plots in one parent MLflow run; finished cells are reused, e.g.
+             radpriv sweep data=ct_rate_text 'sweep.epsilons=[0.1,1,10]' 'sweep.seeds=[42,43]'
+  predict    label new reports with a trained model (run id, runs:/<id>/model,
+             models:/<name>@<alias>, models:/<name>/<version> or a model folder): per-label
+             probabilities and 0/1 labels; its own key=value arguments (not Hydra), e.g.
+             radpriv predict model=models:/chexpert@champion input=reports.csv output=labels.csv
+             [text_column=text|a,b id_column=id batch_size=32 labels=chexpert14|a,b,… num_threads=2]
+  label      label unlabelled reports with a teacher model (same references as predict): a CSV of
+             id, text, 0/1 per label at the teacher's thresholds and prob_<label>, plus
+             <output>.provenance.json (teacher, its privacy facts; no text) that a student run
+             `radpriv train data=csv data.path=<output>` picks up; predict's key=value arguments, e.g.
+             radpriv label teacher=models:/ct@champion input=unlabelled.csv output=labelled.csv
+  pate       PATE: k non-private teachers on disjoint partitions of the expert data, a Gaussian
+             noisy vote per label, ε of the expert reports (also: radpriv label teacher.mode=pate), e.g.
+             radpriv pate data=ct_rate_text pate.k=5 pate.sigma=20 pate.input=u.csv pate.output=l.csv
 
 overrides use Hydra syntax over the config tree in radpriv/conf (conf/ at the repo root):
   data=openi|ct_rate_text|ct_rate|mimic_cxr|csv  model=minilm|bert_small|bert_medium|albert_base|tiny_bert|tiny_albert|custom
@@ -115,11 +133,34 @@ def _data(overrides: list[str]) -> int:
     return data_command(overrides)
 
 
-def _audit(overrides: list[str]) -> dict:
-    from radpriv.audit.run import audit
-    from radpriv.config import compose
+def _audit(overrides: list[str]) -> int:
+    from radpriv.audit.run import audit_command
 
-    return audit(compose(["+audit=default", *overrides]))
+    return audit_command(overrides)
+
+
+def _sweep(overrides: list[str]) -> dict:
+    from radpriv.sweep.run import sweep_command
+
+    return sweep_command(overrides)
+
+
+def _predict(args: list[str]) -> dict:
+    from radpriv.predict import predict_command
+
+    return predict_command(args)
+
+
+def _label(args: list[str]) -> dict:
+    from radpriv.teacher.label import label_command
+
+    return label_command(args)
+
+
+def _pate(args: list[str]) -> dict:
+    from radpriv.teacher.pate import pate_command
+
+    return pate_command(args)
 
 
 def _tune(overrides: list[str]) -> dict:
@@ -136,6 +177,10 @@ COMMANDS = {
     "data": _data,
     "audit": _audit,
     "tune": _tune,
+    "sweep": _sweep,
+    "predict": _predict,
+    "label": _label,
+    "pate": _pate,
 }
 
 
