@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: install demo test test-all ui clean
+.PHONY: install demo test test-all perf ui clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q
+
+# the performance suite (issue 7): ratios side by side, JSON + markdown in benchmarks/out/
+perf: install
+	$(BIN)/python benchmarks/perf.py --e2e
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

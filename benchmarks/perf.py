@@ -25,20 +25,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DP = ["privacy.epsilon=1"]
-TOP3 = ["finetune.layers_to_transform=[3,4,5]"]
+# the first recipe (before issue 10): LoRA on all six layers, so nothing is frozen below it
+ALL_LAYERS = ["finetune.layers_to_transform=all"]
 
-# name -> (overrides, training loop)
+# name -> (overrides, training loop); the default recipe is LoRA on the top half with the frozen
+# lower half computed once (finetune.cache_frozen_prefix) and dynamic padding
 CONFIGS: dict[str, tuple[list[str], str]] = {
     "lora_nonprivate": (["privacy.epsilon=null"], "lightning"),
     "lora_dp": (DP, "lightning"),
     "lora_dp_plain_loop": (DP, "plain"),
     "lora_dp_pad_max_length": ([*DP, "data.padding=max_length"], "lightning"),
-    "lora_dp_top3_uncached": ([*DP, *TOP3, "finetune.cache_frozen_prefix=false"], "lightning"),
-    "lora_dp_top3_cached": ([*DP, *TOP3], "lightning"),
+    "lora_dp_top_half_uncached": ([*DP, "finetune.cache_frozen_prefix=false"], "lightning"),
+    "lora_dp_all_layers": ([*DP, *ALL_LAYERS], "lightning"),
 }
 
 # ratio name -> (numerator, denominator, target, what the target means)
@@ -46,9 +49,10 @@ RATIOS = [
     ("DP / non-private time per report", "lora_dp", "lora_nonprivate", 1.10, "≤"),
     ("Lightning path / plain Opacus loop time per report", "lora_dp", "lora_dp_plain_loop", 1.05, "≤"),
     ("pad-to-max_length / dynamic padding time per report", "lora_dp_pad_max_length", "lora_dp", 1.5, "≥"),
-    ("top-3 LoRA: uncached / cached frozen prefix time per report", "lora_dp_top3_uncached",
-     "lora_dp_top3_cached", None, ""),
-    ("all-layer LoRA / top-3 cached time per report", "lora_dp", "lora_dp_top3_cached", None, ""),
+    ("top-half LoRA: uncached / cached frozen prefix time per report", "lora_dp_top_half_uncached",
+     "lora_dp", None, ""),
+    ("all-layer LoRA (first recipe) / top-half cached (recipe) time per report", "lora_dp_all_layers",
+     "lora_dp", None, ""),
 ]
 
 
@@ -63,7 +67,7 @@ def _timed_steps(step_fn, batches, steps: int) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def measure(name: str, steps: int) -> dict:
+def measure(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
     """Train `steps` timed DP/non-private steps of one configuration in this process."""
     import lightning as L
     import torch
@@ -72,7 +76,7 @@ def measure(name: str, steps: int) -> dict:
     from radpriv.train import attach_prefix_cache, build
 
     overrides, loop = CONFIGS[name]
-    cfg = compose([*overrides, "trainer.progress_bar=false"])
+    cfg = compose([*extra, *overrides, "trainer.progress_bar=false"])
     torch.set_num_threads(int(cfg.trainer.num_threads or os.cpu_count() or 1))
     table, spec, tokenizer, dm, module, plan = build(cfg)
     dm.setup("fit")
@@ -164,7 +168,7 @@ def _plain_opacus_loop(module, dm, plan, steps: int) -> tuple[float, int]:
 
 
 # --------------------------------------------------------------------------- inference
-def measure_pyfunc(n_reports: int) -> dict:
+def measure_pyfunc(n_reports: int, extra: Sequence[str] = ()) -> dict:
     """Log a (1-step) MiniLM model, then time mlflow.pyfunc load and predict on Open-i texts."""
     import mlflow
     import pandas as pd
@@ -178,7 +182,7 @@ def measure_pyfunc(n_reports: int) -> dict:
         cwd = os.getcwd()
         os.chdir(tmp)  # artifacts beside the temporary store
         try:
-            cfg = compose(["privacy.epsilon=null", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+            cfg = compose([*extra, "privacy.epsilon=null", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
                            "trainer.progress_bar=false", "tracking.checkpoint_dir=null",
                            f"tracking.uri={uri}"])
             run_id = train(cfg)["run_id"]
@@ -218,8 +222,9 @@ def measure_e2e() -> dict:
 
 
 # --------------------------------------------------------------------------- driver
-def _run_child(name: str, steps: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(steps)],
+def _run_child(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(steps),
+                           *[f"--set={o}" for o in extra]],
                           capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
@@ -255,12 +260,14 @@ def main() -> None:
     ap.add_argument("--no-pyfunc", action="store_true")
     ap.add_argument("--e2e", action="store_true", help="also time the default ε=0.1 job end to end")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Hydra override for every configuration (e.g. --set model=bert_small)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.one:
-        print(json.dumps(measure(args.one, args.steps)))
+        print(json.dumps(measure(args.one, args.steps, args.set)))
         return
     from tqdm import tqdm
 
@@ -268,7 +275,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {n: [] for n in names}
     jobs = [(rep, n) for rep in range(args.reps) for n in (names if rep % 2 == 0 else names[::-1])]
     for rep, name in tqdm(jobs, desc="configurations"):
-        runs[name].append(_run_child(name, args.steps))
+        runs[name].append(_run_child(name, args.steps, args.set))
     configs = {n: {"reports_per_s": statistics.median(r["reports_per_s"] for r in rs),
                    "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "runs": len(rs),
                    "prefix_cache_s": statistics.median(r["prefix_cache_s"] for r in rs)}
@@ -283,7 +290,7 @@ def main() -> None:
               "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "steps": args.steps, "configs": configs, "ratios": ratios, "runs": runs}
     if not args.no_pyfunc:
-        result["pyfunc"] = measure_pyfunc(args.pyfunc_reports)
+        result["pyfunc"] = measure_pyfunc(args.pyfunc_reports, args.set)
     if args.e2e:
         result["e2e"] = measure_e2e()
     out = Path(args.out)
