@@ -263,19 +263,11 @@ def fetch_model(ref: str, tracking_uri: str | None, dst: Path) -> ModelSource:
 
 def fetch_other_path(artifact_uri: str, tracking_uri: str, dst: Path, ref: str) -> Path:
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from radpriv.model.bundle import META
+    from radpriv.model.bundle import download_bundle
 
     mlflow.set_tracking_uri(tracking_uri)
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst))
-    except MlflowException as e:
-        raise ModelError(f"model={ref}: {str(e).splitlines()[0]}") from None
-    found = next(Path(local).rglob(META), None)
-    if found is None:
-        raise ModelError(f"model={ref}: not a radpriv model (no {META})")
-    return found.parent
+    return download_bundle(artifact_uri, dst, f"model={ref}")
 
 
 def check_labels(requested: Sequence[str] | None, label_names: Sequence[str], ref: str) -> None:

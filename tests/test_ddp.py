@@ -100,6 +100,10 @@ def test_non_private_batches_are_the_single_process_batches_dealt_out_to_the_ran
     assert sorted(seen) == list(range(n))  # every report once per epoch
     for t in range(5):  # each global batch has at most b reports, split across the ranks
         assert sum(len(per_rank[r][t]) for r in range(world)) == min(b, n - t * b)
+    from radpriv.data.sampling import ShuffledBatchSampler
+
+    single = list(ShuffledBatchSampler(n, b, 7))  # the ranks' parts make up the one-process batches
+    assert [sorted(i for r in range(world) for i in per_rank[r][t]) for t in range(5)] == [sorted(x) for x in single]
 
 
 # -- two processes -------------------------------------------------------------------------------

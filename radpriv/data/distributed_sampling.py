@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
+from radpriv.data.sampling import ShuffledBatchSampler
 from radpriv.errors import ConfigError
 
 
@@ -80,28 +81,18 @@ class DistributedPoissonBatchSampler(Sampler[list[int]]):
             yield shard[mask].tolist()  # possibly empty: still a step
 
 
-class DistributedShuffledBatchSampler(Sampler[list[int]]):
-    """This rank's part of each fixed-size shuffled batch (non-private training)."""
+class DistributedShuffledBatchSampler(ShuffledBatchSampler):
+    """This rank's part of each of the single-process shuffled batches (non-private training)."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, *, rank: int, world_size: int):
         _check(rank, world_size)
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
+        super().__init__(num_samples, batch_size, seed)
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
 
     def __iter__(self):
-        perm = torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch))
-        for start in range(0, self.num_samples, self.batch_size):
-            yield perm[start:start + self.batch_size][self.rank::self.world_size].tolist()
+        for batch in super().__iter__():
+            yield batch[self.rank::self.world_size]
 
 
 def distributed_batch_sampler(num_samples: int, *, poisson: bool, sample_rate: float, batch_size: int,

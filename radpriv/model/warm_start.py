@@ -31,7 +31,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from radpriv.errors import ConfigError, ModelError, PrivacyError
-from radpriv.model.bundle import HEAD, META, load_meta
+from radpriv.model.bundle import HEAD, META, download_bundle, load_meta
 from radpriv.model.classifier import ReportClassifier
 from radpriv.model.encoder import EncoderSpec
 
@@ -70,20 +70,12 @@ def fetch_bundle(ref: str, tracking_uri: str | None, dst: Path) -> Path:
         raise ModelError(f"finetune.init_from={ref!r} is not a folder, an MLflow run id, runs:/… or "
                          "models:/… URI")
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from radpriv.tracking.mlflow_run import tracking_uri as resolve_uri
 
     mlflow.set_tracking_uri(resolve_uri(tracking_uri))
     uri = f"runs:/{ref}/model" if _RUN_ID.match(ref) else ref
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
-    except MlflowException as e:
-        raise ModelError(f"finetune.init_from={ref}: {str(e).splitlines()[0]}") from None
-    found = next(Path(local).rglob(META), None)
-    if found is None:
-        raise ModelError(f"finetune.init_from={ref}: not a radpriv model (no {META})")
-    return found.parent
+    return download_bundle(uri, dst, f"finetune.init_from={ref}")
 
 
 def _check_compatible(meta: Mapping, label_names, spec: EncoderSpec, mode: str, ref: str) -> None:

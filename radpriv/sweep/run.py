@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from radpriv.errors import ConfigError, ModelError
 from radpriv.sweep import baselines, report, stats
 from radpriv.sweep.grid import DP_KIND, Cell, build_grid, cell_overrides, check_epsilons, training_overrides
 from radpriv.sweep.predictions import binarize, logged_model_predictions
+from radpriv.tracking.mlflow_run import without_env
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +92,6 @@ def available_models(models: list[str], base: list[str]) -> tuple[list[str], dic
     if not ok:
         raise ModelError(f"sweep: none of sweep.models={models} can be loaded here ({skipped})")
     return ok, skipped
-
-
-@contextmanager
-def _without_env(name: str):
-    """`mlflow run` sets MLFLOW_RUN_ID for the whole process; the cells must open runs of their
-    own (nested under it), not log into it."""
-    value = os.environ.pop(name, None)
-    try:
-        yield value
-    finally:
-        if value is not None:
-            os.environ[name] = value
 
 
 def _open_parent(client, cfg: DictConfig, mlflow_run_id: str | None, name: str, tags: dict) -> tuple[str, str, str, bool]:
@@ -285,7 +272,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     client = MlflowClient(uri)
     progress = bool(cfg.sweep.progress_bar)
     name = f"sweep {cfg.data.name} {'+'.join(ok)}"
-    with _without_env("MLFLOW_RUN_ID") as mlflow_run_id:
+    with without_env("MLFLOW_RUN_ID") as mlflow_run_id:
         parent_id, exp_id, exp_name, owned = _open_parent(
             client, cfg, mlflow_run_id, name, {SWEEP_TAG: "true", "radpriv.dataset": str(cfg.data.name)})
         try:

@@ -34,11 +34,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import secrets
 import tempfile
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -46,6 +44,7 @@ import numpy as np
 import torch
 
 from radpriv.errors import ConfigError, DataError, PrivacyError
+from radpriv.tracking.mlflow_run import without_env
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +218,6 @@ def parse_args(args: Sequence[str]) -> tuple[PateOptions, list[str]]:
     ), [o for o in overrides if o not in FORCED]
 
 
-@contextmanager
-def _without_env(name: str):
-    """`mlflow run` sets MLFLOW_RUN_ID; the teachers open runs of their own, nested under it."""
-    value = os.environ.pop(name, None)
-    try:
-        yield value
-    finally:
-        if value is not None:
-            os.environ[name] = value
-
-
 def _open_parent(cfg, k: int, sigma: float, mlflow_run_id: str | None) -> tuple[object, str]:
     from radpriv.tracking import mlflow_run
 
@@ -290,7 +278,7 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
     texts = [reports.texts[i] for i in keep]
     counts = np.zeros((len(keep), len(table.label_names)), dtype=np.int64)
     teacher_runs: list[str] = []
-    with _without_env("MLFLOW_RUN_ID") as outer:
+    with without_env("MLFLOW_RUN_ID") as outer:
         client, parent = _open_parent(cfg, options.k, options.sigma, outer)
         try:
             client.log_batch(parent, params=[Param(f"pate.{k}", str(v)) for k, v in (
