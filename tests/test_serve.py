@@ -102,7 +102,10 @@ def test_mlflow_models_serve_answers_with_label_probabilities(tmp_path, tracking
             [mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local",
              "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+            # mlflow starts `uvicorn` by name: the environment's bin/ must be on PATH, as it is in
+            # an activated environment (`make test` runs the venv's python without activating it)
+            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(proc, f"{base}/ping", log)
