@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.masking_utils import create_bidirectional_mask
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ def supports_prefix(encoder: nn.Module) -> bool:
     """
     base = base_encoder(encoder)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
+    config = getattr(base, "config", None)
     return (hasattr(base, "embeddings") and isinstance(layers, nn.ModuleList)
-            and hasattr(base, "_create_attention_masks"))
+            and config is not None and not getattr(config, "is_decoder", False))
 
 
 def frozen_prefix_layers(encoder: nn.Module, finetune: Mapping) -> int:
@@ -80,10 +82,10 @@ def _layer_index(name: str) -> int:
 
 
 def _attention_mask(base: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor):
-    mask, _ = base._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                          embedding_output=hidden, encoder_hidden_states=None,
-                                          past_key_values=None)
-    return mask
+    # transformers' public mask builder, the one BertModel.forward uses for an encoder: it
+    # matches the configured attention implementation (eager, sdpa) as the whole-model path does.
+    # The model's private _create_attention_masks changed signature within 5.x; this did not.
+    return create_bidirectional_mask(config=base.config, inputs_embeds=hidden, attention_mask=attention_mask)
 
 
 def _run_layers(base: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
