@@ -7,6 +7,7 @@ before an MLflow run is opened, so a rejected run leaves nothing half-written.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,21 @@ def steps_per_epoch(cfg: DictConfig, dm: ReportDataModule) -> int:
     if isinstance(limit, float) and limit <= 1.0:
         return max(1, int(dm.steps_per_epoch * limit))
     return min(int(limit), dm.steps_per_epoch)
+
+
+def nonprivate_batch_size(n_train: int, batch_size: int, min_steps_per_epoch) -> int:
+    """Non-private logical batch: halved from `batch_size` until an epoch has ≥ min_steps steps.
+
+    A DP batch is large because it divides the noise; with no noise, a few hundred reports in
+    batches of 256 give too few optimisation steps (docs/RESULTS.md, "The CT probe").
+    """
+    if min_steps_per_epoch is None:
+        return batch_size
+    if int(min_steps_per_epoch) < 1:
+        raise ConfigError(f"privacy.nonprivate_min_steps_per_epoch={min_steps_per_epoch}: must be ≥ 1 or null")
+    while batch_size > 1 and math.ceil(n_train / batch_size) < int(min_steps_per_epoch):
+        batch_size //= 2
+    return batch_size
 
 
 def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> PrivacyPlan | None:
@@ -102,6 +118,10 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     )
     plan = plan_privacy(cfg, dm, max_epochs)
     dm.poisson = plan is not None
+    nonprivate_batch = nonprivate_batch_size(dm.num_train, dm.batch_size,
+                                             cfg.privacy.get("nonprivate_min_steps_per_epoch"))
+    if plan is None:
+        dm.batch_size = nonprivate_batch
     net = build_classifier(encoder, table.num_labels, cfg.finetune)
     head_init = str(cfg.finetune.get("head_init", "random"))
     if head_init not in HEAD_INITS:
@@ -190,7 +210,9 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     t0 = time.perf_counter()
     configure_threads(cfg.trainer.get("num_threads"))
     table, spec, tokenizer, dm, module, plan = build(cfg, table)
+    t_build = time.perf_counter()
     dm.setup("fit")
+    t_tokenize = time.perf_counter()
     attach_prefix_cache(cfg, dm, module)
     t_setup = time.perf_counter()
 
@@ -212,6 +234,8 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
                 if resume.run_id != logger.run_id:  # `mlflow run` opened a new run for us
                     logger.experiment.set_tag(logger.run_id, "radpriv.resumed_from", resume.run_id)
         logger.log_hyperparams(mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        # the batch actually used (non-private runs may use a smaller one, see build)
+        logger.log_hyperparams({"train.logical_batch_size": dm.batch_size})
         # what was computed (config + data content): sweeps find finished cells by it
         logger.experiment.set_tag(logger.run_id, RUN_KEY_TAG, key)
         trainer.fit(module, datamodule=dm,
@@ -233,7 +257,11 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
         dp = callbacks[0] if plan is not None else None
         summary = log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, test_metrics)
         t_log = time.perf_counter()
-        timings = {"time/setup_s": t_setup - t0, "time/fit_s": t_fit - t_setup,
+        # set-up = data and model loading + tokenisation (cached on disk after the first run)
+        # + the frozen-prefix cache; the three parts are logged too
+        timings = {"time/setup_s": t_setup - t0, "time/load_s": t_build - t0,
+                   "time/tokenize_s": t_tokenize - t_build, "time/prefix_cache_s": t_setup - t_tokenize,
+                   "time/fit_s": t_fit - t_setup,
                    "time/eval_s": t_eval - t_fit, "time/log_s": t_log - t_eval,
                    "time/total_s": t_log - t0}
         logger.log_metrics(timings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import shlex
 from pathlib import Path
 
@@ -130,3 +131,37 @@ def test_every_mlproject_entry_point_composes_with_its_defaults():
         if prefix is None:
             continue  # entry points of other commands are checked by their own tests
         compose([*prefix, *pipeline.mlproject_overrides(args)])
+
+
+def test_nonprivate_batch_is_halved_until_an_epoch_has_enough_steps():
+    """Open-i (2,609 training reports) keeps the DP batch of 256; ct_rate_text (560) trains
+    non-privately at 32, the batch measured in docs/RESULTS.md ("The CT probe")."""
+    from radpriv.errors import ConfigError
+    from radpriv.train import nonprivate_batch_size
+
+    assert nonprivate_batch_size(2609, 256, 10) == 256
+    assert nonprivate_batch_size(560, 256, 10) == 32
+    assert nonprivate_batch_size(560, 256, None) == 256
+    assert nonprivate_batch_size(3, 256, 10) == 1
+    try:
+        nonprivate_batch_size(560, 256, 0)
+    except ConfigError as e:
+        assert "nonprivate_min_steps_per_epoch" in str(e)
+    else:
+        raise AssertionError("0 steps per epoch accepted")
+
+
+def test_only_nonprivate_training_uses_the_smaller_batch(tmp_path):
+    """build(): the DP plan keeps its configured batch (its q and σ were calibrated for it); a
+    non-private run on the same data halves it until an epoch has the configured steps."""
+    from radpriv.train import build
+    from tests.synthetic import synthetic_table
+
+    table = synthetic_table(n=80)
+    base = ["model=tiny_bert", "data.max_length=32", "privacy.expected_batch_size=32",
+            "privacy.max_physical_batch_size=8", "privacy.nonprivate_min_steps_per_epoch=4"]
+    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=1"]), table)
+    assert plan is not None and dm.batch_size == 32 and plan.expected_batch_size == 32
+    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=null"]), table)
+    assert plan is None and dm.batch_size < 32 and dm.steps_per_epoch >= 4
+    assert math.ceil(dm.num_train / (2 * dm.batch_size)) < 4  # the largest halving that gives 4 steps

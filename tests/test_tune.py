@@ -25,6 +25,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from radpriv.cli import main, run
+from radpriv.config import compose
 from radpriv.privacy.accounting import RDP_ORDERS, calibrate_noise_multiplier, default_delta, epsilon_spent
 from radpriv.tune import ledger, privacy_cost
 from radpriv.tune.privacy_cost import Mechanism
@@ -230,6 +231,12 @@ def test_composed_search_end_to_end_then_resumed(tracking_uri, reports_csv, caps
     trial_runs = [tuple(t.user_attrs["mechanism"]) for t in study.trials]
     final = [tuple(v["mechanism"]) for k, v in study.user_attrs.items() if k.startswith("radpriv.final.")]
     assert len(trial_runs) == 3 and len(final) == 1
+    # trial 0 is the recipe itself (tune.enqueue_recipe): the study holds default vs tuned
+    recipe = compose(["+tune=default", *args])
+    assert study.trials[0].params == pytest.approx({"lr": recipe.finetune.lr,
+                                                    "max_grad_norm": recipe.privacy.max_grad_norm})
+    assert study.trials[0].user_attrs.get("radpriv.recipe") is True
+    assert not study.trials[2].user_attrs.get("radpriv.recipe") and study.trials[2].params != study.trials[0].params
     for key, mech in [("trial0", trial_runs[0]), ("final", final[0])]:
         m = runs[key].data.metrics
         assert (m["privacy/noise_multiplier"], m["privacy/sample_rate"], m["privacy/steps"]) == \

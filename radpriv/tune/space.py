@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from omegaconf import OmegaConf
+
 from radpriv.errors import ConfigError
 
 #: searched parameter → the radpriv setting it overrides
@@ -74,3 +76,26 @@ def suggest(trial, space: Mapping) -> tuple[dict, list[str]]:
 def overrides_for(params: Mapping) -> list[str]:
     """The overrides that reproduce a trial's parameters (for the trial, and the retrain)."""
     return [f"{SETTINGS[k]}={v}" for k, v in params.items() if k in SETTINGS]
+
+
+def recipe_params(cfg, space: Mapping) -> dict:
+    """The configured (recipe) values of the searched parameters that lie inside the space.
+
+    Enqueued as a study's first trial, they make "tuned vs default" one study's comparison and
+    give TPE a known-good point; a value outside its range is left to the sampler.
+    """
+    params: dict = {}
+    for key, cast in (("lr", float), ("max_grad_norm", float)):
+        r = _pair(space, key, cast)
+        value = cast(OmegaConf.select(cfg, SETTINGS[key]))
+        if r is not None and r[0] <= value <= r[1]:
+            params[key] = value
+    if (choices := _choices(space, "expected_batch_size")) is not None:
+        value = int(OmegaConf.select(cfg, SETTINGS["expected_batch_size"]))
+        if value in choices:
+            params["expected_batch_size"] = value
+    if (r := _pair(space, "max_epochs", int)) is not None:
+        value = int(OmegaConf.select(cfg, SETTINGS["max_epochs"]))
+        if r[0] <= value <= r[1]:
+            params["max_epochs"] = value
+    return params

@@ -32,7 +32,7 @@ from radpriv.privacy import accounting
 from radpriv.tune import ledger, privacy_cost
 from radpriv.tune.data_check import check_public_data
 from radpriv.tune.runs import replace_data, strip_tune_overrides
-from radpriv.tune.space import check_space
+from radpriv.tune.space import check_space, recipe_params
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,24 @@ def _trial_count(study, t) -> int:
     return int(study.user_attrs[ledger.TRIAL_COUNT_ATTR])  # another worker may have written first
 
 
+def enqueue_recipe(study, cfg: DictConfig, mode: str) -> None:
+    """A new study's first trial: the recipe's own values (tune.enqueue_recipe).
+
+    Not in a random search: its guarantee needs every trial drawn from one distribution, and a
+    fixed first trial is not such a draw.
+    """
+    if not cfg.tune.get("enqueue_recipe", True):
+        return
+    if mode == "random_search":
+        log.info("tune: random search: the recipe's values are not enqueued (every trial must be a random draw)")
+        return
+    params = recipe_params(cfg, cfg.tune.space)
+    if params:
+        # skip_if_exists: workers that start together on a new study enqueue it once
+        study.enqueue_trial(params, user_attrs={"radpriv.recipe": True}, skip_if_exists=True)
+        log.info("tune: trial 0 is the recipe's own values %s (tune.enqueue_recipe)", params)
+
+
 @contextmanager
 def parent_run(client, experiment: str, run_name: str, tags: dict):
     """The invocation's parent run: the one `mlflow run` opened (MLFLOW_RUN_ID), else a new one.
@@ -275,6 +293,8 @@ def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
         k = _trial_count(study, t)
     n_before = len(study.trials)
     n_to_run = int(t.n_trials) if k is None else max(0, k - n_before)
+    if n_before == 0 and n_to_run:
+        enqueue_recipe(study, cfg, mode)
     log.info("tune: study %s in %s: %d trials so far, %d to run in this process", name, safe_url(str(t.storage)),
              n_before, n_to_run)
 
