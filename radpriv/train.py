@@ -118,6 +118,7 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     )
     plan = plan_privacy(cfg, dm, max_epochs)
     dm.poisson = plan is not None
+    # checked for every run (a bad value is a one-line error either way), used only without DP
     nonprivate_batch = nonprivate_batch_size(dm.num_train, dm.batch_size,
                                              cfg.privacy.get("nonprivate_min_steps_per_epoch"))
     if plan is None:

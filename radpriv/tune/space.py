@@ -85,7 +85,7 @@ def recipe_params(cfg, space: Mapping) -> dict:
     give TPE a known-good point; a value outside its range is left to the sampler.
     """
     params: dict = {}
-    for key, cast in (("lr", float), ("max_grad_norm", float)):
+    for key, cast in (("lr", float), ("max_grad_norm", float), ("max_epochs", int)):
         r = _pair(space, key, cast)
         value = cast(OmegaConf.select(cfg, SETTINGS[key]))
         if r is not None and r[0] <= value <= r[1]:
@@ -94,8 +94,4 @@ def recipe_params(cfg, space: Mapping) -> dict:
         value = int(OmegaConf.select(cfg, SETTINGS["expected_batch_size"]))
         if value in choices:
             params["expected_batch_size"] = value
-    if (r := _pair(space, "max_epochs", int)) is not None:
-        value = int(OmegaConf.select(cfg, SETTINGS["max_epochs"]))
-        if r[0] <= value <= r[1]:
-            params["max_epochs"] = value
     return params
