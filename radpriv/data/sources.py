@@ -38,11 +38,14 @@ def load_table(data_cfg: Mapping, seed: int) -> ReportTable:
     """Read the dataset a `data` config names: `data_cfg["name"]` picks the reader.
 
     `data.train_shard=i/k` then keeps only shard i of k of the training patients (see
-    radpriv.data.splits.train_shard_members); validation and test are unchanged.
+    radpriv.data.splits.train_shard_members); validation and test are unchanged. `seed` draws
+    the seeded splits unless `data.split_seed` is set.
     """
     name = data_cfg.get("name") if isinstance(data_cfg, Mapping) else None
     if not isinstance(name, str) or name not in SOURCES:
         raise DataError(f"data.name={name!r} is not a known dataset; use one of {sorted(SOURCES)}")
+    if data_cfg.get("split_seed") is not None:  # splits fixed while `seed` varies the training
+        seed = int(data_cfg["split_seed"])
     table = SOURCES[name](data_cfg, seed)
     if data_cfg.get("train_shard"):
         table = keep_train_shard(table, str(data_cfg["train_shard"]), seed)
