@@ -197,7 +197,7 @@ class CollectiveEpochEndCheckpoint(L.Callback):
         tmp = self.directory / (self.filename + ".tmp")
         if trainer.is_global_zero:
             self.directory.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # optimizer + accountant state: needed to resume
         if trainer.is_global_zero:
             os.replace(tmp, self.directory / self.filename)
 

@@ -87,5 +87,5 @@ class EpochEndCheckpoint(L.Callback):
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / (CHECKPOINT + ".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # optimizer + accountant state: needed to resume
         os.replace(tmp, self.directory / CHECKPOINT)
