@@ -126,7 +126,6 @@ def main() -> None:
 
     common = ["tracking.checkpoint_dir=null", "trainer.progress_bar=false", f"seed={args.seed}", *args.set]
     csv_args = ["data=csv", "data.id_column=id", "data.split_column=split", "data.text_column=text"]
-    length = [o for o in args.set if o.startswith("data.max_length=")]
     private = f"privacy.epsilon={args.epsilon}"
     unlabelled, evaluation, names = write_inputs(out, args.seed)
 
@@ -136,7 +135,7 @@ def main() -> None:
     step("label", lambda: radpriv("label", f"teacher={teacher['run_id']}", f"input={unlabelled}",
                                   f"output={labelled}", "progress_bar=false"))
     step("student_teacher", lambda: student(*csv_args, f"data.path={student_csv(labelled, evaluation, names)}",
-                                            *length, private, *common))
+                                            private, *common))
     for sigma in args.sigmas:
         pate_out = out / f"pate_sigma{sigma:g}.csv"
         step(f"pate_sigma{sigma:g}", lambda: radpriv(
@@ -144,7 +143,7 @@ def main() -> None:
             f"pate.input={unlabelled}", f"pate.output={pate_out}", "pate.seed=0", "pate.progress_bar=false",
             *common))
         step(f"student_pate_sigma{sigma:g}", lambda: student(
-            *csv_args, f"data.path={student_csv(pate_out, evaluation, names)}", *length, private, *common))
+            *csv_args, f"data.path={student_csv(pate_out, evaluation, names)}", private, *common))
     step("student_expert", lambda: student("data=ct_rate_text", "data.train_shard=0/2", private, *common))
     step("student_oracle", lambda: student("data=ct_rate_text", "data.train_shard=1/2", private, *common))
     text = table(done, args)

@@ -86,9 +86,10 @@ def recipe_params(cfg, space: Mapping) -> dict:
     """
     params: dict = {}
     for key, cast in (("lr", float), ("max_grad_norm", float), ("max_epochs", int)):
-        r = _pair(space, key, cast)
+        if (r := _pair(space, key, cast)) is None:
+            continue
         value = cast(OmegaConf.select(cfg, SETTINGS[key]))
-        if r is not None and r[0] <= value <= r[1]:
+        if r[0] <= value <= r[1]:
             params[key] = value
     if (choices := _choices(space, "expected_batch_size")) is not None:
         value = int(OmegaConf.select(cfg, SETTINGS["expected_batch_size"]))
