@@ -109,8 +109,16 @@ def run(argv: list[str]) -> int:
     result = handler(overrides)
     if isinstance(result, int):  # a command that prints its own output returns its exit code
         return result
-    print(json.dumps(result, default=float))
+    if _global_rank() == 0:  # DDP: every rank returns the summary; one copy on stdout, not two interleaved
+        print(json.dumps(result, default=float), flush=True)
     return 0
+
+
+def _global_rank() -> int:
+    # Lightning records the process's global rank here once a distributed trainer has set up;
+    # a command that never imported Lightning ran in one process
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    return int(getattr(getattr(rank_zero, "rank_zero_only", None), "rank", 0) or 0)
 
 
 def _train(overrides: list[str]) -> dict:

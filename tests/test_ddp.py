@@ -125,7 +125,7 @@ def test_two_processes_spend_the_epsilon_and_steps_of_one_and_only_rank_0_logs(t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr
     lines = [json.loads(ln) for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
-    assert len(lines) == 2 and lines[0] == lines[1]  # every rank returns rank 0's summary
+    assert len(lines) == 1  # rank 1 returns the same summary but prints nothing
 
     assert run(["train", *TINY, f"data.path={csv_path}", "tracking.log_model=false"]) == 0
     single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
