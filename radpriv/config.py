@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +33,40 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
             raise ConfigError(f"unknown {key} {value!r}: choose one of {', '.join(group_options(key))}{hint}")
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            return hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"bad override in {' '.join(overrides) or '(none)'}: {first}") from None
+    apply_epsilon_recipe(cfg)
+    return cfg
+
+
+def recipe_row(table, epsilon) -> dict:
+    """The row of `privacy.recipe_by_epsilon` for this ε: the first whose epsilon_at_least ≤ ε
+    (ε = ∞ for non-private training)."""
+    from radpriv.privacy.accounting import resolve_epsilon
+
+    eps = resolve_epsilon(epsilon)
+    eps = math.inf if eps is None else eps
+    for row in table:
+        if eps >= float(row["epsilon_at_least"]):
+            return dict(row)
+    raise ConfigError(f"privacy.recipe_by_epsilon has no row for ε = {eps}: end it with epsilon_at_least: 0")
+
+
+def apply_epsilon_recipe(cfg: DictConfig) -> None:
+    """Fill `privacy.max_grad_norm` and `finetune.lr` left null from the recipe's row for ε.
+
+    The recipe's clipping norm and learning rate depend on ε (docs/RESULTS.md, "An ε-dependent
+    recipe"); a value set in a conf file or on the command line is never replaced. Done at
+    compose time so that every command (train, tune's trial 0, sweep cells, run keys, the MLflow
+    params) sees the values the run will use.
+    """
+    privacy, finetune = cfg.get("privacy"), cfg.get("finetune")
+    if privacy is None or not privacy.get("recipe_by_epsilon"):
+        return
+    row = recipe_row(privacy.recipe_by_epsilon, privacy.get("epsilon"))
+    if privacy.get("max_grad_norm") is None and row.get("max_grad_norm") is not None:
+        privacy.max_grad_norm = float(row["max_grad_norm"])
+    if finetune is not None and finetune.get("lr") is None and row.get("lr") is not None:
+        finetune.lr = float(row["lr"])

@@ -73,8 +73,9 @@ def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> Priv
     n = dm.num_train
     delta = float(p.delta) if p.get("delta") is not None else accounting.default_delta(n)
     accounting.check_delta(delta, n)
-    if float(p.max_grad_norm) <= 0:
-        raise ConfigError(f"privacy.max_grad_norm={p.max_grad_norm}: must be > 0")
+    if p.get("max_grad_norm") is None or float(p.max_grad_norm) <= 0:
+        raise ConfigError(f"privacy.max_grad_norm={p.get('max_grad_norm')}: must be > 0 (null needs a "
+                          "privacy.recipe_by_epsilon row that sets it)")
     steps = max_epochs * steps_per_epoch(cfg, dm)
     calibration = accounting.calibrate_noise_multiplier(
         epsilon, delta, dm.sample_rate, steps, accountant=p.accountant)
@@ -135,6 +136,8 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
                                 spec=spec, mode=str(cfg.finetune.mode), dataset=table.name,
                                 train_fingerprint=dm.splits["train"].fingerprint(),
                                 tracking_uri=cfg.tracking.get("uri"))
+    if cfg.finetune.get("lr") is None:
+        raise ConfigError("finetune.lr is null and no privacy.recipe_by_epsilon row sets it: give finetune.lr=<value>")
     total_steps = max_epochs * steps_per_epoch(cfg, dm)
     module = ReportClassifierModule(
         net, table.label_names, lr=float(cfg.finetune.lr),

@@ -28,12 +28,36 @@ def _conf(group: str, name: str) -> dict:
 
 
 def test_defaults_are_the_recipe_files():
-    """`radpriv train` with nothing overridden: MiniLM, LoRA, DP, exactly the conf files' values."""
+    """`radpriv train` with nothing overridden: MiniLM, LoRA, DP, exactly the conf files' values,
+    with the clipping norm and learning rate the files leave null taken from the ε row."""
     cfg = OmegaConf.to_container(compose([]), resolve=True)
     assert cfg["model"]["name"] == "minilm" and cfg["data"]["name"] == "openi"
-    assert cfg["finetune"] == _conf("finetune", "lora")
-    assert cfg["privacy"] == _conf("privacy", "dp")
+    finetune, privacy = _conf("finetune", "lora"), _conf("privacy", "dp")
+    assert finetune["lr"] is None and privacy["max_grad_norm"] is None
+    (row,) = [r for r in privacy["recipe_by_epsilon"] if r["epsilon_at_least"] <= privacy["epsilon"]][:1]
+    assert cfg["finetune"] == {**finetune, "lr": row["lr"]}
+    assert cfg["privacy"] == {**privacy, "max_grad_norm": row["max_grad_norm"]}
     assert cfg["trainer"] == _conf("trainer", "cpu")
+
+
+def test_clipping_norm_and_lr_follow_epsilon_unless_set():
+    """The ε rows: the run's ε picks C and lr; a value given on the command line (or by a conf
+    file, as finetune=full's lr) is never replaced; non-private LoRA keeps lr 1e-2, no C."""
+    rows = _conf("privacy", "dp")["recipe_by_epsilon"]
+    low, high = rows[-1], rows[-2]
+    assert high["max_grad_norm"] > low["max_grad_norm"]  # less noise, clip less (RESULTS.md)
+
+    def c_lr(*ov):
+        cfg = compose(list(ov))
+        return cfg.privacy.max_grad_norm, cfg.finetune.lr
+
+    assert c_lr("privacy.epsilon=10") == (high["max_grad_norm"], high["lr"])
+    assert c_lr(f"privacy.epsilon={high['epsilon_at_least']}") == (high["max_grad_norm"], high["lr"])
+    assert c_lr("privacy.epsilon=1") == c_lr("privacy.epsilon=0.1") == (low["max_grad_norm"], low["lr"])
+    assert c_lr("privacy.epsilon=10", "privacy.max_grad_norm=0.2") == (0.2, high["lr"])
+    assert c_lr("privacy.epsilon=10", "finetune.lr=0.003") == (high["max_grad_norm"], 0.003)
+    assert c_lr("privacy.epsilon=null") == c_lr("privacy=none") == (None, 1e-2)
+    assert compose(["finetune=full", "privacy.epsilon=10"]).finetune.lr == _conf("finetune", "full")["lr"]
 
 
 def test_mlflow_run_with_default_parameters_trains_the_same_recipe():
