@@ -103,6 +103,10 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
     again, _ = sweep(capsys, [*SMALL, *data, *GRID])
     assert (again["trained"], again["reused"], again["run_id"]) == (0, 8, outer)
     assert len(_training_runs(client)) == n_before
+    # the training time of the table is the cells' own, whichever invocation trained them
+    assert out["metrics"]["sweep/cells_train_time_s"] > 0
+    assert again["metrics"]["sweep/cells_train_time_s"] == pytest.approx(out["metrics"]["sweep/cells_train_time_s"])
+    assert again["metrics"]["sweep/wall_time_s"] < out["metrics"]["sweep/wall_time_s"]
     assert again["metrics"]["dp_lora/tiny_albert/eps10/f1_weighted"] == pytest.approx(
         out["metrics"]["dp_lora/tiny_albert/eps10/f1_weighted"])
 

@@ -47,9 +47,10 @@ class CellResult:
     cell: Cell
     run_id: str
     reused: bool
-    seconds: float
+    seconds: float  # this invocation's time on the cell (a reused cell: reloading and predicting)
     epsilon_spent: float | None
     predictions: stats.SeedPredictions
+    train_seconds: float | None = None  # the training run's own logged time/total_s, whenever it ran
 
 
 def sweep_command(overrides: list[str]) -> dict:
@@ -174,7 +175,8 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
             if logged is not None and abs(logged - f1) > 1e-4:
                 log.warning("sweep: %s: the reloaded model scores test F1 %.4f, the run logged %.4f", cell.name, f1, logged)
             seconds = time.perf_counter() - t_cell
-            results.append(CellResult(cell, run_id, reused, seconds, metrics.get("privacy/epsilon"), preds))
+            results.append(CellResult(cell, run_id, reused, seconds, metrics.get("privacy/epsilon"), preds,
+                                      metrics.get("time/total_s")))
             done_trained = sum(not r.reused for r in results)
             log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
                      "elapsed %s", i, n, cell.name, _hms(seconds), "reused" if reused else "trained", run_id, f1,
@@ -311,8 +313,12 @@ def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, resul
 
     alpha = float(cfg.sweep.bootstrap.alpha)
     trained = sum(not r.reused for r in results)
+    # a resumed sweep's wall time covers only what it did itself: the cells' own training times,
+    # summed, are the compute the whole table cost, however many invocations it took
+    train_times = [r.train_seconds for r in results if r.train_seconds is not None]
+    train_time = sum(train_times) if train_times else None
     metrics = {"sweep/wall_time_s": wall, "sweep/cells": len(results), "sweep/cells_trained": trained,
-               "sweep/cells_reused": len(results) - trained}
+               "sweep/cells_reused": len(results) - trained, "sweep/cells_train_time_s": train_time}
     for r in rows:
         name = report.row_name(r)
         metrics[f"{name}/f1_weighted"] = r["f1_weighted_mean"]
@@ -323,7 +329,10 @@ def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, resul
             client.log_metric(parent_id, k, float(v))
     header = (f"# radpriv sweep on {cfg.data.name}\n\n`radpriv sweep {' '.join(overrides)}` — "
               f"{len(results)} cells ({trained} trained, {len(results) - trained} reused), wall time "
-              f"{_hms(wall)}. Test metrics: mean ± sd over seeds, "
+              f"{_hms(wall)}; the cells' own training times sum to "
+              f"{_hms(train_time) if train_time is not None else 'unknown'}"
+              f"{f' ({len(train_times)} of {len(results)} cells logged one)' if len(train_times) < len(results) else ''}"
+              ". Test metrics: mean ± sd over seeds, "
               f"{100 * (1 - alpha):g}% percentile bootstrap CI over test reports "
               f"({int(cfg.sweep.bootstrap.n_resamples)} redraws); Δ and p: paired bootstrap against "
               "non-private LoRA of the same model and seeds, Holm-adjusted over all ε × models.")
@@ -336,12 +345,13 @@ def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, resul
                                     f"{cfg.data.name}: privacy–utility (bands: {100 * (1 - alpha):g}% bootstrap CI)")
         plots.per_label_heatmap(per_label, table.label_names, tmp / "plots" / "per_label_f1_heatmap.png",
                                 f"{cfg.data.name}: per-label test F1, mean over seeds")
-        cells = [{"cell": r.cell.name, "run_id": r.run_id, "reused": r.reused, "seconds": round(r.seconds, 1)}
-                 for r in results]
+        cells = [{"cell": r.cell.name, "run_id": r.run_id, "reused": r.reused, "seconds": round(r.seconds, 1),
+                  "train_seconds": r.train_seconds} for r in results]
         rows_json = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                      for r in rows]  # strict JSON: no NaN (an sd over one seed)
         (tmp / "sweep.json").write_text(json.dumps(
-            {"cells": cells, "skipped_models": skipped, "rows": rows_json, "wall_time_s": wall}, indent=2))
+            {"cells": cells, "skipped_models": skipped, "rows": rows_json, "wall_time_s": wall,
+             "cells_train_time_s": train_time}, indent=2))
         for f in ("results.csv", "results.md", "sweep.json"):
             client.log_artifact(parent_id, str(tmp / f))
         client.log_artifacts(parent_id, str(tmp / "plots"), "plots")
