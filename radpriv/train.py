@@ -120,7 +120,10 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     plan = plan_privacy(cfg, dm, max_epochs)
     dm.poisson = plan is not None
     # checked for every run (a bad value is a one-line error either way), used only without DP
-    nonprivate_batch = nonprivate_batch_size(dm.num_train, dm.batch_size,
+    own = cfg.finetune.get("nonprivate_batch_size")  # a mode's own non-private batch (full: 32)
+    if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
+        raise ConfigError(f"finetune.nonprivate_batch_size={own!r}: must be an integer ≥ 1 or null")
+    nonprivate_batch = nonprivate_batch_size(dm.num_train, dm.batch_size if own is None else int(own),
                                              cfg.privacy.get("nonprivate_min_steps_per_epoch"))
     if plan is None:
         dm.batch_size = nonprivate_batch

@@ -189,3 +189,29 @@ def test_only_nonprivate_training_uses_the_smaller_batch(tmp_path):
     _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=null"]), table)
     assert plan is None and dm.batch_size < 32 and dm.steps_per_epoch >= 4
     assert math.ceil(dm.num_train / (2 * dm.batch_size)) < 4  # the largest halving that gives 4 steps
+
+
+def test_full_fine_tuning_has_its_own_nonprivate_batch_and_dp_keeps_the_calibrated_one():
+    """finetune=full trains non-privately at its own batch (32, the usual BERT fine-tuning
+    batch); under DP the batch is privacy.expected_batch_size whatever the mode says."""
+    from radpriv.errors import ConfigError
+    from radpriv.train import build
+    from tests.synthetic import synthetic_table
+
+    assert _conf("finetune", "full")["nonprivate_batch_size"] == 32
+    assert _conf("finetune", "lora")["nonprivate_batch_size"] is None
+    table = synthetic_table(n=200)
+    base = ["model=tiny_bert", "data.max_length=32", "finetune=full", "privacy.expected_batch_size=64",
+            "privacy.max_physical_batch_size=8", "privacy.nonprivate_min_steps_per_epoch=1"]
+    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=null"]), table)
+    assert plan is None and dm.batch_size == 32
+    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=null", "finetune.nonprivate_batch_size=8"]), table)
+    assert dm.batch_size == 8
+    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=1"]), table)
+    assert plan is not None and dm.batch_size == 64 and plan.expected_batch_size == 64
+    try:
+        build(compose(base + ["privacy.epsilon=null", "finetune.nonprivate_batch_size=0"]), table)
+    except ConfigError as e:
+        assert "finetune.nonprivate_batch_size" in str(e)
+    else:
+        raise AssertionError("a batch of 0 accepted")
