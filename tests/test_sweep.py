@@ -111,6 +111,19 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
         out["metrics"]["dp_lora/tiny_albert/eps10/f1_weighted"])
 
 
+def test_a_sweep_with_no_epsilon_trains_only_its_nonprivate_cell(tracking_uri, reports_csv, capsys, tmp_path):
+    """Part of a grid (the README's parallel recipe): the full fine-tuning cell alone, no ε."""
+    csv_path, _ = reports_csv
+    grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[]", "sweep.nonprivate=[full]", "sweep.seeds=[42]",
+            "sweep.baselines=[tfidf_lr]"]
+    out, err = sweep(capsys, [*SMALL, "data=ct_rate_text", f"data.path={csv_path}", *grid])
+    assert (out["cells"], out["trained"]) == (1, 1) and "Traceback" not in err
+    local = Path(mlflow.artifacts.download_artifacts(run_id=out["run_id"], dst_path=str(tmp_path / "art")))
+    rows = list(csv.DictReader(io.StringIO((local / "results.csv").read_text())))
+    assert sorted(r["method"] for r in rows) == ["full", "tfidf_lr"]
+    assert (local / "plots" / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def main_train(capsys, overrides) -> bool:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *overrides])
@@ -304,7 +317,7 @@ def test_an_unavailable_model_is_skipped_in_one_line(monkeypatch, caplog):
     ("sweep.epsilons=[1,0]", "must be a finite number > 0"),
     ("sweep.epsilons=[-1]", "must be a finite number > 0"),
     ("sweep.epsilons=[abc]", "is not a number"),
-    ("sweep.epsilons=[]", "sweep.epsilons is empty"),
+    ("sweep.epsilons=[] sweep.nonprivate=[]", "sweep.epsilons and sweep.nonprivate are both empty"),
     ("model=tiny_bert", "use sweep.models"),
     ("privacy.epsilon=1", "use sweep.epsilons"),
     ("sweep.nonprivate=[lora,dp]", "sweep.nonprivate"),

@@ -61,13 +61,15 @@ class Cell:
         return spellings
 
 
-def _as_list(name: str, value) -> list:
+def _as_list(name: str, value, allow_empty: bool = False) -> list:
+    if value is None and allow_empty:
+        return []
     if value is None:
         raise ConfigError(f"sweep.{name} is empty: give a list, e.g. sweep.{name}=[...]")
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ConfigError(f"sweep.{name}={value!r}: expected a list, e.g. sweep.{name}=[a,b]")
     items = list(value)
-    if not items:
+    if not items and not allow_empty:
         raise ConfigError(f"sweep.{name} is empty: the grid would have no cell")
     return items
 
@@ -85,7 +87,7 @@ def check_models(models) -> list[str]:
 
 def check_epsilons(epsilons) -> list[float]:
     out = []
-    for e in _as_list("epsilons", epsilons):
+    for e in _as_list("epsilons", epsilons, allow_empty=True):  # [] with nonprivate cells: a partial grid
         try:
             if isinstance(e, bool):
                 raise TypeError
@@ -126,6 +128,8 @@ def build_grid(sweep_cfg: Mapping) -> list[Cell]:
     epsilons = check_epsilons(sweep_cfg.get("epsilons"))
     seeds = check_seeds(sweep_cfg.get("seeds"))
     nonprivate = check_nonprivate(sweep_cfg.get("nonprivate"))
+    if not epsilons and not nonprivate:
+        raise ConfigError("sweep.epsilons and sweep.nonprivate are both empty: the grid would have no cell")
     cells = []
     for model in models:
         for seed in seeds:
