@@ -240,7 +240,10 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
                 log.info("resuming run %s from %s", logger.run_id, resume.checkpoint)
                 if resume.run_id != logger.run_id:  # `mlflow run` opened a new run for us
                     logger.experiment.set_tag(logger.run_id, "radpriv.resumed_from", resume.run_id)
-        logger.log_hyperparams(mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        params = mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True))
+        if resume is not None and resume.run_id == logger.run_id and trainer.is_global_zero:
+            params = mlflow_run.join_resumed_run(logger, cfg, params)
+        logger.log_hyperparams(params)
         # the batch actually used (non-private runs may use a smaller one, see build)
         logger.log_hyperparams({"train.logical_batch_size": dm.batch_size})
         # what was computed (config + data content): sweeps find finished cells by it

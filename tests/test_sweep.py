@@ -8,16 +8,19 @@ import json
 import logging
 from pathlib import Path
 
+import lightning as L
 import mlflow
 import numpy as np
 import pytest
 import torch
 
 from radpriv.cli import main
+from radpriv.config import compose
 from radpriv.errors import ConfigError, ModelError
 from radpriv.model.metrics import classification_metrics
 from radpriv.sweep import baselines, stats
 from radpriv.sweep.grid import Cell, build_grid, cell_overrides, training_overrides
+from radpriv.train import train
 from tests.synthetic import synthetic_table
 from tests.test_train_e2e import TINY, error_lines
 
@@ -122,6 +125,67 @@ def test_a_sweep_with_no_epsilon_trains_only_its_nonprivate_cell(tracking_uri, r
     rows = list(csv.DictReader(io.StringIO((local / "results.csv").read_text())))
     assert sorted(r["method"] for r in rows) == ["full", "tfidf_lr"]
     assert (local / "plots" / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class _StopAtSecondEpoch(L.Callback):
+    """A worker killed after its first epoch: the epoch-end checkpoint of epoch 1 exists."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("stopped after epoch 1")
+
+
+def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tracking_uri, reports_csv, capsys):
+    csv_path, _ = reports_csv
+    base = [*(o for o in SMALL if o != "trainer.max_epochs=1"), "trainer.max_epochs=2", "data=ct_rate_text",
+            f"data.path={csv_path}", "sweep.baselines=[]"]
+    grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[1]", "sweep.nonprivate=[lora]", "sweep.seeds=[42]"]
+    client = mlflow.MlflowClient(tracking_uri)
+
+    plan, err = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    assert (plan["finished"], plan["started"], plan["to_train"]) == (0, 0, 2)
+    assert plan["estimated_left_s"] is None and plan["cells_without_estimate"] == 2
+    assert "no estimate yet for 2" in err
+    assert client.search_experiments(filter_string="name != 'Default'") == []  # nothing opened
+
+    # the ε = 1 cell, as a sweep worker would train it, stopped after its first epoch of two
+    train_overrides = [o for o in base if not o.startswith("sweep.")]
+    cell_cfg = compose(cell_overrides(train_overrides, Cell("tiny_bert", "dp_lora", 1.0, 42)))
+    with pytest.raises(RuntimeError, match="stopped after epoch 1"):
+        train(cell_cfg, extra_callbacks=[_StopAtSecondEpoch()])
+    (started_run,) = _training_runs(client)
+
+    plan, err = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    states = {s["cell"]: s for s in plan["states"]}
+    assert states["tiny_bert-eps1-seed42"] == {"cell": "tiny_bert-eps1-seed42", "status": "started",
+                                               "run_id": started_run.info.run_id, "epochs_done": 1}
+    assert states["tiny_bert-lora-seed42"]["status"] == "to train"
+    assert "1 of 2 epochs in its checkpoint" in err
+    assert len(_training_runs(client)) == 1
+
+    # the sweep resumes the started cell, trains the other; then nothing is left
+    out, err = sweep(capsys, [*base, *grid])
+    assert out["trained"] == 2
+    finished = client.get_run(started_run.info.run_id)
+    assert finished.data.tags["radpriv.complete"] == "true"
+    # begun outside any sweep, finished by this one: it nests there now (MLflow refuses changed
+    # params, so the first start's tracking.* params stay, and the log says so)
+    assert finished.data.tags["mlflow.parentRunId"] == out["run_id"]
+    assert finished.data.tags["radpriv.sweep.cell"] == "tiny_bert-eps1-seed42"
+    assert "keeps its first start's" in err and "tracking.parent_run_id" in err
+    n_runs = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    plan, err = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    assert (plan["finished"], plan["to_train"], plan["estimated_left_s"]) == (2, 0, 0)
+    assert "nothing left to train" in err
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == n_runs
+
+    # a second seed: each of its cells costs what the finished cell of its kind took
+    wider, err = sweep(capsys, [*base, *grid[:-1], "sweep.seeds=[42,43]", "sweep.plan_only=true"])
+    took = {s["cell"]: client.get_run(s["run_id"]).data.metrics["time/total_s"]
+            for s in wider["states"] if s["status"] == "finished"}
+    assert (wider["finished"], wider["to_train"]) == (2, 2)
+    assert wider["estimated_left_s"] == pytest.approx(sum(took.values()), abs=0.2)
+    assert "of one worker left" in err
 
 
 def main_train(capsys, overrides) -> bool:

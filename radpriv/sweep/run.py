@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 CELL_TAG = "radpriv.sweep.cell"
 SWEEP_TAG = "radpriv.sweep"
 BASELINES = ("tfidf_lr", "dp_lr")
+PLAN_PARENT = "none"  # the parent run id a planned cell is composed with: no run is opened
 
 
 @dataclass
@@ -133,6 +135,40 @@ def _cell_cfg(base: list[str], cell: Cell, parent_id: str, exp_name: str, spelli
     return cfg
 
 
+def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) -> list[str]:
+    """The run keys a finished run of this cell may carry: the first is the one it is trained
+    under; the others, the same ε spelled as a standalone `radpriv train` may have (1 for 1.0)."""
+    from radpriv.tracking.resume import run_key
+
+    fingerprint = table.fingerprint()
+    parent = cfg.tracking.get("parent_run_id")
+    exp_name = cfg.tracking.get("experiment")
+    return [run_key(cfg, fingerprint)] + [run_key(_cell_cfg(base, cell, parent, exp_name, s), fingerprint)
+                                           for s in cell.epsilon_spellings()[1:]]
+
+
+def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, client, skipped: dict) -> dict:
+    """`sweep.plan_only=true`: each cell's state and what is left (plan.py); opens no run."""
+    from radpriv.sweep import plan
+    from radpriv.tracking.mlflow_run import experiment_name
+
+    exp_name = experiment_name(cfg)
+    search_ids = []
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its experiment too, as a sweep searches
+        search_ids.append(client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id)
+    default_exp = client.get_experiment_by_name(exp_name)
+    if default_exp is not None:
+        search_ids.append(default_exp.experiment_id)
+    root = cfg.tracking.get("checkpoint_dir")
+    states = []
+    for cell in cells:
+        cell_cfg = _cell_cfg(base, cell, PLAN_PARENT, exp_name)  # tracking.* is not in the run key
+        states.append(plan.cell_state(cell, cell_keys(base, cell, cell_cfg, tables(cell.seed)),
+                                      int(cell_cfg.trainer.max_epochs), client, list(dict.fromkeys(search_ids)),
+                                      Path(root) if root else None))
+    return {**plan.summarize(states), "skipped_models": skipped}
+
+
 def _test_part(table: ReportTable) -> ReportTable:
     return table.subset("test")
 
@@ -142,7 +178,6 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
     """Train (or reuse) every cell, in order, and predict its test split in memory."""
     from tqdm.auto import tqdm
 
-    from radpriv.tracking.resume import run_key
     from radpriv.train import train
 
     t0 = time.perf_counter()
@@ -154,10 +189,7 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
             t_cell = time.perf_counter()
             table = tables(cell.seed)
             cfg = _cell_cfg(base, cell, parent_id, exp_name)
-            fingerprint = table.fingerprint()
-            keys = [run_key(cfg, fingerprint)]
-            keys += [run_key(_cell_cfg(base, cell, parent_id, exp_name, s), fingerprint)
-                     for s in cell.epsilon_spellings()[1:]]
+            keys = cell_keys(base, cell, cfg, table)
             bar.set_postfix_str(cell.name)
             found = find_finished(client, search_ids, keys)
             if found is not None:
@@ -272,6 +304,8 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
         tables(seed)
     uri = tracking_uri(cfg.tracking.get("uri"))
     client = MlflowClient(uri)
+    if cfg.sweep.get("plan_only"):
+        return plan_sweep(cfg, cells, base, tables, client, skipped)
     progress = bool(cfg.sweep.progress_bar)
     name = f"sweep {cfg.data.name} {'+'.join(ok)}"
     with without_env("MLFLOW_RUN_ID") as mlflow_run_id:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from radpriv.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -56,19 +59,42 @@ def make_logger(cfg: Mapping, run_name: str | None = None, run_id: str | None = 
     """
     from lightning.pytorch.loggers import MLFlowLogger
 
-    tags = {"radpriv.dataset": cfg["data"]["name"], "radpriv.model": cfg["model"]["name"]}
-    tags.update({str(k): str(v) for k, v in (cfg["tracking"].get("tags") or {}).items()})
-    parent = cfg["tracking"].get("parent_run_id")
-    if parent:
-        tags["mlflow.parentRunId"] = str(parent)  # how the MLflow UI nests child runs
     return MLFlowLogger(
         experiment_name=experiment_name(cfg),
         tracking_uri=tracking_uri(cfg["tracking"].get("uri")),
         run_id=os.environ.get("MLFLOW_RUN_ID") or run_id or None,
         run_name=run_name,
         log_model=False,
-        tags=tags,
+        tags=run_tags(cfg),
     )
+
+
+def run_tags(cfg: Mapping) -> dict[str, str]:
+    tags = {"radpriv.dataset": cfg["data"]["name"], "radpriv.model": cfg["model"]["name"]}
+    tags.update({str(k): str(v) for k, v in (cfg["tracking"].get("tags") or {}).items()})
+    parent = cfg["tracking"].get("parent_run_id")
+    if parent:
+        tags["mlflow.parentRunId"] = str(parent)  # how the MLflow UI nests child runs
+    return tags
+
+
+def join_resumed_run(logger, cfg: Mapping, params: dict[str, str]) -> dict[str, str]:
+    """Of `params`, those the resumed run has not logged yet; the run's tags follow `cfg`.
+
+    MLflow refuses to change a logged param. A resumed run has the same run key, so the same
+    config but for what the key leaves out (tracking.*: the store, the parent sweep, tags): a
+    cell that one sweep started and a later one finishes differs in tracking.parent_run_id.
+    Those params keep the first start's values; the tags, which MLflow lets change, follow the
+    command that finishes the run, so the cell nests under the sweep that completed it.
+    """
+    client, run_id = logger.experiment, logger.run_id
+    logged = client.get_run(run_id).data.params
+    changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
+    if changed:
+        log.info("resumed run %s keeps its first start's %s", run_id, ", ".join(changed))
+    for key, value in run_tags(cfg).items():
+        client.set_tag(run_id, key, value)
+    return {k: v for k, v in params.items() if k not in logged}
 
 
 def mark_failed(logger) -> None:

@@ -1,0 +1,134 @@
+"""`radpriv sweep sweep.plan_only=true`: where a sweep stands, without training anything.
+
+A sweep that runs for hours, across sessions or on several workers (the README's parallel
+recipe) raises the same question again and again: which cells are done, which are under way,
+and how much is left. The answer comes from the lookups the sweep itself makes — the search for
+a finished run by run key, and the epoch-end checkpoint a started cell resumes from — so a cell
+called finished here is exactly one the sweep will reuse. Nothing is opened or written: no
+MLflow run, no checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from radpriv.sweep.grid import Cell
+from radpriv.sweep.run import find_finished
+from radpriv.tracking.resume import find_resume_point
+
+log = logging.getLogger(__name__)
+
+FINISHED, STARTED, TO_TRAIN = "finished", "started", "to train"
+
+
+@dataclass(frozen=True)
+class CellState:
+    cell: Cell
+    status: str  # FINISHED | STARTED | TO_TRAIN
+    run_id: str | None = None
+    train_seconds: float | None = None  # finished: the run's logged time/total_s
+    epochs_done: int = 0  # started: epochs its checkpoint holds (it resumes after them)
+    max_epochs: int = 0
+    checkpoint_age_s: float | None = None  # started: seconds since its checkpoint was written
+
+    def describe(self) -> str:
+        if self.status == FINISHED:
+            took = "" if self.train_seconds is None else f", trained in {hms(self.train_seconds)}"
+            return f"finished (run {self.run_id}{took})"
+        if self.status == STARTED:
+            age = "" if self.checkpoint_age_s is None else f", written {hms(self.checkpoint_age_s)} ago"
+            # a live worker and a killed one look alike from here: the checkpoint's age tells them apart
+            return (f"started (run {self.run_id}; {self.epochs_done} of {self.max_epochs} epochs in its "
+                    f"checkpoint{age}; the next sweep resumes it)")
+        return "to train"
+
+
+def hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def checkpoint_epochs(path: Path) -> int:
+    """Completed epochs in an epoch-end checkpoint: Lightning stores the 0-based index of the
+    epoch that ended. Memory-mapped, so a full fine-tuning checkpoint is not read whole; these
+    are radpriv's own checkpoints, the files `radpriv train` itself resumes from."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["epoch"]) + 1
+
+
+def cell_state(cell: Cell, keys: list[str], max_epochs: int, client, search_ids: list[str],
+               checkpoint_root: Path | None) -> CellState:
+    """The cell's state; `keys` are its run keys (the first is the one a sweep would train under)."""
+    found = find_finished(client, search_ids, keys) if search_ids else None
+    if found is not None:
+        return CellState(cell, FINISHED, found.info.run_id, found.data.metrics.get("time/total_s"))
+    if checkpoint_root is not None:
+        for key in keys:
+            point = find_resume_point(checkpoint_root, key, client)
+            if point.run_id is None:
+                continue
+            written = point.checkpoint if point.checkpoint is not None else point.directory
+            return CellState(cell, STARTED, point.run_id,
+                             epochs_done=checkpoint_epochs(point.checkpoint) if point.checkpoint else 0,
+                             max_epochs=max_epochs, checkpoint_age_s=max(0.0, time.time() - written.stat().st_mtime))
+    return CellState(cell, TO_TRAIN, max_epochs=max_epochs)
+
+
+def estimate_left(states: list[CellState]) -> tuple[float, int, list[str]]:
+    """(seconds of one worker for the unfinished cells that have an estimate, how many have one,
+    the model/kind pairs of those that have none).
+
+    A cell still to train costs the median training time of the finished cells of the same
+    model and kind (DP-LoRA at any ε, LoRA, full fine-tuning); a started one, the share of it
+    for the epochs it has not done. A model and kind with no finished cell yet has no estimate:
+    it is named, not guessed.
+    """
+    done: dict[tuple, list[float]] = defaultdict(list)
+    for s in states:
+        if s.status == FINISHED and s.train_seconds is not None:
+            done[(s.cell.model, s.cell.kind)].append(s.train_seconds)
+    left, estimated, unknown = 0.0, 0, []
+    for s in states:
+        if s.status == FINISHED:
+            continue
+        times = done.get((s.cell.model, s.cell.kind))
+        if not times:
+            unknown.append(f"{s.cell.model} {s.cell.kind}")
+            continue
+        remaining = 1.0 if s.status == TO_TRAIN else max(0.0, 1 - s.epochs_done / max(s.max_epochs, 1))
+        left += statistics.median(times) * remaining
+        estimated += 1
+    return left, estimated, sorted(set(unknown))
+
+
+def summarize(states: list[CellState]) -> dict:
+    """Log one line per cell and a summary; the summary, for the CLI's JSON line."""
+    n = len(states)
+    for i, s in enumerate(states, 1):
+        log.info("sweep plan: [%d/%d] %s: %s", i, n, s.cell.name, s.describe())
+    counts = {k: sum(s.status == k for s in states) for k in (FINISHED, STARTED, TO_TRAIN)}
+    left, estimated, unknown = estimate_left(states)
+    pending = n - counts[FINISHED]
+    spent = [s.train_seconds for s in states if s.status == FINISHED and s.train_seconds is not None]
+    if not pending:
+        tail = "nothing left to train: the next `radpriv sweep` with these settings writes the table"
+    elif estimated == pending:
+        tail = f"about {hms(left)} of one worker left (each cell: the median finished cell of its model and kind)"
+    else:
+        known = f"{hms(left)} for the {estimated} with an estimate, " if estimated else ""
+        tail = (f"{known}no estimate yet for {pending - estimated} (no finished cell of "
+                f"{', '.join(unknown)})")
+    log.info("sweep plan: %d of %d cells finished (%s of training), %d started, %d to train; %s",
+             counts[FINISHED], n, hms(sum(spent)), counts[STARTED], counts[TO_TRAIN], tail)
+    return {"plan_only": True, "cells": n, "finished": counts[FINISHED], "started": counts[STARTED],
+            "to_train": counts[TO_TRAIN], "finished_train_time_s": round(sum(spent), 1),
+            "estimated_left_s": round(left, 1) if estimated == pending else None,
+            "cells_without_estimate": pending - estimated,
+            "states": [{"cell": s.cell.name, "status": s.status, "run_id": s.run_id,
+                        "epochs_done": s.epochs_done if s.status == STARTED else None} for s in states]}
