@@ -188,6 +188,22 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
     assert "of one worker left" in err
 
 
+def test_plan_estimates_each_cell_from_the_finished_cells_of_its_model_and_kind():
+    from radpriv.sweep.plan import FINISHED, STARTED, TO_TRAIN, CellState, estimate_left
+
+    def cell(kind, seed, eps=None):
+        return Cell("minilm", kind, eps, seed)
+
+    states = [CellState(cell("lora", 42), FINISHED, "a", 100.0), CellState(cell("lora", 43), FINISHED, "b", 300.0),
+              CellState(cell("dp_lora", 42, 1.0), FINISHED, "c", 50.0),
+              CellState(cell("lora", 44), TO_TRAIN, max_epochs=8),  # median 200
+              CellState(cell("dp_lora", 43, 0.1), STARTED, "d", epochs_done=6, max_epochs=8),  # a quarter of 50
+              CellState(cell("full", 42), TO_TRAIN, max_epochs=8)]  # no finished full cell: no estimate
+    assert estimate_left(states) == (200.0 + 12.5, 2, ["minilm full"])
+    done = CellState(cell("full", 42), STARTED, "e", epochs_done=8, max_epochs=8, checkpoint_age_s=5)
+    assert "all 8 epochs in its checkpoint" in done.describe() and "0:00:05 ago" in done.describe()
+
+
 def main_train(capsys, overrides) -> bool:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *overrides])

@@ -43,6 +43,9 @@ class CellState:
         if self.status == STARTED:
             age = "" if self.checkpoint_age_s is None else f", written {hms(self.checkpoint_age_s)} ago"
             # a live worker and a killed one look alike from here: the checkpoint's age tells them apart
+            if self.max_epochs and self.epochs_done >= self.max_epochs:
+                return (f"started (run {self.run_id}; all {self.max_epochs} epochs in its checkpoint{age}: "
+                        "being tested and logged, or killed after training and finished by the next sweep)")
             return (f"started (run {self.run_id}; {self.epochs_done} of {self.max_epochs} epochs in its "
                     f"checkpoint{age}; the next sweep resumes it)")
         return "to train"
