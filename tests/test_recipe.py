@@ -215,3 +215,19 @@ def test_full_fine_tuning_has_its_own_nonprivate_batch_and_dp_keeps_the_calibrat
         assert "finetune.nonprivate_batch_size" in str(e)
     else:
         raise AssertionError("a batch of 0 accepted")
+
+
+def test_full_fine_tuning_trains_its_fresh_head_at_the_lora_rate_and_the_encoder_at_5e_5():
+    """A random head at the encoder's 5e-5 barely moves in a few hundred steps (docs/RESULTS.md,
+    "Full fine-tuning's head"): the optimizer gives the head 1e-2, the encoder 5e-5."""
+    from radpriv.train import build
+    from tests.synthetic import synthetic_table
+
+    cfg = compose(["model=tiny_bert", "data.max_length=32", "finetune=full", "privacy.epsilon=null"])
+    _, _, _, _, module, _ = build(cfg, synthetic_table(n=60))
+    body, head = module.configure_optimizers()["optimizer"].param_groups
+    # initial_lr: the warm-up has already scaled "lr" down
+    assert math.isclose(body["initial_lr"], 5e-5) and math.isclose(head["initial_lr"], 1e-2)
+    head_ids = {id(p) for p in head["params"]}
+    assert head_ids and all(id(p) not in head_ids for p in body["params"])
+    assert compose(["finetune=full"]).finetune.head_bias_init == compose([]).finetune.head_bias_init == -2.0
