@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radpriv.sweep.grid import Cell
-from radpriv.sweep.run import find_finished
+from radpriv.sweep.run import find_finished, hms
 from radpriv.tracking.resume import find_resume_point
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,6 @@ class CellState:
             return (f"started (run {self.run_id}; {self.epochs_done} of {self.max_epochs} epochs in its "
                     f"checkpoint{age}; the next sweep resumes it)")
         return "to train"
-
-
-def hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def checkpoint_epochs(path: Path) -> int:

@@ -60,7 +60,7 @@ def sweep_command(overrides: list[str]) -> dict:
     return run_sweep(cfg, list(overrides))
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
@@ -196,7 +196,7 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                 run_id, reused = found.info.run_id, True
                 log.info("sweep: [%d/%d] %s: reusing finished run %s (same config and data)", i, n, cell.name, run_id)
             else:
-                log.info("sweep: [%d/%d] %s: training (elapsed %s)", i, n, cell.name, _hms(time.perf_counter() - t0))
+                log.info("sweep: [%d/%d] %s: training (elapsed %s)", i, n, cell.name, hms(time.perf_counter() - t0))
                 run_id, reused = train(cfg, table=table)["run_id"], False
             metrics = client.get_run(run_id).data.metrics
             test = _test_part(table)
@@ -211,8 +211,8 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                                       metrics.get("time/total_s")))
             done_trained = sum(not r.reused for r in results)
             log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
-                     "elapsed %s", i, n, cell.name, _hms(seconds), "reused" if reused else "trained", run_id, f1,
-                     done_trained, len(results) - done_trained, _hms(time.perf_counter() - t0))
+                     "elapsed %s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,
+                     done_trained, len(results) - done_trained, hms(time.perf_counter() - t0))
             bar.update(1)
     finally:
         bar.close()
@@ -336,7 +336,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
             if owned:
                 client.set_terminated(parent_id, "FAILED")
             raise
-    log.info("sweep: finished in %s: %d cells trained, %d reused", _hms(wall),
+    log.info("sweep: finished in %s: %d cells trained, %d reused", hms(wall),
              sum(not r.reused for r in results), sum(r.reused for r in results))
     return {"run_id": parent_id, "experiment": exp_name, **summary}
 
@@ -363,8 +363,8 @@ def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, resul
             client.log_metric(parent_id, k, float(v))
     header = (f"# radpriv sweep on {cfg.data.name}\n\n`radpriv sweep {' '.join(overrides)}` — "
               f"{len(results)} cells ({trained} trained, {len(results) - trained} reused), wall time "
-              f"{_hms(wall)}; the cells' own training times sum to "
-              f"{_hms(train_time) if train_time is not None else 'unknown'}"
+              f"{hms(wall)}; the cells' own training times sum to "
+              f"{hms(train_time) if train_time is not None else 'unknown'}"
               f"{f' ({len(train_times)} of {len(results)} cells logged one)' if len(train_times) < len(results) else ''}"
               ". Test metrics: mean ± sd over seeds, "
               f"{100 * (1 - alpha):g}% percentile bootstrap CI over test reports "
