@@ -135,6 +135,16 @@ def _cell_cfg(base: list[str], cell: Cell, parent_id: str, exp_name: str, spelli
     return cfg
 
 
+def _search_ids(client, cfg: DictConfig, first: str | None) -> list[str]:
+    """Where finished cells are looked for: `first` (the parent run's experiment), then the
+    data's default experiment radpriv-<data>, where plain `radpriv train` runs go."""
+    from radpriv.tracking.mlflow_run import experiment_name
+
+    default_exp = client.get_experiment_by_name(experiment_name(cfg))
+    ids = ([first] if first else []) + ([default_exp.experiment_id] if default_exp else [])
+    return list(dict.fromkeys(ids))
+
+
 def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) -> list[str]:
     """The run keys a finished run of this cell may carry: the first is the one it is trained
     under; the others, the same ε spelled as a standalone `radpriv train` may have (1 for 1.0)."""
@@ -153,18 +163,14 @@ def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, clie
     from radpriv.tracking.mlflow_run import experiment_name
 
     exp_name = experiment_name(cfg)
-    search_ids = []
-    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: its experiment too, as a sweep searches
-        search_ids.append(client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id)
-    default_exp = client.get_experiment_by_name(exp_name)
-    if default_exp is not None:
-        search_ids.append(default_exp.experiment_id)
+    run_id = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: its experiment too, as a sweep searches
+    search_ids = _search_ids(client, cfg, client.get_run(run_id).info.experiment_id if run_id else None)
     root = cfg.tracking.get("checkpoint_dir")
     states = []
     for cell in cells:
         cell_cfg = _cell_cfg(base, cell, PLAN_PARENT, exp_name)  # tracking.* is not in the run key
         states.append(plan.cell_state(cell, cell_keys(base, cell, cell_cfg, tables(cell.seed)),
-                                      int(cell_cfg.trainer.max_epochs), client, list(dict.fromkeys(search_ids)),
+                                      int(cell_cfg.trainer.max_epochs), client, search_ids,
                                       Path(root) if root else None))
     return {**plan.summarize(states), "skipped_models": skipped}
 
@@ -280,7 +286,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     from mlflow.entities import Param
 
     from radpriv.train import configure_threads
-    from radpriv.tracking.mlflow_run import experiment_name, flatten, tracking_uri
+    from radpriv.tracking.mlflow_run import flatten, tracking_uri
 
     t0 = time.perf_counter()
     _check_settings(cfg)
@@ -312,8 +318,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
         parent_id, exp_id, exp_name, owned = _open_parent(
             client, cfg, mlflow_run_id, name, {SWEEP_TAG: "true", "radpriv.dataset": str(cfg.data.name)})
         try:
-            default_exp = client.get_experiment_by_name(experiment_name(cfg))
-            search_ids = list(dict.fromkeys([exp_id] + ([default_exp.experiment_id] if default_exp else [])))
+            search_ids = _search_ids(client, cfg, exp_id)
             log.info("sweep: %d cells (%s × %d ε × %d seeds + %s), parent run %s in %s%s", len(cells), "+".join(ok),
                      len(cfg.sweep.epsilons), len(seeds), "/".join(cfg.sweep.nonprivate or []) or "no non-private",
                      parent_id, exp_name, f"; skipped {sorted(skipped)}" if skipped else "")
