@@ -18,6 +18,7 @@ from radpriv.cli import main
 from radpriv.config import compose
 from radpriv.errors import ConfigError, ModelError
 from radpriv.model.metrics import classification_metrics
+from radpriv.process_memory import malloc_trim
 from radpriv.sweep import baselines, stats
 from radpriv.sweep.grid import Cell, build_grid, cell_overrides, training_overrides
 from radpriv.train import train
@@ -66,6 +67,8 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
     assert "reusing finished run" in err and "Traceback" not in err
     assert any("[1/8]" in m and "training" in m for m in progress)
     assert any("[8/8]" in m and "done in" in m and "elapsed" in m for m in progress)
+    if malloc_trim() is not None:  # each cell's freed memory went back to the OS (process_memory)
+        assert all("freed memory returned" in m for m in progress if "done in" in m)
     parent = out["run_id"]
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")

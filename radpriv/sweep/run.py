@@ -31,6 +31,7 @@ from radpriv.config import compose
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError, ModelError
+from radpriv.process_memory import resident_bytes, return_freed_memory
 from radpriv.sweep import baselines, report, stats
 from radpriv.sweep.grid import DP_KIND, Cell, build_grid, cell_overrides, check_epsilons, training_overrides
 from radpriv.sweep.predictions import binarize, logged_model_predictions
@@ -179,6 +180,14 @@ def _test_part(table: ReportTable) -> ReportTable:
     return table.subset("test")
 
 
+def _memory_note() -> str:
+    """Return the cell's freed memory to the OS (see radpriv.process_memory); say how much went."""
+    released, resident = return_freed_memory(), resident_bytes()
+    if released is None or resident is None:
+        return ""
+    return f"; {resident / 2**30:.1f} GB resident ({released / 2**30:.1f} GB freed memory returned)"
+
+
 def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, parent_id: str,
               exp_name: str, search_ids: list[str], batch_size: int, progress: bool) -> list[CellResult]:
     """Train (or reuse) every cell, in order, and predict its test split in memory."""
@@ -217,8 +226,8 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                                       metrics.get("time/total_s")))
             done_trained = sum(not r.reused for r in results)
             log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
-                     "elapsed %s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,
-                     done_trained, len(results) - done_trained, hms(time.perf_counter() - t0))
+                     "elapsed %s%s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,
+                     done_trained, len(results) - done_trained, hms(time.perf_counter() - t0), _memory_note())
             bar.update(1)
     finally:
         bar.close()

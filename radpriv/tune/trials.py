@@ -12,6 +12,7 @@ import logging
 import optuna
 
 from radpriv.errors import ConfigError, PrivacyError
+from radpriv.process_memory import return_freed_memory
 from radpriv.tune import ledger
 from radpriv.tune.runs import PlanRecorder, mechanism_of, run_config
 from radpriv.tune.space import suggest
@@ -83,6 +84,8 @@ class Objective:
             self._mark_pruned(trial.number)
             log.info("tune: trial %d pruned (%s)", trial.number, _fmt(params))
             raise
+        finally:
+            return_freed_memory()  # a study's process would otherwise keep every trial's peak (process_memory)
         run_id = summary["run_id"]
         trial.set_user_attr("run_id", run_id)
         value = self.client.get_run(run_id).data.metrics.get(OBJECTIVE)
