@@ -29,7 +29,7 @@ from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import accounting, distributed, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
 from radpriv.tracking.resume import (CHECKPOINT, COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint,
-                                     find_resume_point, run_key)
+                                     TrainingClock, find_resume_point, run_key)
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,9 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"),
                                     run_id=resume.run_id if resume else None)
     try:
+        clock = TrainingClock()
         callbacks = [DPCallback(plan)] if plan is not None else []
-        callbacks += list(extra_callbacks)
+        callbacks += [clock, *extra_callbacks]
         trainer = make_trainer(cfg, logger, callbacks, resume.directory if resume else None)
         if resume is not None and trainer.is_global_zero:
             resume.record(logger.run_id)
@@ -273,7 +274,10 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
                    "time/tokenize_s": t_tokenize - t_build, "time/prefix_cache_s": t_setup - t_tokenize,
                    "time/fit_s": t_fit - t_setup,
                    "time/eval_s": t_eval - t_fit, "time/log_s": t_log - t_eval,
-                   "time/total_s": t_log - t0}
+                   "time/total_s": t_log - t0,
+                   # + the training earlier, killed invocations did up to their last checkpoint
+                   "time/earlier_invocations_s": clock.earlier_s,
+                   "time/cumulative_s": t_log - t0 + clock.earlier_s}
         logger.log_metrics(timings)
         if cfg.tracking.get("register"):
             from radpriv.tracking.registry import register_run_model

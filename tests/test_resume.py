@@ -52,7 +52,8 @@ def test_a_killed_run_resumes_to_the_same_epsilon_and_steps(tmp_path):
     reference, _ = finish(start(reference_dir, csv_path))
 
     proc = start(crash_dir, csv_path)
-    deadline = time.monotonic() + 240
+    started = time.monotonic()
+    deadline = started + 240
     while not list(crash_dir.glob("checkpoints/*/last.ckpt")):  # epoch 1 is done...
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint appeared"
@@ -60,6 +61,7 @@ def test_a_killed_run_resumes_to_the_same_epsilon_and_steps(tmp_path):
     time.sleep(0.2)  # ...and epoch 2 is under way
     assert proc.poll() is None, "the run ended before it could be killed mid-epoch"
     os.killpg(proc.pid, signal.SIGKILL)
+    killed_after = time.monotonic() - started
     proc.communicate()
     (state,) = crash_dir.glob("checkpoints/*/run.json")
     killed_run = json.loads(state.read_text())["run_id"]
@@ -76,3 +78,10 @@ def test_a_killed_run_resumes_to_the_same_epsilon_and_steps(tmp_path):
             reference["run_id"]).data.metrics[key]
         assert got == pytest.approx(want, rel=1e-9), key
     assert mlflow.MlflowClient(f"sqlite:///{crash_dir / 'mlflow.db'}").get_run(killed_run).info.status == "FINISHED"
+    # the run's own time counts the killed invocation's epoch 1 (carried in the checkpoint)
+    times = mlflow.MlflowClient(f"sqlite:///{crash_dir / 'mlflow.db'}").get_run(killed_run).data.metrics
+    assert 0 < times["time/earlier_invocations_s"] < killed_after
+    assert times["time/cumulative_s"] == pytest.approx(times["time/total_s"] + times["time/earlier_invocations_s"])
+    plain = mlflow.MlflowClient(f"sqlite:///{reference_dir / 'mlflow.db'}").get_run(reference["run_id"]).data.metrics
+    assert plain["time/earlier_invocations_s"] == 0
+    assert plain["time/cumulative_s"] == pytest.approx(plain["time/total_s"])

@@ -182,10 +182,13 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
     assert "nothing left to train" in err
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == n_runs
 
-    # a second seed: each of its cells costs what the finished cell of its kind took
+    # a second seed: each of its cells costs what the finished cell of its kind took, all its
+    # invocations counted (the eps1 cell's first, stopped after epoch 1, is in its checkpoint)
     wider, err = sweep(capsys, [*base, *grid[:-1], "sweep.seeds=[42,43]", "sweep.plan_only=true"])
-    took = {s["cell"]: client.get_run(s["run_id"]).data.metrics["time/total_s"]
-            for s in wider["states"] if s["status"] == "finished"}
+    took = {s["cell"]: client.get_run(s["run_id"]).data.metrics for s in wider["states"] if s["status"] == "finished"}
+    assert took["tiny_bert-eps1-seed42"]["time/earlier_invocations_s"] > 0
+    assert took["tiny_bert-lora-seed42"]["time/earlier_invocations_s"] == 0
+    took = {cell: m["time/cumulative_s"] for cell, m in took.items()}
     assert (wider["finished"], wider["to_train"]) == (2, 2)
     assert wider["estimated_left_s"] == pytest.approx(sum(took.values()), abs=0.2)
     assert "of one worker left" in err

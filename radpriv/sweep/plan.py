@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radpriv.sweep.grid import Cell
-from radpriv.sweep.run import find_finished, hms
+from radpriv.sweep.run import find_finished, hms, run_train_seconds
 from radpriv.tracking.resume import find_resume_point
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class CellState:
     cell: Cell
     status: str  # FINISHED | STARTED | TO_TRAIN
     run_id: str | None = None
-    train_seconds: float | None = None  # finished: the run's logged time/total_s
+    train_seconds: float | None = None  # finished: the run's own training time
     epochs_done: int = 0  # started: epochs its checkpoint holds (it resumes after them)
     max_epochs: int = 0
     checkpoint_age_s: float | None = None  # started: seconds since its checkpoint was written
@@ -65,7 +65,7 @@ def cell_state(cell: Cell, keys: list[str], max_epochs: int, client, search_ids:
     """The cell's state; `keys` are its run keys (the first is the one a sweep would train under)."""
     found = find_finished(client, search_ids, keys) if search_ids else None
     if found is not None:
-        return CellState(cell, FINISHED, found.info.run_id, found.data.metrics.get("time/total_s"))
+        return CellState(cell, FINISHED, found.info.run_id, run_train_seconds(found.data.metrics))
     if checkpoint_root is not None:
         for key in keys:
             point = find_resume_point(checkpoint_root, key, client)

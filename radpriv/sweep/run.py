@@ -53,7 +53,13 @@ class CellResult:
     seconds: float  # this invocation's time on the cell (a reused cell: reloading and predicting)
     epsilon_spent: float | None
     predictions: stats.SeedPredictions
-    train_seconds: float | None = None  # the training run's own logged time/total_s, whenever it ran
+    train_seconds: float | None = None  # the training run's own time, whenever it ran (run_train_seconds)
+
+
+def run_train_seconds(metrics: dict) -> float | None:
+    """A training run's own time: every invocation it took (killed ones up to their last
+    checkpoint), or, for runs logged before that was recorded, the one that finished it."""
+    return metrics.get("time/cumulative_s", metrics.get("time/total_s"))
 
 
 def sweep_command(overrides: list[str]) -> dict:
@@ -223,7 +229,7 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                 log.warning("sweep: %s: the reloaded model scores test F1 %.4f, the run logged %.4f", cell.name, f1, logged)
             seconds = time.perf_counter() - t_cell
             results.append(CellResult(cell, run_id, reused, seconds, metrics.get("privacy/epsilon"), preds,
-                                      metrics.get("time/total_s")))
+                                      run_train_seconds(metrics)))
             done_trained = sum(not r.reused for r in results)
             log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
                      "elapsed %s%s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,

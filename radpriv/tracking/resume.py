@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,31 @@ def find_resume_point(root: Path, key: str, client) -> ResumePoint:
         return ResumePoint(directory)  # the same command ran to the end before: a new run
     checkpoint = directory / CHECKPOINT
     return ResumePoint(directory, run_id, checkpoint if checkpoint.is_file() else None)
+
+
+class TrainingClock(L.Callback):
+    """Seconds of training a run had in earlier invocations, carried in its checkpoints.
+
+    A run killed and resumed is timed by the invocation that finished it (`time/total_s`); what
+    the killed ones spent would vanish from the cost a sweep reports. The clock's state, saved
+    with every epoch-end checkpoint, is the training time up to that checkpoint; a resumed run
+    reads it back as `earlier_s`. Work after the last checkpoint of a killed invocation is
+    redone, so it is not counted: it bought nothing in the final run.
+    """
+
+    def __init__(self) -> None:
+        self.earlier_s = 0.0
+        self._fit_start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def state_dict(self) -> dict:
+        this = time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0
+        return {"train_seconds": self.earlier_s + this}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.earlier_s = float(state_dict.get("train_seconds", 0.0))
 
 
 class EpochEndCheckpoint(L.Callback):
