@@ -29,7 +29,7 @@ from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import accounting, distributed, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
 from radpriv.tracking.resume import (CHECKPOINT, COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint,
-                                     TrainingClock, find_resume_point, run_key)
+                                     TrainingClock, find_resume_point_of, run_keys)
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +224,10 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     t_setup = time.perf_counter()
 
     resume = None
-    key = run_key(cfg, table.fingerprint())
+    keys = run_keys(cfg, table.fingerprint())
+    key = keys[0]
     if cfg.tracking.get("checkpoint_dir"):
-        resume = find_resume_point(Path(cfg.tracking.checkpoint_dir), key, mlflow_run.client(cfg))
+        resume = find_resume_point_of(Path(cfg.tracking.checkpoint_dir), keys, mlflow_run.client(cfg))
         resume = distributed.agree_on_resume(cfg.trainer, resume)  # DDP: every rank as rank 0 chose
     logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"),
                                     run_id=resume.run_id if resume else None)

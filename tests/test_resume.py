@@ -85,3 +85,20 @@ def test_a_killed_run_resumes_to_the_same_epsilon_and_steps(tmp_path):
     plain = mlflow.MlflowClient(f"sqlite:///{reference_dir / 'mlflow.db'}").get_run(reference["run_id"]).data.metrics
     assert plain["time/earlier_invocations_s"] == 0
     assert plain["time/cumulative_s"] == pytest.approx(plain["time/total_s"])
+
+
+def test_the_run_key_ignores_how_a_run_is_shown_and_threaded_but_not_what_it_computes():
+    from radpriv.config import compose
+    from radpriv.tracking.resume import legacy_run_key, run_key, run_keys
+
+    base = compose(["model=tiny_bert", "data=ct_rate_text"])
+    key = run_key(base, "data")
+    for shown in (["trainer.progress_bar=false"], ["trainer.num_threads=1"], ["trainer.log_every_n_steps=1"],
+                  ["tracking.experiment=x"]):
+        assert run_key(compose(["model=tiny_bert", "data=ct_rate_text", *shown]), "data") == key, shown
+    for computed in (["privacy.epsilon=3"], ["privacy.max_physical_batch_size=2"], ["seed=1"]):
+        assert run_key(compose(["model=tiny_bert", "data=ct_rate_text", *computed]), "data") != key, computed
+    assert run_key(base, "other data") != key
+    threaded = compose(["model=tiny_bert", "data=ct_rate_text", "trainer.num_threads=1"])
+    assert run_keys(threaded, "data") == [key, legacy_run_key(threaded, "data")]
+    assert legacy_run_key(threaded, "data") != legacy_run_key(base, "data")  # as before: in the key

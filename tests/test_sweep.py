@@ -130,6 +130,35 @@ def test_a_sweep_with_no_epsilon_trains_only_its_nonprivate_cell(tracking_uri, r
     assert (local / "plots" / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_cells_are_found_whatever_the_threads_and_progress_bar_and_by_their_pre_2026_11_30_key(
+        tracking_uri, reports_csv, capsys):
+    """Workers run with one thread and no bar; the command that builds the table need not. Runs
+    tagged before those settings left the run key are still found."""
+    from radpriv.data.sources import load_table
+    from radpriv.sweep.run import _cell_cfg, cell_keys
+    from radpriv.tracking.resume import RUN_KEY_TAG
+
+    csv_path, _ = reports_csv
+    overrides = [*SMALL, "data=ct_rate_text", f"data.path={csv_path}", "sweep.models=[tiny_bert]",
+                 "sweep.epsilons=[]", "sweep.nonprivate=[lora]", "sweep.seeds=[42]", "sweep.baselines=[]"]
+    first, _ = sweep(capsys, overrides)
+    assert first["trained"] == 1
+    again, _ = sweep(capsys, [*overrides, "trainer.num_threads=2", "trainer.progress_bar=true",
+                              "trainer.log_every_n_steps=1"])
+    assert (again["trained"], again["reused"]) == (0, 1)
+
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = _training_runs(client)
+    cfg = compose(["+sweep=default", *overrides])
+    (cell,) = build_grid(cfg.sweep)
+    base = training_overrides(overrides)
+    keys = cell_keys(base, cell, _cell_cfg(base, cell, "p", "e"), load_table(cfg.data, 42))
+    assert keys[0] == run.data.tags[RUN_KEY_TAG] and len(keys) == 2
+    client.set_tag(run.info.run_id, RUN_KEY_TAG, keys[1])  # as the code before 2026-11-30 tagged it
+    old, _ = sweep(capsys, overrides)
+    assert (old["trained"], old["reused"]) == (0, 1)
+
+
 class _StopAtSecondEpoch(L.Callback):
     """A worker killed after its first epoch: the epoch-end checkpoint of epoch 1 exists."""
 

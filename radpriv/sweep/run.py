@@ -154,14 +154,16 @@ def _search_ids(client, cfg: DictConfig, first: str | None) -> list[str]:
 
 def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) -> list[str]:
     """The run keys a finished run of this cell may carry: the first is the one it is trained
-    under; the others, the same ε spelled as a standalone `radpriv train` may have (1 for 1.0)."""
-    from radpriv.tracking.resume import run_key
+    under; the others, the same ε spelled as a standalone `radpriv train` may have (1 for 1.0),
+    and each spelling's key from before the execution-only settings left it (legacy_run_key)."""
+    from radpriv.tracking.resume import run_keys
 
     fingerprint = table.fingerprint()
     parent = cfg.tracking.get("parent_run_id")
     exp_name = cfg.tracking.get("experiment")
-    return [run_key(cfg, fingerprint)] + [run_key(_cell_cfg(base, cell, parent, exp_name, s), fingerprint)
-                                           for s in cell.epsilon_spellings()[1:]]
+    cfgs = [cfg] + [_cell_cfg(base, cell, parent, exp_name, s) for s in cell.epsilon_spellings()[1:]]
+    per_cfg = [run_keys(c, fingerprint) for c in cfgs]
+    return list(dict.fromkeys([keys[0] for keys in per_cfg] + [k for keys in per_cfg for k in keys[1:]]))
 
 
 def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, client, skipped: dict) -> dict:

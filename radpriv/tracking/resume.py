@@ -32,14 +32,42 @@ RUN_KEY_TAG = "radpriv.run_key"  # run_key() of the run's config and data
 CHECKPOINT = "last.ckpt"
 # settings that change where a run is written or what it is called, not what it computes
 _NOT_IN_KEY = ("tracking", "run_name", "run_id")
+# settings that change how a run is shown or how many cores it uses, not what it computes:
+# a sweep's workers run with trainer.num_threads=1 and no progress bar, and the final command
+# that builds the table must find their cells whatever it sets. (The thread count can change
+# floating-point summation order, as a different CPU can; it draws no different random numbers.
+# Settings that do change the draws, such as the physical batch dropout masks are drawn for,
+# stay in the key.)
+_EXECUTION_ONLY = (("trainer", "progress_bar"), ("trainer", "num_threads"), ("trainer", "log_every_n_steps"))
+
+
+def _key(resolved: dict, data_fingerprint: str) -> str:
+    text = json.dumps(resolved, sort_keys=True, default=str) + data_fingerprint
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def run_key(cfg: DictConfig, data_fingerprint: str) -> str:
+    """What a run computes: its config, less where it is written and how it is run, and its data."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_IN_KEY:
         resolved.pop(key, None)
-    text = json.dumps(resolved, sort_keys=True, default=str) + data_fingerprint
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    for section, key in _EXECUTION_ONLY:
+        resolved.get(section, {}).pop(key, None)
+    return _key(resolved, data_fingerprint)
+
+
+def legacy_run_key(cfg: DictConfig, data_fingerprint: str) -> str:
+    """The key runs were tagged with before 2026-11-30, when the execution-only settings were
+    still part of it: runs and checkpoints made then are found by it."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_IN_KEY:
+        resolved.pop(key, None)
+    return _key(resolved, data_fingerprint)
+
+
+def run_keys(cfg: DictConfig, data_fingerprint: str) -> list[str]:
+    """run_key, then legacy_run_key where it differs: every key a run of this config may carry."""
+    return list(dict.fromkeys([run_key(cfg, data_fingerprint), legacy_run_key(cfg, data_fingerprint)]))
 
 
 @dataclass(frozen=True)
@@ -54,6 +82,16 @@ class ResumePoint:
         tmp = self.directory / (RUN_FILE + ".tmp")
         tmp.write_text(json.dumps({"run_id": run_id}))
         os.replace(tmp, self.directory / RUN_FILE)
+
+
+def find_resume_point_of(root: Path, keys: list[str], client) -> ResumePoint:
+    """The first of `keys` (run_keys) with an unfinished start to continue; else a fresh start
+    under the first key."""
+    for key in keys:
+        point = find_resume_point(root, key, client)
+        if point.run_id is not None:
+            return point
+    return ResumePoint(Path(root) / keys[0])
 
 
 def find_resume_point(root: Path, key: str, client) -> ResumePoint:
