@@ -19,7 +19,7 @@ from pathlib import Path
 
 from radpriv.sweep.grid import Cell
 from radpriv.sweep.run import find_finished, hms, run_train_seconds
-from radpriv.tracking.resume import find_resume_point
+from radpriv.tracking.resume import find_resume_point_of
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,12 @@ def cell_state(cell: Cell, keys: list[str], max_epochs: int, client, search_ids:
     found = find_finished(client, search_ids, keys) if search_ids else None
     if found is not None:
         return CellState(cell, FINISHED, found.info.run_id, run_train_seconds(found.data.metrics))
-    if checkpoint_root is not None:
-        for key in keys:
-            point = find_resume_point(checkpoint_root, key, client)
-            if point.run_id is None:
-                continue
-            written = point.checkpoint if point.checkpoint is not None else point.directory
-            return CellState(cell, STARTED, point.run_id,
-                             epochs_done=checkpoint_epochs(point.checkpoint) if point.checkpoint else 0,
-                             max_epochs=max_epochs, checkpoint_age_s=max(0.0, time.time() - written.stat().st_mtime))
+    point = find_resume_point_of(checkpoint_root, keys, client) if checkpoint_root is not None else None
+    if point is not None and point.run_id is not None:
+        written = point.checkpoint if point.checkpoint is not None else point.directory
+        return CellState(cell, STARTED, point.run_id,
+                         epochs_done=checkpoint_epochs(point.checkpoint) if point.checkpoint else 0,
+                         max_epochs=max_epochs, checkpoint_age_s=max(0.0, time.time() - written.stat().st_mtime))
     return CellState(cell, TO_TRAIN, max_epochs=max_epochs)
 
 

@@ -41,28 +41,26 @@ _NOT_IN_KEY = ("tracking", "run_name", "run_id")
 _EXECUTION_ONLY = (("trainer", "progress_bar"), ("trainer", "num_threads"), ("trainer", "log_every_n_steps"))
 
 
-def _key(resolved: dict, data_fingerprint: str) -> str:
+def _key(cfg: DictConfig, data_fingerprint: str, *, execution: bool) -> str:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_IN_KEY:
+        resolved.pop(key, None)
+    if not execution:
+        for section, key in _EXECUTION_ONLY:
+            resolved.get(section, {}).pop(key, None)
     text = json.dumps(resolved, sort_keys=True, default=str) + data_fingerprint
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def run_key(cfg: DictConfig, data_fingerprint: str) -> str:
     """What a run computes: its config, less where it is written and how it is run, and its data."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for key in _NOT_IN_KEY:
-        resolved.pop(key, None)
-    for section, key in _EXECUTION_ONLY:
-        resolved.get(section, {}).pop(key, None)
-    return _key(resolved, data_fingerprint)
+    return _key(cfg, data_fingerprint, execution=False)
 
 
 def legacy_run_key(cfg: DictConfig, data_fingerprint: str) -> str:
     """The key runs were tagged with before 2026-11-30, when the execution-only settings were
     still part of it: runs and checkpoints made then are found by it."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for key in _NOT_IN_KEY:
-        resolved.pop(key, None)
-    return _key(resolved, data_fingerprint)
+    return _key(cfg, data_fingerprint, execution=True)
 
 
 def run_keys(cfg: DictConfig, data_fingerprint: str) -> list[str]:
