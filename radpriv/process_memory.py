@@ -9,6 +9,12 @@ further. A CT sweep process grew to 11-12 GB over a few cells and was OOM-killed
 a MiniLM cell at 256 tokens, 3.98 GB resident after the cell -> 0.69 GB after the call.
 
 Only glibc has `malloc_trim`; elsewhere (macOS, musl) this is a no-op that says so once.
+
+Each training run also logs its peak resident memory (`memory/peak_resident_gb`): on a machine
+shared by sweep workers it is memory, not cores, that decides how many cells can run at once (a
+full fine-tuning cell at 512 tokens peaked at about 12 GB; two of them and a DP cell exceeded
+23 GiB and the kernel killed one). Linux keeps one high-water mark per process; a run resets it
+when it starts, so the peak is the run's own, not that of the cells before it in a sweep.
 """
 
 from __future__ import annotations
@@ -29,6 +35,39 @@ def resident_bytes() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def machine_memory_bytes() -> int | None:
+    """The machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return None
+
+
+def reset_peak_resident() -> bool:
+    """Restart the kernel's high-water mark of this process's resident memory (VmHWM) from its
+    current size (Linux >= 4.0: `5` written to /proc/self/clear_refs). False where that is not
+    possible: the peak then counts from the process's start, so it can only be too high."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_resident_bytes() -> int | None:
+    """The most resident memory this process has held since its start or the last reset; None
+    where /proc is not available."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # the kernel writes kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @functools.cache

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from radpriv import process_memory
 from radpriv.data.datamodule import ReportDataModule
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
@@ -215,6 +216,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     from radpriv.tracking.artifacts import log_training_run
 
     t0 = time.perf_counter()
+    process_memory.reset_peak_resident()  # the run's own peak, not the sweep cells' before it
     configure_threads(cfg.trainer.get("num_threads"))
     table, spec, tokenizer, dm, module, plan = build(cfg, table)
     t_build = time.perf_counter()
@@ -279,6 +281,9 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
                    # + the training earlier, killed invocations did up to their last checkpoint
                    "time/earlier_invocations_s": clock.earlier_s,
                    "time/cumulative_s": t_log - t0 + clock.earlier_s}
+        peak = process_memory.peak_resident_bytes()
+        if peak is not None:  # this invocation's peak, in this process (under DDP: rank 0's)
+            timings["memory/peak_resident_gb"] = peak / 2**30
         logger.log_metrics(timings)
         if cfg.tracking.get("register"):
             from radpriv.tracking.registry import register_run_model

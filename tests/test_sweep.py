@@ -18,7 +18,7 @@ from radpriv.cli import main
 from radpriv.config import compose
 from radpriv.errors import ConfigError, ModelError
 from radpriv.model.metrics import classification_metrics
-from radpriv.process_memory import malloc_trim
+from radpriv.process_memory import malloc_trim, peak_resident_bytes
 from radpriv.sweep import baselines, stats
 from radpriv.sweep.grid import Cell, build_grid, cell_overrides, training_overrides
 from radpriv.train import train
@@ -69,6 +69,8 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
     assert any("[8/8]" in m and "done in" in m and "elapsed" in m for m in progress)
     if malloc_trim() is not None:  # each cell's freed memory went back to the OS (process_memory)
         assert all("freed memory returned" in m for m in progress if "done in" in m)
+    if peak_resident_bytes() is not None:  # every cell was trained here: each logged its peak
+        assert all("its training peaked at" in m for m in progress if "done in" in m)
     parent = out["run_id"]
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
@@ -209,6 +211,12 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
     plan, err = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
     assert (plan["finished"], plan["to_train"], plan["estimated_left_s"]) == (2, 0, 0)
     assert "nothing left to train" in err
+    # each finished cell logged its training's peak memory; the plan gives the worst per kind
+    peaks = {s["cell"]: client.get_run(s["run_id"]).data.metrics["memory/peak_resident_gb"] for s in plan["states"]}
+    assert all(0.05 < p < 64 for p in peaks.values()), peaks
+    assert plan["peak_resident_gb"] == {"tiny_bert " + kind: pytest.approx(peaks[f"tiny_bert-{cell}-seed42"], abs=0.01)
+                                        for kind, cell in (("dp_lora", "eps1"), ("lora", "lora"))}
+    assert "peak resident memory of one cell" in err and "workers running at once need the sum" in err
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == n_runs
 
     # a second seed: each of its cells costs what the finished cell of its kind took, all its
@@ -224,7 +232,7 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
 
 
 def test_plan_estimates_each_cell_from_the_finished_cells_of_its_model_and_kind():
-    from radpriv.sweep.plan import FINISHED, STARTED, TO_TRAIN, CellState, estimate_left
+    from radpriv.sweep.plan import FINISHED, STARTED, TO_TRAIN, CellState, estimate_left, peak_memory_by_kind
 
     def cell(kind, seed, eps=None):
         return Cell("minilm", kind, eps, seed)
@@ -235,6 +243,11 @@ def test_plan_estimates_each_cell_from_the_finished_cells_of_its_model_and_kind(
               CellState(cell("dp_lora", 43, 0.1), STARTED, "d", epochs_done=6, max_epochs=8),  # a quarter of 50
               CellState(cell("full", 42), TO_TRAIN, max_epochs=8)]  # no finished full cell: no estimate
     assert estimate_left(states) == (200.0 + 12.5, 2, ["minilm full"])
+    assert peak_memory_by_kind(states) == {}  # none logged it (runs from before 2026-11-30)
+    peaks = [CellState(cell("full", 42), FINISHED, "f", 4000.0, peak_resident_gb=12.6),
+             CellState(cell("full", 43), FINISHED, "g", 4100.0, peak_resident_gb=11.9),
+             CellState(cell("lora", 45), FINISHED, "h", 150.0, peak_resident_gb=3.9), *states]
+    assert peak_memory_by_kind(peaks) == {"minilm full": 12.6, "minilm lora": 3.9}  # the worst, largest first
     done = CellState(cell("full", 42), STARTED, "e", epochs_done=8, max_epochs=8, checkpoint_age_s=5)
     assert "all 8 epochs in its checkpoint" in done.describe() and "0:00:05 ago" in done.describe()
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radpriv.sweep.grid import Cell
-from radpriv.sweep.run import find_finished, hms, run_train_seconds
+from radpriv.process_memory import machine_memory_bytes
+from radpriv.sweep.run import PEAK_MEMORY, find_finished, hms, run_train_seconds
 from radpriv.tracking.resume import find_resume_point_of
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class CellState:
     epochs_done: int = 0  # started: epochs its checkpoint holds (it resumes after them)
     max_epochs: int = 0
     checkpoint_age_s: float | None = None  # started: seconds since its checkpoint was written
+    peak_resident_gb: float | None = None  # finished: its training's peak resident memory, if logged
 
     def describe(self) -> str:
         if self.status == FINISHED:
@@ -65,7 +67,8 @@ def cell_state(cell: Cell, keys: list[str], max_epochs: int, client, search_ids:
     """The cell's state; `keys` are its run keys (the first is the one a sweep would train under)."""
     found = find_finished(client, search_ids, keys) if search_ids else None
     if found is not None:
-        return CellState(cell, FINISHED, found.info.run_id, run_train_seconds(found.data.metrics))
+        m = found.data.metrics
+        return CellState(cell, FINISHED, found.info.run_id, run_train_seconds(m), peak_resident_gb=m.get(PEAK_MEMORY))
     point = find_resume_point_of(checkpoint_root, keys, client) if checkpoint_root is not None else None
     if point is not None and point.run_id is not None:
         written = point.checkpoint if point.checkpoint is not None else point.directory
@@ -102,6 +105,17 @@ def estimate_left(states: list[CellState]) -> tuple[float, int, list[str]]:
     return left, estimated, sorted(set(unknown))
 
 
+def peak_memory_by_kind(states: list[CellState]) -> dict[str, float]:
+    """'model kind' -> the largest peak resident memory a finished cell of it logged (GB). The
+    largest, not the median: what decides whether two workers fit is the worst cell."""
+    peaks: dict[str, float] = {}
+    for s in states:
+        if s.status == FINISHED and s.peak_resident_gb is not None:
+            kind = f"{s.cell.model} {s.cell.kind}"
+            peaks[kind] = max(peaks.get(kind, 0.0), s.peak_resident_gb)
+    return dict(sorted(peaks.items(), key=lambda kv: -kv[1]))
+
+
 def summarize(states: list[CellState]) -> dict:
     """Log one line per cell and a summary; the summary, for the CLI's JSON line."""
     n = len(states)
@@ -121,9 +135,17 @@ def summarize(states: list[CellState]) -> dict:
                 f"{', '.join(unknown)})")
     log.info("sweep plan: %d of %d cells finished (%s of training), %d started, %d to train; %s",
              counts[FINISHED], n, hms(sum(spent)), counts[STARTED], counts[TO_TRAIN], tail)
+    peaks = peak_memory_by_kind(states)
+    if peaks:
+        machine = machine_memory_bytes()
+        log.info("sweep plan: peak resident memory of one cell (finished cells that logged it): %s%s; "
+                 "workers running at once need the sum of their cells' peaks",
+                 ", ".join(f"{k} {v:.1f} GB" for k, v in peaks.items()),
+                 "" if machine is None else f"; this machine has {machine / 2**30:.1f} GB")
     return {"plan_only": True, "cells": n, "finished": counts[FINISHED], "started": counts[STARTED],
             "to_train": counts[TO_TRAIN], "finished_train_time_s": round(sum(spent), 1),
             "estimated_left_s": round(left, 1) if estimated == pending else None,
             "cells_without_estimate": pending - estimated,
+            "peak_resident_gb": {k: round(v, 2) for k, v in peaks.items()},
             "states": [{"cell": s.cell.name, "status": s.status, "run_id": s.run_id,
                         "epochs_done": s.epochs_done if s.status == STARTED else None} for s in states]}

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 CELL_TAG = "radpriv.sweep.cell"
 SWEEP_TAG = "radpriv.sweep"
 BASELINES = ("tfidf_lr", "dp_lr")
+PEAK_MEMORY = "memory/peak_resident_gb"  # logged by radpriv.train since 2026-11-30
 PLAN_PARENT = "none"  # the parent run id a planned cell is composed with: no run is opened
 
 
@@ -54,6 +55,7 @@ class CellResult:
     epsilon_spent: float | None
     predictions: stats.SeedPredictions
     train_seconds: float | None = None  # the training run's own time, whenever it ran (run_train_seconds)
+    peak_resident_gb: float | None = None  # the training run's peak resident memory (None: not logged)
 
 
 def run_train_seconds(metrics: dict) -> float | None:
@@ -188,6 +190,10 @@ def _test_part(table: ReportTable) -> ReportTable:
     return table.subset("test")
 
 
+def _peak_note(peak_gb: float | None) -> str:
+    return "" if peak_gb is None else f"; its training peaked at {peak_gb:.1f} GB resident"
+
+
 def _memory_note() -> str:
     """Return the cell's freed memory to the OS (see radpriv.process_memory); say how much went."""
     released, resident = return_freed_memory(), resident_bytes()
@@ -231,11 +237,12 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                 log.warning("sweep: %s: the reloaded model scores test F1 %.4f, the run logged %.4f", cell.name, f1, logged)
             seconds = time.perf_counter() - t_cell
             results.append(CellResult(cell, run_id, reused, seconds, metrics.get("privacy/epsilon"), preds,
-                                      run_train_seconds(metrics)))
+                                      run_train_seconds(metrics), metrics.get(PEAK_MEMORY)))
             done_trained = sum(not r.reused for r in results)
             log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
                      "elapsed %s%s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,
-                     done_trained, len(results) - done_trained, hms(time.perf_counter() - t0), _memory_note())
+                     done_trained, len(results) - done_trained, hms(time.perf_counter() - t0),
+                     _peak_note(metrics.get(PEAK_MEMORY)) + _memory_note())
             bar.update(1)
     finally:
         bar.close()
@@ -402,7 +409,7 @@ def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, resul
         plots.per_label_heatmap(per_label, table.label_names, tmp / "plots" / "per_label_f1_heatmap.png",
                                 f"{cfg.data.name}: per-label test F1, mean over seeds")
         cells = [{"cell": r.cell.name, "run_id": r.run_id, "reused": r.reused, "seconds": round(r.seconds, 1),
-                  "train_seconds": r.train_seconds} for r in results]
+                  "train_seconds": r.train_seconds, "peak_resident_gb": r.peak_resident_gb} for r in results]
         rows_json = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                      for r in rows]  # strict JSON: no NaN (an sd over one seed)
         (tmp / "sweep.json").write_text(json.dumps(
