@@ -4,16 +4,17 @@ A sweep or a study trains many models in one process. After a cell, every tensor
 gone (measured: 3-5 live tensors, 11 nn.Modules, the same after each cell), yet the process
 stays at its peak resident size: glibc keeps the freed blocks of its heaps for reuse rather
 than returning them. The next cell, whose allocations are shaped differently, fragments them
-further. A CT sweep process grew to 11-12 GB over a few cells and was OOM-killed twice
-(docs/RESULTS.md). `malloc_trim(0)` returns the free pages of every heap to the OS; measured on
+further. Two CT sweep processes were OOM-killed at 11-12 GB after a few cells (docs/RESULTS.md;
+measured since, one CT DP-LoRA cell alone peaks at 10.8-11.1 GB, so the kept memory matters
+most to whatever runs beside the process). `malloc_trim(0)` returns the free pages of every heap to the OS; measured on
 a MiniLM cell at 256 tokens, 3.98 GB resident after the cell -> 0.69 GB after the call.
 
 Only glibc has `malloc_trim`; elsewhere (macOS, musl) this is a no-op that says so once.
 
 Each training run also logs its peak resident memory (`memory/peak_resident_gb`): on a machine
-shared by sweep workers it is memory, not cores, that decides how many cells can run at once (a
-full fine-tuning cell at 512 tokens peaked at about 12 GB; two of them and a DP cell exceeded
-23 GiB and the kernel killed one). Linux keeps one high-water mark per process; a run resets it
+shared by sweep workers it is memory, not cores, that decides how many cells can run at once (on
+CT reports a full fine-tuning cell peaked at 12.0 GB and a DP-LoRA cell at 11.1 GB; with a third
+process beside them on 23 GiB, the kernel killed one). Linux keeps one high-water mark per process; a run resets it
 when it starts, so the peak is the run's own, not that of the cells before it in a sweep.
 """
 

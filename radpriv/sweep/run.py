@@ -242,7 +242,7 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
             log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
                      "elapsed %s%s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,
                      done_trained, len(results) - done_trained, hms(time.perf_counter() - t0),
-                     _peak_note(metrics.get(PEAK_MEMORY)) + _memory_note())
+                     _peak_note(results[-1].peak_resident_gb) + _memory_note())
             bar.update(1)
     finally:
         bar.close()
