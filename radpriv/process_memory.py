@@ -6,16 +6,18 @@ stays at its peak resident size: glibc keeps the freed blocks of its heaps for r
 than returning them. The next cell, whose allocations are shaped differently, fragments them
 further. Two CT sweep processes were OOM-killed at 11-12 GB after a few cells (docs/RESULTS.md;
 measured since, one CT DP-LoRA cell alone peaks at 10.8-11.1 GB, so the kept memory matters
-most to whatever runs beside the process). `malloc_trim(0)` returns the free pages of every heap to the OS; measured on
-a MiniLM cell at 256 tokens, 3.98 GB resident after the cell -> 0.69 GB after the call.
+most to whatever runs beside the process). `malloc_trim(0)` returns the free pages of every
+heap to the OS; measured on a MiniLM cell at 256 tokens, 3.98 GB resident after the cell ->
+0.69 GB after the call.
 
 Only glibc has `malloc_trim`; elsewhere (macOS, musl) this is a no-op that says so once.
 
 Each training run also logs its peak resident memory (`memory/peak_resident_gb`): on a machine
 shared by sweep workers it is memory, not cores, that decides how many cells can run at once (on
 CT reports a full fine-tuning cell peaked at 12.0 GB and a DP-LoRA cell at 11.1 GB; with a third
-process beside them on 23 GiB, the kernel killed one). Linux keeps one high-water mark per process; a run resets it
-when it starts, so the peak is the run's own, not that of the cells before it in a sweep.
+process beside them on 23 GiB, the kernel killed one). Linux keeps one high-water mark per
+process; a run resets it when it starts, so the peak is the run's own, not that of the cells
+before it in a sweep.
 """
 
 from __future__ import annotations
