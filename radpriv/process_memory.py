@@ -30,6 +30,9 @@ import os
 
 log = logging.getLogger(__name__)
 
+# the metric a training run logs its peak under; the sweep and its plan read it back
+PEAK_RESIDENT_METRIC = "memory/peak_resident_gb"
+
 
 def resident_bytes() -> int | None:
     """This process's resident set size, or None where /proc is not available."""

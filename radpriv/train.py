@@ -283,7 +283,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
                    "time/cumulative_s": t_log - t0 + clock.earlier_s}
         peak = process_memory.peak_resident_bytes()
         if peak is not None:  # this invocation's peak, in this process (under DDP: rank 0's)
-            timings["memory/peak_resident_gb"] = peak / 2**30
+            timings[process_memory.PEAK_RESIDENT_METRIC] = peak / 2**30
         logger.log_metrics(timings)
         if cfg.tracking.get("register"):
             from radpriv.tracking.registry import register_run_model

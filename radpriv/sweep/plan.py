@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radpriv.sweep.grid import Cell
-from radpriv.process_memory import machine_memory_bytes
-from radpriv.sweep.run import PEAK_MEMORY, find_finished, hms, run_train_seconds
+from radpriv.process_memory import PEAK_RESIDENT_METRIC, machine_memory_bytes
+from radpriv.sweep.run import find_finished, hms, run_train_seconds
 from radpriv.tracking.resume import find_resume_point_of
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def cell_state(cell: Cell, keys: list[str], max_epochs: int, client, search_ids:
     found = find_finished(client, search_ids, keys) if search_ids else None
     if found is not None:
         m = found.data.metrics
-        return CellState(cell, FINISHED, found.info.run_id, run_train_seconds(m), peak_resident_gb=m.get(PEAK_MEMORY))
+        return CellState(cell, FINISHED, found.info.run_id, run_train_seconds(m),
+                         peak_resident_gb=m.get(PEAK_RESIDENT_METRIC))
     point = find_resume_point_of(checkpoint_root, keys, client) if checkpoint_root is not None else None
     if point is not None and point.run_id is not None:
         written = point.checkpoint if point.checkpoint is not None else point.directory

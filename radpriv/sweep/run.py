@@ -31,7 +31,7 @@ from radpriv.config import compose
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError, ModelError
-from radpriv.process_memory import resident_bytes, return_freed_memory
+from radpriv.process_memory import PEAK_RESIDENT_METRIC, resident_bytes, return_freed_memory
 from radpriv.sweep import baselines, report, stats
 from radpriv.sweep.grid import DP_KIND, Cell, build_grid, cell_overrides, check_epsilons, training_overrides
 from radpriv.sweep.predictions import binarize, logged_model_predictions
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 CELL_TAG = "radpriv.sweep.cell"
 SWEEP_TAG = "radpriv.sweep"
 BASELINES = ("tfidf_lr", "dp_lr")
-PEAK_MEMORY = "memory/peak_resident_gb"  # logged by radpriv.train since 2026-11-30
 PLAN_PARENT = "none"  # the parent run id a planned cell is composed with: no run is opened
 
 
@@ -237,7 +236,7 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                 log.warning("sweep: %s: the reloaded model scores test F1 %.4f, the run logged %.4f", cell.name, f1, logged)
             seconds = time.perf_counter() - t_cell
             results.append(CellResult(cell, run_id, reused, seconds, metrics.get("privacy/epsilon"), preds,
-                                      run_train_seconds(metrics), metrics.get(PEAK_MEMORY)))
+                                      run_train_seconds(metrics), metrics.get(PEAK_RESIDENT_METRIC)))
             done_trained = sum(not r.reused for r in results)
             log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
                      "elapsed %s%s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,
