@@ -1,39 +1,42 @@
-"""`radpriv tune` (issue 4): nested runs, a resumable RDB study, and the search's privacy cost.
+"""`radpriv tune`: nested runs, a resumable RDB study, and the search's privacy cost.
 
-The accounting is checked against dp_accounting events built here, independently of
-radpriv/tune; the end-to-end tests train tiny random encoders on fabricated reports.
+The accounting is checked against dp_accounting and radpriv.privacy.replace_one_rdp computed
+here, independently of radpriv/tune's own composition; the end-to-end tests train tiny random
+encoders on fabricated reports.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-import dp_accounting
 import mlflow
 import numpy as np
 import optuna
 import pytest
-from dp_accounting import NeighboringRelation
-from dp_accounting.dp_event import RepeatAndSelectDpEvent
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_repeat_and_select, compute_epsilon
+from omegaconf import OmegaConf
 
 from radpriv.cli import main, run
 from radpriv.config import compose
+from radpriv.errors import ConfigError, PrivacyError
+from radpriv.privacy import replace_one_rdp
 from radpriv.privacy.accounting import RDP_ORDERS, calibrate_noise_multiplier, default_delta, epsilon_spent
-from radpriv.tune import ledger, privacy_cost
+from radpriv.tune import ledger, privacy_cost, privacy_filter, study_record
 from radpriv.tune.privacy_cost import Mechanism
 from radpriv.tune.sampling import TrialSeededRandomSampler
 from tests.test_train_e2e import TINY, error_lines
 
 SMALL = [*TINY, "trainer.max_epochs=1"]
 REPO = Path(__file__).resolve().parents[1]
+ORDERS = list(RDP_ORDERS)
 
 
 def tune(capsys, overrides) -> dict:
@@ -46,18 +49,44 @@ def children(client, parent_id):
     return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
-def event(sigma, q, steps):
-    return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+def run_rdp(mech, orders):
+    """A run's replace-one RDP, composed here from the per-step values."""
+    sigma, q, steps = mech
+    return steps * replace_one_rdp.rdp(q, sigma, orders)
 
 
-def direct_rdp(evt, delta):
-    return RdpAccountant(list(RDP_ORDERS), NeighboringRelation.ADD_OR_REMOVE_ONE).compose(evt).get_epsilon(delta)
+def planned_search(args):
+    """What `radpriv tune` plans for these overrides (N, δ, the recipe's run): data-independent."""
+    from radpriv.tune.study import prepare
+
+    cfg = compose(["+tune=default", *args])
+    return prepare(cfg, args)
 
 
-def direct_pld(runs, delta):
-    acc = PLDAccountant(NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=1e-4)
-    return acc.compose(dp_accounting.ComposedDpEvent([event(*r) for r in runs])).get_epsilon(delta)
+def budget_for(args, runs: float) -> float:
+    """The ε at which `runs` of the planned run fit the filter (e.g. 3.5: two trials, the retrain
+    and half a run to spare)."""
+    search = planned_search(args)
+    return privacy_filter.planned_budget(search.planned, runs, search.delta)[0]
+
+
+def study_with(record: dict, storage: str | None = None, name: str = "s"):
+    study = optuna.create_study(study_name=name, storage=storage)
+    study.set_user_attr(ledger.STUDY_ATTR, record)
+    return study
+
+
+def claim(study, kind, ident, mech, state=ledger.ADMITTED, cost=None):
+    ledger.write_claim(study, ledger.claim_key(kind, ident),
+                       ledger.claim_record(kind, None if mech is None else Mechanism(*mech), None, cost), state)
+
+
+def secrets_absent_from_mlflow(client, run_ids, secret) -> bool:
+    for run_id in run_ids:
+        data = client.get_run(run_id).data
+        if any(str(secret) in str(v) for v in [*data.params.values(), *data.tags.values()]):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,46 +95,154 @@ def direct_pld(runs, delta):
 
 
 @pytest.mark.parametrize("target, mean, shape", [(1.0, 8, math.inf), (4.0, 3, 1.0), (1.0, 10, 0.5)])
-def test_random_search_total_matches_dp_accounting_and_meets_the_target(target, mean, shape):
+def test_random_search_total_is_replace_one_repeat_and_select_and_meets_the_target(target, mean, shape):
     n = 2700
     q, steps = privacy_cost.trial_rate_and_steps(n, 64, 2)
     delta = default_delta(n)
     sigma = privacy_cost.calibrate_search_noise(target, delta, q, steps, mean, shape, n_finals=1)
     plan = {"noise_multiplier": sigma, "sample_rate": q, "steps": steps, "mean": mean, "shape": shape,
             "target_epsilon": target}
-    # each run is calibrated by train to the ε that σ spends alone (PRV): it gets σ' ≥ σ
-    per_run = epsilon_spent("prv", (sigma, q, steps), delta)
-    sigma_run = float(calibrate_noise_multiplier(per_run, delta, q, steps, accountant="prv"))
+    record = {"accounting": "random_search", "adjacency": "replace_one", "delta": delta, "random_search": plan,
+              "public_randomness": None}
+    # each run is calibrated by train (replace-one) to the ε a σ just above spends alone: σ' ≥ σ
+    per_run = epsilon_spent("prv", (sigma * (1 + privacy_cost.RUN_SIGMA_MARGIN), q, steps), delta,
+                            relation="replace_one")
+    sigma_run = float(calibrate_noise_multiplier(per_run, delta, q, steps, accountant="prv", relation="replace_one"))
     assert sigma_run >= sigma
-    book = ledger.Ledger(trials=[Mechanism(sigma_run, q, steps)] * 3, finals=[Mechanism(sigma_run, q, steps)])
-    got = ledger.search_privacy(book, "random_search", delta, plan)
-    direct = direct_rdp(dp_accounting.ComposedDpEvent([
-        RepeatAndSelectDpEvent(event(sigma_run, q, steps), mean, shape), event(sigma_run, q, steps)]), delta)
-    assert got["epsilon_total"] == pytest.approx(direct, rel=1e-9)
+    study = study_with(record)
+    for i in range(3):
+        claim(study, "trial", i, (sigma_run, q, steps))
+    claim(study, "retrain", "p", (sigma_run, q, steps))
+    got = ledger.search_privacy(study, record)
+
+    def direct(s):
+        one = run_rdp((s, q, steps), ORDERS)
+        total = np.asarray(_compute_rdp_repeat_and_select(ORDERS, one, mean, shape)) + one
+        return compute_epsilon(ORDERS, total, delta)[0]
+
+    assert got["epsilon_total"] == pytest.approx(direct(sigma_run), rel=1e-9)
     assert 0.97 * target <= got["epsilon_total"] <= target
-    # the calibration itself lands within 0.5 % under the target
-    at_sigma = direct_rdp(dp_accounting.ComposedDpEvent([
-        RepeatAndSelectDpEvent(event(sigma, q, steps), mean, shape), event(sigma, q, steps)]), delta)
-    assert (1 - privacy_cost.CALIBRATION_REL_TOL) * target <= at_sigma <= target
-    # a trial with less noise than the calibration is refused by the ledger
-    with pytest.raises(Exception, match="calibrated"):
-        ledger.search_privacy(ledger.Ledger(trials=[Mechanism(0.9 * sigma, q, steps)]), "random_search", delta, plan)
+    assert (1 - privacy_cost.CALIBRATION_REL_TOL) * target <= direct(sigma) <= target
+    # a trial with less noise than the calibration voids the analysis: refused by the ledger
+    claim(study, "trial", 3, (0.9 * sigma, q, steps))
+    with pytest.raises(PrivacyError, match="calibrated"):
+        ledger.search_privacy(study, record)
 
 
-def test_compose_total_is_the_pld_composition_of_every_run_and_exceeds_each():
-    delta = 1e-5
-    runs = [(1.1, 0.02, 300), (0.8, 0.05, 120), (2.0, 0.01, 500)]
-    per_run_eps = [epsilon_spent("prv", r, delta) for r in runs]
-    book = ledger.Ledger(trials=[Mechanism(*r) for r in runs[:2]], trial_epsilons=per_run_eps[:2],
-                         finals=[Mechanism(*runs[2])], final_epsilons=per_run_eps[2:])
-    got = ledger.search_privacy(book, "compose", delta)
-    assert got["runs_composed"] == 3
-    assert got["epsilon_total"] == pytest.approx(direct_pld(runs, delta), rel=2e-3)
-    assert got["epsilon_total"] > max(per_run_eps)
-    assert got["epsilon_total_rdp"] >= got["epsilon_total_pld"]
-    # a run on the private data without DP voids the guarantee
-    book.nonprivate_trials = 1
-    assert math.isinf(ledger.search_privacy(book, "compose", delta)["epsilon_total"])
+def test_a_random_search_with_a_known_seed_claims_no_epsilon():
+    q, steps, delta = 0.05, 40, 1e-4
+    plan = {"noise_multiplier": 3.0, "sample_rate": q, "steps": steps, "mean": 4.0, "shape": math.inf,
+            "target_epsilon": 2.0}
+    record = {"accounting": "random_search", "adjacency": "replace_one", "delta": delta, "random_search": plan,
+              "public_randomness": "tune.trials_seed"}
+    study = study_with(record)
+    claim(study, "trial", 0, (3.0, q, steps))
+    got = ledger.search_privacy(study, record)
+    assert math.isinf(got["epsilon_total"]) and got["guarantee"].startswith("none: tune.trials_seed")
+    assert 0 < got["epsilon_if_secret"] < math.inf
+
+
+def _search(mode: str, seed=None, trials_seed=None, budget=None):
+    """The few fields of a Search that study_record.new_record reads."""
+    cfg = OmegaConf.create({"tune": {"seed": seed, "trials_seed": trials_seed, "n_trials": 4, "shape": math.inf}})
+    plan = {"noise_multiplier": 3.0, "sample_rate": 0.1, "steps": 20, "delta": 1e-4, "mean": 4.0,
+            "shape": math.inf, "target_epsilon": 2.0}
+    return SimpleNamespace(cfg=cfg, mode=mode, delta=1e-4, n_private=1000, epsilon=2.0, budget=budget,
+                           random_search=plan if mode == "random_search" else None,
+                           planned=Mechanism(3.0, 0.1, 20))
+
+
+def test_a_new_studys_secrets_come_from_fresh_entropy_and_a_known_seed_is_recorded():
+    a, b = study_record.new_record(_search("random_search")), study_record.new_record(_search("random_search"))
+    assert a["proposal_seed"] != b["proposal_seed"]  # a fresh secret per study
+    assert a["public_randomness"] is None and a["trial_count"] >= 0
+    seeded = study_record.new_record(_search("random_search", seed=3, trials_seed=1))
+    assert seeded["proposal_seed"] == 3 and seeded["public_randomness"] == "tune.seed and tune.trials_seed"
+    again = study_record.new_record(_search("random_search", seed=3, trials_seed=1))
+    assert again["trial_count"] == seeded["trial_count"]  # reproducible: which is why it claims nothing
+    # compose: the filter is fixed here, before the study exists; a known seed costs nothing there
+    composed = study_record.new_record(_search("compose", seed=3))
+    assert composed["public_randomness"] is None and composed["filter"]["source"].startswith("planned: 4 trials")
+
+
+def test_the_filter_budget_order_and_conversion():
+    n = 2609
+    q, steps = privacy_cost.trial_rate_and_steps(n, 256, 8)
+    delta = default_delta(n)
+    mech = Mechanism(5.0, q, steps)
+    orders = [a for a in ORDERS if a > 1.01]
+    rho = run_rdp((5.0, q, steps), orders)
+    planned = privacy_filter.create(None, delta, mech, 8, reserve_retrain=True)
+    one = float(run_rdp((5.0, q, steps), [planned.order])[0])
+    # the default budget: the cheapest ε at which 8 trials + 1 retrain fit at some order (that order is α)
+    assert planned.budget_epsilon == pytest.approx(min(compute_epsilon([a], [9 * r], delta)[0]
+                                                       for a, r in zip(orders, rho)), rel=1e-8)
+    assert 9 * one <= planned.rdp_budget <= 9 * one * (1 + 1e-6)
+    # B(α) converts back to the budget with dp_accounting's own RDP → (ε, δ) conversion
+    assert compute_epsilon([planned.order], [planned.rdp_budget], delta)[0] == pytest.approx(
+        planned.budget_epsilon, rel=1e-12)
+    assert privacy_filter.fits(planned, [one] * 8, [], candidate_is_trial=True)  # 8 trials + room for the retrain
+    assert not privacy_filter.fits(planned, [one] * 9, [], candidate_is_trial=True)
+    assert privacy_filter.fits(planned, [one] * 8, [one], candidate_is_trial=False)  # the retrain takes the room
+    assert not privacy_filter.fits(planned, [one] * 8, [one, one], candidate_is_trial=False)
+    assert not privacy_filter.fits(planned, [math.inf], [], candidate_is_trial=True)  # a run without DP
+    # an explicit budget: α is the order that admits the most planned runs
+    chosen = privacy_filter.create(5.0, delta, mech, 8, reserve_retrain=True)
+    most = max(math.floor(privacy_filter.rdp_budget(5.0, delta, a) / r) for a, r in zip(orders, rho))
+    assert chosen.planned_runs_fit == most and chosen.budget_epsilon == 5.0
+    with pytest.raises(ConfigError, match="cannot pay for one trial and the retrain"):
+        privacy_filter.create(0.05, delta, mech, 8, reserve_retrain=True)
+
+
+def _steps(who):
+    return [(who, "pending"), (who, "verify"), (who, "settle")]
+
+
+def _interleavings():
+    for slots in itertools.combinations(range(6), 3):  # where A's three steps go among six
+        a, b = iter(_steps("A")), iter(_steps("B"))
+        yield [next(a) if i in slots else next(b) for i in range(6)]
+
+
+@pytest.mark.parametrize("order", list(_interleavings()))
+def test_two_interleaved_claimers_never_admit_beyond_the_budget(tmp_path, order):
+    """Record-then-verify on one sqlite storage, two handles (two workers): room for one more run
+    of cost 1.5 (B = 3, 1 admitted), two claim it, in every interleaving of their steps."""
+    storage = f"sqlite:///{tmp_path / 'ledger.db'}"
+    flt = privacy_filter.Filter(budget_epsilon=1.0, delta=1e-5, order=8.0, rdp_budget=3.0, reserve_retrain=False,
+                                source="test", planned_mechanism=[1.0, 0.1, 10], planned_rdp=1.5, planned_runs_fit=2)
+    first = study_with({"accounting": "public"}, storage)
+    second = optuna.load_study(study_name="s", storage=storage)
+    claim(first, "retrain", "old", (1.0, 0.1, 10), cost=1.0)
+    handles = {"A": first, "B": second}
+    records = {w: ledger.claim_record("retrain", Mechanism(1.0, 0.1, 10), None, 1.5) for w in handles}
+    rule = ledger.filter_rule(flt, "retrain")
+    decided = {}
+    for who, step in order:
+        key = ledger.claim_key("retrain", who)
+        if step == "pending":
+            ledger.write_claim(handles[who], key, records[who], ledger.PENDING)
+        elif step == "verify":
+            decided[who] = ledger.verify(handles[who], key, rule)[0]
+        else:
+            ledger.write_claim(handles[who], key, records[who], ledger.ADMITTED if decided[who] else ledger.WITHDRAWN)
+    admitted = [c for c in ledger.claims(first) if c.state == ledger.ADMITTED]
+    assert math.fsum(c.cost for c in admitted) <= flt.rdp_budget
+    if order[:3] == _steps("A") or order[:3] == _steps("B"):  # one after the other: exactly one fits
+        assert len(admitted) == 2
+
+
+def test_a_claim_left_pending_by_a_dead_worker_counts_as_spent():
+    flt = privacy_filter.Filter(budget_epsilon=1.0, delta=1e-5, order=8.0, rdp_budget=3.0, reserve_retrain=False,
+                                source="test", planned_mechanism=[1.0, 0.1, 10], planned_rdp=1.5, planned_runs_fit=2)
+    study = study_with({"accounting": "public"})
+    claim(study, "retrain", "old", (1.0, 0.1, 10), cost=1.0)
+    record = ledger.claim_record("retrain", Mechanism(1.0, 0.1, 10), None, 1.5)
+    rule = ledger.filter_rule(flt, "retrain")
+    ledger.write_claim(study, ledger.claim_key("retrain", "dead"), record, ledger.PENDING)
+    assert not ledger.admit(study, ledger.claim_key("retrain", "late"), record, rule, pause_s=0.0)
+    ledger.write_claim(study, ledger.claim_key("retrain", "dead"), record, ledger.WITHDRAWN)  # (had it withdrawn)
+    assert ledger.admit(study, ledger.claim_key("retrain", "late"), record, rule, pause_s=0.0)
 
 
 @pytest.mark.parametrize("shape", [math.inf, 1.0, 0.5, 0.0])
@@ -133,6 +270,8 @@ def test_random_proposals_depend_only_on_the_seed_and_the_trial_number(tmp_path)
     assert (t0.number, t1.number) == (0, 1) and x0 != x1 and 1e-3 <= min(x0, x1) <= max(x0, x1) <= 1e-1
     again = optuna.create_study(sampler=TrialSeededRandomSampler(3)).ask()
     assert again.suggest_float("lr", 1e-3, 1e-1, log=True) == x0  # reproducible from the seed
+    other = optuna.create_study(sampler=TrialSeededRandomSampler()).ask()  # no seed: a fresh secret one
+    assert other.suggest_float("lr", 1e-3, 1e-1, log=True) != x0
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +292,12 @@ def test_random_proposals_depend_only_on_the_seed_and_the_trial_number(tmp_path)
     ("tune.accounting=random_search privacy.epsilon=null", "finite privacy.epsilon"),
     ("tune.accounting=public", "tune.public_data"),
     ("tune.register=m tune.retrain_best=false", "tune.retrain_best=true"),
+    ("tune.budget=-1", "tune.budget=-1"),
+    ("tune.budget=lots", "not a number"),
+    ("tune.accounting=random_search tune.budget=3", "leave tune.budget=null"),
+    ("privacy.epsilon=null tune.budget=3", "privacy.epsilon=null"),
+    ("privacy.epsilon=2 tune.budget=0.01", "cannot pay for one trial and the retrain"),
+    ("tune.seed=abc", "tune.seed='abc'"),
 ])
 def test_bad_tune_settings_are_one_line_errors(tracking_uri, reports_csv, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -197,10 +342,23 @@ class _PruneTrialOne(optuna.pruners.BasePruner):
         return trial.number == 1
 
 
+def _study(out, storage):
+    study = optuna.load_study(study_name=out["study"], storage=storage)
+    return study, study.user_attrs[ledger.STUDY_ATTR]
+
+
+def _live_costs(study, flt):
+    """Each live claim's ρ(α), recomputed here from its mechanism."""
+    live = [c for c in ledger.claims(study) if c.live]
+    return [float(run_rdp(c.mechanism.as_list(), [flt["order"]])[0]) for c in live]
+
+
 def test_composed_search_end_to_end_then_resumed(tracking_uri, reports_csv, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("radpriv.tune.sampling.make_pruner", lambda *a: _PruneTrialOne())
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = [*SMALL, f"data.path={reports_csv[0]}", "privacy.epsilon=2", f"tune.storage={storage}"]
+    budget = budget_for(args, 6.5)  # 3 trials + retrain now, one more trial (+ the retrain's room) later
+    args.append(f"tune.budget={budget!r}")
     out = tune(capsys, [*args, "tune.n_trials=3", "tune.register=tuned-ct"])
     client = mlflow.MlflowClient(tracking_uri)
     parent = client.get_run(out["run_id"])
@@ -210,7 +368,7 @@ def test_composed_search_end_to_end_then_resumed(tracking_uri, reports_csv, caps
     assert set(runs) == {"trial0", "trial1", "trial2", "final"}
     assert runs["trial1"].data.tags.get("radpriv.tune.pruned") == "true" and runs["trial1"].info.status == "KILLED"
     assert all(runs[k].data.tags["radpriv.tune.study"] == out["study"] for k in runs)
-    # one split (the study's seed), but each trial its own training randomness
+    # one split (the study's seed), but each trial its own initialisation
     assert len({runs[f"trial{i}"].data.params["seed"] for i in range(3)} | {runs["final"].data.params["seed"]}) == 4
     assert runs["final"].data.params["seed"] == runs["trial0"].data.tags["radpriv.tune.split_seed"] == "42"
 
@@ -226,75 +384,133 @@ def test_composed_search_end_to_end_then_resumed(tracking_uri, reports_csv, caps
     assert {"tune_privacy.json", "trials.csv", "plots/optimization_history.png",
             "plots/param_importances.png"} <= arts
 
-    # ε_total: the PLD composition of the 4 private runs (pruned trial with its planned steps)
-    study = optuna.load_study(study_name=out["study"], storage=storage)
-    trial_runs = [tuple(t.user_attrs["mechanism"]) for t in study.trials]
-    final = [tuple(v["mechanism"]) for k, v in study.user_attrs.items() if k.startswith("radpriv.final.")]
-    assert len(trial_runs) == 3 and len(final) == 1
+    # ε_total is the filter's budget; every run (the pruned trial with its planned steps) claimed
+    # its replace-one RDP at α before its first batch, and together they fit B(α)
+    study, record = _study(out, storage)
+    flt = record["filter"]
+    assert flt["budget_epsilon"] == pytest.approx(budget, rel=1e-12) and flt["source"] == "tune.budget"
+    assert parent.data.metrics["privacy/epsilon_total"] == pytest.approx(budget, rel=1e-9)
+    live = [c for c in ledger.claims(study) if c.live]
+    assert sorted(c.key for c in live) == sorted([*(ledger.claim_key("trial", i) for i in range(3)),
+                                                  ledger.claim_key("retrain", out["run_id"])])
+    costs = _live_costs(study, flt)
+    assert [c.cost for c in live] == pytest.approx(costs, rel=1e-12)
+    assert math.fsum(costs) <= flt["rdp_budget"]
+    assert parent.data.metrics["privacy/budget_used"] == pytest.approx(math.fsum(costs) / flt["rdp_budget"])
+    assert parent.data.tags["radpriv.tune.guarantee"].startswith("every run that trained on the private data")
     # trial 0 is the recipe itself (tune.enqueue_recipe): the study holds default vs tuned
     recipe = compose(["+tune=default", *args])
     assert study.trials[0].params == pytest.approx({"lr": recipe.finetune.lr,
                                                     "max_grad_norm": recipe.privacy.max_grad_norm})
     assert study.trials[0].user_attrs.get("radpriv.recipe") is True
     assert not study.trials[2].user_attrs.get("radpriv.recipe") and study.trials[2].params != study.trials[0].params
-    for key, mech in [("trial0", trial_runs[0]), ("final", final[0])]:
+    by_key = {c.key: c.mechanism for c in live}
+    for key, claimed in [("trial0", ledger.claim_key("trial", 0)), ("final", ledger.claim_key("retrain", out["run_id"]))]:
         m = runs[key].data.metrics
         assert (m["privacy/noise_multiplier"], m["privacy/sample_rate"], m["privacy/steps"]) == \
-            pytest.approx(mech)
-    delta = out["privacy"]["delta"]
-    total = parent.data.metrics["privacy/epsilon_total"]
-    assert total == pytest.approx(direct_pld(trial_runs + final, delta), rel=2e-3)
-    assert total > max(r.data.metrics["privacy/epsilon"] for r in runs.values() if "privacy/epsilon" in r.data.metrics)
+            pytest.approx(by_key[claimed].as_list())
+    # the proposals' seed is a secret of the study storage: in no MLflow param or tag
+    assert record["seeds"]["seed"] is None
+    assert secrets_absent_from_mlflow(client, [out["run_id"], *(r.info.run_id for r in runs.values())],
+                                      record["proposal_seed"])
 
     # the retrained model is registered as the champion, with the search's total beside its own ε
     champion = client.get_model_version_by_alias("tuned-ct", "champion")
     assert champion.run_id == out["final_run_id"] == runs["final"].info.run_id
-    assert float(champion.tags["radpriv.tune.epsilon_total"]) == pytest.approx(total, rel=1e-5)
+    assert float(champion.tags["radpriv.tune.epsilon_total"]) == pytest.approx(budget, rel=1e-5)
     assert champion.tags["radpriv.tune.accounting"] == "compose"
 
     # the same command resumes the study: one more trial in the same storage, a new parent run,
-    # and ε_total now composes 5 runs
-    out2 = tune(capsys, [*args, "tune.n_trials=1", "tune.retrain_best=false"])
+    # under the same budget (tune.budget=null: the stored one)
+    out2 = tune(capsys, [*args[:-1], "tune.n_trials=1", "tune.retrain_best=false"])
     assert out2["study"] == out["study"] and out2["run_id"] != out["run_id"]
-    study = optuna.load_study(study_name=out["study"], storage=storage)
+    study, _ = _study(out, storage)
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
-    assert out2["privacy"]["runs_composed"] == 5
-    assert out2["privacy"]["epsilon_total"] > total
+    assert out2["privacy"]["private_trials"] == 4 and out2["privacy"]["epsilon_total"] == pytest.approx(budget)
+    assert out2["privacy"]["filter"]["budget_used"] > out["privacy"]["filter"]["budget_used"]
+    assert math.fsum(_live_costs(study, flt)) <= flt["rdp_budget"]
     assert len(children(client, out2["run_id"])) == 1
+
+
+def test_a_composed_search_stops_at_its_budget(tracking_uri, reports_csv, capsys, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [*SMALL, f"data.path={reports_csv[0]}", "privacy.epsilon=2", f"tune.storage={storage}",
+            "tune.n_trials=5", "tune.pruning=false"]
+    budget = budget_for(args, 3.5)  # two trials and the retrain fit; a third trial + the retrain's room do not
+    args.append(f"tune.budget={budget!r}")
+    out = tune(capsys, args)
+    client = mlflow.MlflowClient(tracking_uri)
+    study, record = _study(out, storage)
+    flt = record["filter"]
+    states = {c.key: c.state for c in ledger.claims(study)}
+    assert states == {ledger.claim_key("trial", 0): "admitted", ledger.claim_key("trial", 1): "admitted",
+                      ledger.claim_key("trial", 2): "withdrawn", ledger.claim_key("retrain", out["run_id"]): "admitted"}
+    assert [t.number for t in study.trials] == [0, 1, 2]  # the study stopped at the refusal
+    assert "refused" in study.trials[2].user_attrs and "refused" not in study.trials[1].user_attrs
+    runs = {r.data.tags["radpriv.tune.role"] + r.data.tags.get("radpriv.tune.trial", ""): r
+            for r in children(client, out["run_id"])}
+    refused = runs["trial2"]
+    assert refused.data.tags["radpriv.tune.refused"] == "true" and refused.info.status == "KILLED"
+    assert not any(k.startswith(("privacy/", "val/", "train/")) for k in refused.data.metrics)  # never trained
+    assert all("val/f1_weighted" in runs[k].data.metrics for k in ("trial0", "trial1", "final"))
+    parent = client.get_run(out["run_id"])
+    assert parent.data.metrics["tune/trials_refused"] == 1 and "trial 2" in parent.data.tags["radpriv.tune.refused"]
+    assert out["status"].startswith("budget exhausted") and out["final_run_id"]
+    assert math.fsum(_live_costs(study, flt)) <= flt["rdp_budget"]
+    assert parent.data.metrics["privacy/epsilon_total"] == pytest.approx(budget)
+
+    # another invocation trains nothing: its first trial and then its retrain are refused
+    out2 = tune(capsys, args)
+    study, _ = _study(out, storage)
+    assert [c.state for c in ledger.claims(study) if c.key == ledger.claim_key("trial", 3)] == ["withdrawn"]
+    assert sum(c.live for c in ledger.claims(study)) == 3 and out2["final_run_id"] is None
+    assert out2["status"].startswith("retrain refused")
+    assert [r.data.tags.get("radpriv.tune.refused") for r in children(client, out2["run_id"])] == ["true"]
+    assert math.fsum(_live_costs(study, flt)) <= flt["rdp_budget"]
+    # the budget was fixed when the study was created: another one is refused, one line
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", *args[:-1], f"tune.budget={2 * budget!r}"])
+    lines = error_lines(capsys.readouterr().err)
+    assert exit_info.value.code == 2 and len(lines) == 1 and "tune.budget" in lines[0], lines
 
 
 @pytest.mark.slow
 def test_random_search_end_to_end(tracking_uri, reports_csv, capsys, tmp_path):
     target = 6.0
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
     args = [*SMALL, f"data.path={reports_csv[0]}", f"privacy.epsilon={target}", "tune.accounting=random_search",
-            f"tune.storage=sqlite:///{tmp_path / 'r.db'}", "tune.n_trials=2", "tune.trials_seed=1"]
+            f"tune.storage={storage}", "tune.n_trials=2", "tune.trials_seed=1"]
     out = tune(capsys, args)
     p = out["privacy"]
-    study = optuna.load_study(study_name=out["study"], storage=f"sqlite:///{tmp_path / 'r.db'}")
-    k = study.user_attrs[ledger.TRIAL_COUNT_ATTR]
+    study, record = _study(out, storage)
+    k = record["trial_count"]
     assert len(study.trials) == p["private_trials"] == k >= 1
-    assert p["epsilon_total"] <= target and p["epsilon_total"] >= 0.95 * target
+    # a known seed (here K's) claims no ε; the total the search would have with secret ones is still kept
+    assert p["epsilon_total"] == "inf" and p["guarantee"].startswith("none: tune.trials_seed")
+    assert 0.95 * target <= p["epsilon_if_secret"] <= target
     client = mlflow.MlflowClient(tracking_uri)
+    parent = client.get_run(out["run_id"])
+    assert "privacy/epsilon_total" not in parent.data.metrics
+    assert parent.data.tags["radpriv.tune.guarantee"].startswith("none:")
     sigma = {"trial": [], "final": []}
     for r in children(client, out["run_id"]):
         sigma[r.data.tags["radpriv.tune.role"]].append(r.data.metrics["privacy/noise_multiplier"])
     assert len(sigma["trial"]) == k and len(sigma["final"]) == 1
     assert min(sigma["trial"] + sigma["final"]) >= p["calibrated_noise_multiplier"]
     q, steps = p["sample_rate"], p["steps"]
-    direct = direct_rdp(dp_accounting.ComposedDpEvent([
-        RepeatAndSelectDpEvent(event(min(sigma["trial"], default=p["calibrated_noise_multiplier"]), q, steps),
-                               2.0, math.inf), event(sigma["final"][0], q, steps)]), p["delta"])
-    assert p["epsilon_total"] == pytest.approx(direct, rel=0.01)
-    # a second retrain would spend more than the requested total: refused, one line
-    with pytest.raises(SystemExit) as exit_info:
-        main(["tune", *args])
-    lines = error_lines(capsys.readouterr().err)
-    assert exit_info.value.code == 2 and len(lines) == 1 and "another retrain" in lines[0]
+    one = run_rdp((min(sigma["trial"]), q, steps), ORDERS)
+    total = np.asarray(_compute_rdp_repeat_and_select(ORDERS, one, 2.0, math.inf)) + \
+        run_rdp((sigma["final"][0], q, steps), ORDERS)
+    assert p["epsilon_if_secret"] == pytest.approx(compute_epsilon(ORDERS, total, p["delta"])[0], rel=1e-9)
+    # a second retrain would spend more than the requested total: refused, logged, nothing trains
+    out2 = tune(capsys, args)
+    assert out2["final_run_id"] is None and out2["status"].startswith("retrain refused")
+    assert not children(client, out2["run_id"])
 
 
 @pytest.mark.slow
-def test_public_search_under_mlflow_run_spends_only_the_final_runs_epsilon(tracking_uri, reports_csv, capsys,
-                                                                         tmp_path, monkeypatch):
+def test_public_search_under_mlflow_run_spends_only_the_retrains_budget(tracking_uri, reports_csv, capsys,
+                                                                        tmp_path, monkeypatch):
     public = tmp_path / "public.csv"
     _write_public(reports_csv[0], public, keep=0)
     client = mlflow.MlflowClient(tracking_uri)
@@ -307,9 +523,11 @@ def test_public_search_under_mlflow_run_spends_only_the_final_runs_epsilon(track
     roles = {r.data.tags["radpriv.tune.role"]: r for r in children(client, outer)}
     assert set(roles) == {"trial", "final"}
     assert roles["trial"].data.params["data.path"] == str(public)
+    # the default budget is one retrain's, under the filter (RDP at α, converted): at least its own ε
     final_eps = roles["final"].data.metrics["privacy/epsilon"]
-    assert out["privacy"]["epsilon_total"] == pytest.approx(final_eps, rel=0.01)
-    assert out["privacy"]["public_trials"] == 1 and out["privacy"]["runs_composed"] == 1
+    p = out["privacy"]
+    assert p["filter"]["source"] == "planned: one retrain" and final_eps <= p["epsilon_total"] < 1.6 * final_eps
+    assert p["public_trials"] == 1 and p["private_final_runs"] == 1 and p["filter"]["budget_remaining"] < 1e-6
 
 
 @pytest.mark.slow
@@ -317,7 +535,7 @@ def test_two_workers_share_one_study(tracking_uri, reports_csv, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     cmd = [sys.executable, "-m", "radpriv.cli", "tune", *SMALL, f"data.path={reports_csv[0]}", "privacy.epsilon=2",
            f"tune.storage={storage}", "tune.n_trials=2", "tune.retrain_best=false", "tune.pruning=false",
-           "trainer.num_threads=1"]
+           "tune.budget=100", "trainer.num_threads=1"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # the tracking store exists before the workers start (two MLflow clients creating one fresh
     # sqlite store at the same instant race on its schema; the Optuna storage here is fresh)
@@ -332,3 +550,4 @@ def test_two_workers_share_one_study(tracking_uri, reports_csv, tmp_path):
     assert sorted(numbers) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert len({t.params["lr"] for t in study.trials}) == 4  # no worker repeated another's proposal
+    assert [c.state for c in ledger.claims(study)] == ["admitted"] * 4

@@ -27,11 +27,13 @@ import mlflow
 import optuna
 import pytest
 
+from radpriv.tune import ledger
 from tests.test_train_e2e import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER = [*TINY, "trainer.max_epochs=1", "privacy.epsilon=2", "tune.n_trials=2", "tune.retrain_best=false",
-          "tune.pruning=false", "trainer.num_threads=1", "tracking.log_model=false"]
+# tune.budget: room for both workers' trials (the default would be one worker's planned cost)
+WORKER = [*TINY, "trainer.max_epochs=1", "privacy.epsilon=2", "tune.n_trials=2", "tune.budget=100",
+          "tune.retrain_best=false", "tune.pruning=false", "trainer.num_threads=1", "tracking.log_model=false"]
 STUDY = "ct_rate_text-tiny_bert-lora-eps2-compose"
 
 
@@ -157,6 +159,12 @@ def check_one_study_and_one_experiment(outs: list[dict], storage: str, tracking_
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]  # 2 workers × 2 trials, one numbering
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert len({t.params["lr"] for t in study.trials}) == 4  # no worker repeated another's proposal
+    # one record (written by whichever worker created the study) and one admitted claim per trial
+    record = study.user_attrs[ledger.STUDY_ATTR]
+    assert record["filter"]["budget_epsilon"] == 100 and record["seeds"]["seed"] is None
+    claims = ledger.claims(study)
+    assert [c.state for c in claims] == ["admitted"] * 4
+    assert sum(c.cost for c in claims) <= record["filter"]["rdp_budget"]
 
     client = mlflow.MlflowClient(tracking_uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
@@ -170,6 +178,9 @@ def check_one_study_and_one_experiment(outs: list[dict], storage: str, tracking_
     assert sorted(n for ns in by_parent.values() for n in ns) == [0, 1, 2, 3]
     assert all(len(ns) == 2 for ns in by_parent.values())  # each worker nested its own trials
     assert all(r.info.status == "FINISHED" and "val/f1_weighted" in r.data.metrics for r in trials)
+    # the secret proposal seed stays in the study storage
+    seed = str(record["proposal_seed"])
+    assert not any(seed in str(v) for r in runs for v in [*r.data.params.values(), *r.data.tags.values()])
 
 
 @pytest.mark.timeout(900)

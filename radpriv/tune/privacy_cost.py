@@ -1,25 +1,23 @@
-"""What a search costs in privacy, per `tune.accounting` (docs/PRIVACY.md, "Hyperparameter search").
+"""What a search's runs cost in privacy, under replace-one adjacency (docs/PRIVACY.md, "Hyperparameter search").
 
-Every number here comes from Google's ``dp_accounting`` events, so the search's accounting can be
-read (and recomputed) in one place:
+Every run on the private data is DP-SGD: ``steps`` Poisson-subsampled Gaussian steps (σ, q).
+Its Rényi DP under replace-one adjacency (N is published, so that is the relation radpriv's
+guarantee holds under) is ``steps · ρ_step(α)``, with ρ_step from
+:mod:`radpriv.privacy.replace_one_rdp`. From there:
 
-- ``compose``: every run that trained on the private data is one more DP-SGD mechanism; ε_total
-  is their composition, ``ComposedDpEvent`` of each run's
-  ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(σ)), steps)``, by the PLD
-  accountant (pessimistic discretisation: an upper bound), cross-checked against the RDP
-  accountant (also an upper bound, looser: it must not read lower than PLD). Runs are counted
-  with their *planned* steps even when pruned early — never fewer steps than ran.
+- ``compose`` and ``public``: a Rényi filter (radpriv/tune/privacy_filter.py) admits runs while
+  their summed RDP at one order stays within the study's budget.
 - ``random_search``: Papernot & Steinke (ICLR 2022): run the same mechanism K times, K random
-  with a known distribution (Poisson, or truncated negative binomial of shape η), and release
-  only the best; ``RepeatAndSelectDpEvent`` bounds its Rényi DP. The per-trial σ is calibrated
-  here so that the total (the selection, composed with every retrain) meets the requested ε.
-- ``public``: the trials saw only public data; ε_total composes the runs on the private data
-  (the retrain of each invocation), exactly as ``compose`` does.
+  with a known distribution (Poisson, or truncated negative binomial of shape η), release only
+  the best. Its RDP is dp_accounting's own ``_compute_rdp_repeat_and_select`` applied to the
+  trial's replace-one RDP, then composed (added) with each retrain, then converted to (ε, δ)
+  with dp_accounting's ``compute_epsilon``. The per-trial σ is calibrated here so that the total
+  meets the requested ε. (dp_accounting's RDP accountant cannot be used on events: it has no
+  replace-one analysis of Poisson sampling.)
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,14 +25,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from radpriv.errors import ConfigError, PrivacyError
-from radpriv.privacy.accounting import PLD_REL_DISCRETIZATION, RDP_ORDERS
+from radpriv.privacy import replace_one_rdp
+from radpriv.privacy.accounting import RDP_ORDERS
 
-log = logging.getLogger(__name__)
-
-#: RDP may not read lower than PLD by more than this (both are upper bounds; RDP is the looser).
-CROSS_CHECK_REL_TOL = 0.01
+#: the orders every search's RDP is evaluated at (radpriv's accountant orders, 1.1 to 1024)
+ORDERS: tuple[float, ...] = tuple(float(a) for a in RDP_ORDERS)
 #: the calibrated total lands in [(1 − this)·ε, ε]
 CALIBRATION_REL_TOL = 0.005
+#: a random search gives each run the ε of σ·(1 + this): its own calibration then returns
+#: σ' ≥ σ with room for the accountant's rounding (the run costs this much more noise, 0.01 %)
+RUN_SIGMA_MARGIN = 1e-4
 
 
 @dataclass(frozen=True)
@@ -54,67 +54,16 @@ def trial_rate_and_steps(n_train: int, expected_batch_size: int, max_epochs: int
     return min(1.0, expected_batch_size / n_train), max_epochs * math.ceil(n_train / expected_batch_size)
 
 
-def dp_event(mech: Mechanism):
-    """The dp_accounting event of one DP-SGD run."""
-    import dp_accounting
-
-    return dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(mech.sample_rate, dp_accounting.GaussianDpEvent(mech.noise_multiplier)),
-        int(mech.steps))
+def run_rdp(mech: Mechanism | None, orders: Sequence[float] = ORDERS) -> np.ndarray:
+    """Replace-one RDP of a whole run at each order (+∞ everywhere for a run without DP)."""
+    if mech is None:
+        return np.full(len(orders), math.inf)
+    return replace_one_rdp.run_rdp(mech.noise_multiplier, mech.sample_rate, mech.steps, orders)
 
 
-def _rdp_epsilon(event, delta: float) -> float:
-    from dp_accounting import NeighboringRelation
-    from dp_accounting.rdp import RdpAccountant
-
-    accountant = RdpAccountant(list(RDP_ORDERS), NeighboringRelation.ADD_OR_REMOVE_ONE)
-    absl_logger = logging.getLogger("absl")  # dp_accounting warns about orders it drops
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        accountant.compose(event)
-        return float(accountant.get_epsilon(delta))
-    finally:
-        absl_logger.setLevel(level)
-
-
-def _pld_epsilon(event, delta: float, interval: float) -> float:
-    from dp_accounting import NeighboringRelation
-    from dp_accounting.pld import PLDAccountant
-
-    accountant = PLDAccountant(NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=interval)
-    accountant.compose(event)
-    return float(accountant.get_epsilon(delta))
-
-
-# ------------------------------------------------------------------------------------------
-# compose (and public): the composition of every run on the private data
-# ------------------------------------------------------------------------------------------
-
-
-def composed_epsilon(mechanisms: Sequence[Mechanism], delta: float) -> dict[str, float]:
-    """ε of running every mechanism once: PLD (reported) and RDP (its cross-check).
-
-    The PLD grid is relative to ε (1e-4·ε, as radpriv/privacy/independent_check.py does for a
-    single run): first sized from the RDP bound, again from PLD's own ε if RDP was far above.
-    Raises PrivacyError when RDP reads more than 1 % *below* PLD: both are upper bounds and RDP
-    is the looser, so that would mean one of them is wrong for this history.
-    """
-    import dp_accounting
-
-    if not mechanisms:
-        return {"pld": 0.0, "rdp": 0.0}
-    if any(m.noise_multiplier <= 0 for m in mechanisms):
-        return {"pld": math.inf, "rdp": math.inf}
-    event = dp_accounting.ComposedDpEvent([dp_event(m) for m in mechanisms])
-    rdp = _rdp_epsilon(event, delta)
-    pld = _pld_epsilon(event, delta, max(PLD_REL_DISCRETIZATION * rdp, 1e-9))
-    if pld < rdp / 3:
-        pld = min(pld, _pld_epsilon(event, delta, max(PLD_REL_DISCRETIZATION * pld, 1e-9)))
-    if rdp < pld * (1 - CROSS_CHECK_REL_TOL):
-        raise PrivacyError(f"tune: privacy accounting check failed: RDP ε={rdp:.6g} is below PLD ε={pld:.6g} "
-                           f"for the composition of {len(mechanisms)} runs (δ={delta:.4g})")
-    return {"pld": pld, "rdp": rdp}
+def epsilon_of_rdp(rdp: Sequence[float], delta: float, orders: Sequence[float] = ORDERS) -> float:
+    """ε at δ of RDP values: dp_accounting's conversion (the one Opacus uses too)."""
+    return replace_one_rdp.epsilon(orders, rdp, delta)[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,21 +79,23 @@ def check_trial_distribution(mean: float, shape: float) -> None:
                           "or η > 0 (truncated negative binomial)")
 
 
-def repeat_and_select_event(trial: Mechanism, mean: float, shape: float, finals: Sequence[Mechanism] = ()):
-    """Run `trial` K times (K random: mean, shape), release the best; then each of `finals`."""
-    import dp_accounting
-    from dp_accounting.dp_event import RepeatAndSelectDpEvent
+def repeat_and_select_rdp(trial: Mechanism, mean: float, shape: float, finals: Sequence[Mechanism] = (),
+                          orders: Sequence[float] = ORDERS) -> np.ndarray:
+    """RDP of running `trial` K times (K random: mean, shape), releasing the best, then each of `finals`."""
+    from dp_accounting.rdp.rdp_privacy_accountant import _compute_rdp_repeat_and_select
 
     check_trial_distribution(mean, shape)
-    events = [RepeatAndSelectDpEvent(dp_event(trial), float(mean), float(shape))]
-    events += [dp_event(m) for m in finals]
-    return dp_accounting.ComposedDpEvent(events)
+    total = np.asarray(_compute_rdp_repeat_and_select(list(orders), run_rdp(trial, orders), float(mean),
+                                                      float(shape)), dtype=np.float64)
+    for mech in finals:
+        total = total + run_rdp(mech, orders)
+    return total
 
 
 def repeat_and_select_epsilon(trial: Mechanism, delta: float, mean: float, shape: float,
                               finals: Sequence[Mechanism] = ()) -> float:
-    """RDP ε of the random search (dp_accounting's RepeatAndSelectDpEvent) then the finals."""
-    return _rdp_epsilon(repeat_and_select_event(trial, mean, shape, finals), delta)
+    """ε at δ of the random search (replace-one RDP, repeat-and-select) then the finals."""
+    return epsilon_of_rdp(repeat_and_select_rdp(trial, mean, shape, finals), delta)
 
 
 def calibrate_search_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int,
@@ -153,8 +104,8 @@ def calibrate_search_noise(target_epsilon: float, delta: float, sample_rate: flo
 
     Bisection on log σ (the total is decreasing in σ) until the total lies in
     [(1 − 0.5 %)·ε, ε]; returns the upper end of the bracket, whose total is ≤ ε.
-    Written here rather than taken from Opacus because the quantity calibrated is the
-    repeat-and-select total, which no accountant library calibrates.
+    Written here because the quantity calibrated is the repeat-and-select total, which no
+    accountant library calibrates.
     """
     def total(sigma: float) -> float:
         mech = Mechanism(sigma, sample_rate, steps)

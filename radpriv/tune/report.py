@@ -1,8 +1,10 @@
 """The end of an invocation: select the best trial, retrain it, and write the parent run.
 
 The parent run holds the resolved config (params), the best parameters (`best.<name>`) and value
-(`tune/best_value`), the final model's test metrics (`final/...`), `privacy/epsilon_total`, and
-the artifacts `tune_privacy.json`, `trials.csv` and Optuna's plots (`plots/*.png`).
+(`tune/best_value`), the final model's test metrics (`final/...`), `privacy/epsilon_total` (and,
+under the privacy filter, `privacy/budget_used` and `privacy/budget_remaining`: fractions of the
+filter's RDP budget B(α)), the tag `radpriv.tune.guarantee`, and the artifacts
+`tune_privacy.json`, `trials.csv` and Optuna's plots (`plots/*.png`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from radpriv.errors import ConfigError, PrivacyError
-from radpriv.tune import ledger, privacy_cost
-from radpriv.tune.runs import PlanRecorder, mechanism_of, run_config
-from radpriv.tune.space import overrides_for
-from radpriv.tune.trials import OBJECTIVE, check_random_search_run
+from radpriv.errors import ConfigError
+from radpriv.tune import ledger, privacy_filter
+from radpriv.tune.privacy_cost import Mechanism
+from radpriv.tune.runs import PlanRecorder, admit_run, run_config
+from radpriv.tune.space import MECHANISM_PARAMS, overrides_for
+from radpriv.tune.trials import OBJECTIVE
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +49,18 @@ def _json_safe(value):
 
 def log_privacy(search, study, client, parent_id: str) -> dict:
     """ε_total of the whole study (every worker and invocation so far) onto the parent run."""
-    privacy = ledger.search_privacy(ledger.read(study), search.mode, search.delta, search.random_search)
+    privacy = ledger.search_privacy(study, search.record)
     privacy["epsilon_per_run"] = search.epsilon if search.mode != "random_search" else None
     total = privacy.get("epsilon_total")
     if total is not None and math.isfinite(total):
         client.log_metric(parent_id, "privacy/epsilon_total", float(total))
-        client.log_metric(parent_id, "privacy/delta", float(search.delta))
-        for key in ("epsilon_total_pld", "epsilon_total_rdp"):
-            if privacy.get(key) is not None:
-                client.log_metric(parent_id, f"privacy/{key}", float(privacy[key]))
+    client.log_metric(parent_id, "privacy/delta", float(search.delta))
+    flt = privacy.get("filter")
+    if flt is not None:
+        for key in ("budget_used", "budget_remaining"):
+            client.log_metric(parent_id, f"privacy/{key}", float(flt[key]))
+        client.log_metric(parent_id, "privacy/filter_order", float(flt["order"]))
+    client.set_tag(parent_id, "radpriv.tune.guarantee", str(privacy.get("guarantee", ""))[:4000])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tune_privacy.json"
         path.write_text(json.dumps(_json_safe(privacy), indent=2))
@@ -62,34 +68,68 @@ def log_privacy(search, study, client, parent_id: str) -> dict:
     return privacy
 
 
+def _retrain_cost_check(search, study, best) -> str | None:
+    """Why the retrain cannot be admitted, judged before it is started (None: try it).
+
+    Only a shortcut, so that a retrain the ledger would refuse does not build a model and open a
+    run; the binding check is the admission at its fit start."""
+    live = [c for c in ledger.claims(study) if c.live]
+    key = ledger.claim_key("retrain", "<candidate>")
+    if search.mode == "random_search":
+        rs = search.record["random_search"]
+        mech = Mechanism(rs["noise_multiplier"], rs["sample_rate"], rs["steps"])
+        candidate = ledger.Claim(key, "retrain", mech, None, math.nan, ledger.PENDING)
+        if not ledger.random_search_retrain_rule(search.record)([*live, candidate]):
+            return (f"another retrain would take study {study.study_name} beyond its ε_total="
+                    f"{rs['target_epsilon']:g} (privacy.epsilon)")
+        return None
+    flt = search.filter
+    if flt is None:
+        return None
+    cost = None
+    if best is not None:
+        claim = next((c for c in live if c.key == ledger.claim_key("trial", best.number)), None)
+        if claim is not None:
+            cost = claim.cost
+        elif not set(best.params) & set(MECHANISM_PARAMS):
+            cost = flt.planned_rdp  # public: the best trial's parameters keep the recipe's mechanism
+    if cost is None:
+        return None
+    candidate = ledger.Claim(key, "retrain", None, None, cost, ledger.PENDING)
+    if not ledger.filter_rule(flt, "retrain")([*live, candidate]):
+        used = privacy_filter.summary(flt, math.fsum(c.cost for c in live if math.isfinite(c.cost)))["budget_used"]
+        return (f"the retrain would take study {study.study_name} beyond its privacy budget "
+                f"ε={flt.budget_epsilon:.4g} ({used:.1%} of it used)")
+    return None
+
+
 def _retrain(search, study, client, parent_id: str, experiment: str, params: dict) -> dict:
-    """Train and test the final model with `params` on the private data (a child run)."""
+    """Train and test the final model with `params` on the private data (a child run).
+
+    Raises BudgetExhausted when the ledger refuses it at fit start (before its first private
+    batch); its MLflow run is then tagged `radpriv.tune.refused` and ended KILLED."""
     from radpriv.train import train
 
-    rs = search.random_search
     overrides = [*search.base, *overrides_for(params)]
+    rs = search.random_search
     if rs is not None:
-        # one more run of the calibrated mechanism: refuse it if the budget cannot take it
-        book = ledger.read(study)
-        book.finals.append(privacy_cost.Mechanism(rs["noise_multiplier"], rs["sample_rate"], rs["steps"]))
-        after = ledger.search_privacy(book, search.mode, search.delta, rs)["epsilon_total"]
-        if after > float(rs["target_epsilon"]) * (1 + 1e-9):
-            raise PrivacyError(
-                f"tune: another retrain would bring study {study.study_name} to ε_total={after:.4g} > "
-                f"privacy.epsilon={rs['target_epsilon']:g} (it was retrained before: see its parent runs); "
-                "use tune.retrain_best=false")
         overrides += [f"privacy.epsilon={rs['per_run_epsilon']!r}", f"privacy.delta={search.delta!r}"]
     cfg = run_config(overrides, parent_run_id=parent_id, experiment=experiment, run_name="final (best parameters)",
                      tags={"radpriv.tune.study": study.study_name, "radpriv.tune.role": "final"}, trial=False)
 
     def record(plan) -> None:
-        mech = mechanism_of(plan)
-        if rs is not None:
-            check_random_search_run(mech, rs, "the retrain")
-        study.set_user_attr(ledger.FINAL_PREFIX + parent_id, ledger.record(mech, plan.target_epsilon if plan else None))
+        admit_run(search, study, "retrain", parent_id, plan, "the retrain")
 
     log.info("tune: retraining with the best parameters on the private data")
-    return train(cfg, extra_callbacks=[PlanRecorder(record)])
+    try:
+        return train(cfg, extra_callbacks=[PlanRecorder(record)])
+    except privacy_filter.BudgetExhausted:
+        exp = client.get_run(parent_id).info.experiment_id
+        for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}' and "
+                                             "tags.`radpriv.tune.role` = 'final'"):
+            client.set_tag(run.info.run_id, "radpriv.tune.refused", "true")
+            client.set_terminated(run.info.run_id, "KILLED")
+        raise
 
 
 def _register(search, study, parent_id: str, run_id: str, privacy: dict) -> dict:
@@ -117,7 +157,20 @@ def _register(search, study, parent_id: str, run_id: str, privacy: dict) -> dict
     return {**version, "alias": "champion"}
 
 
-def finish(search, study, client, parent_id: str, experiment: str, k: int | None, elapsed_s: float) -> dict:
+def _trial_counts(trials) -> dict:
+    import optuna
+
+    State = optuna.trial.TrialState
+    refused = [t for t in trials if "refused" in t.user_attrs]
+    counted = [t for t in trials if "skipped" not in t.user_attrs and "refused" not in t.user_attrs]
+    return {"tune/trials": len(counted), "tune/trials_complete": sum(t.state == State.COMPLETE for t in counted),
+            "tune/trials_pruned": sum(t.state == State.PRUNED for t in counted),
+            "tune/trials_failed": sum(t.state == State.FAIL for t in counted),
+            "tune/trials_refused": len(refused)}
+
+
+def finish(search, study, client, parent_id: str, experiment: str, k: int | None, elapsed_s: float,
+           refusals: list[str] = ()) -> dict:
     import optuna
 
     from radpriv.tune.plots import save_study_plots
@@ -127,13 +180,14 @@ def finish(search, study, client, parent_id: str, experiment: str, k: int | None
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
-    counted = [t for t in trials if "skipped" not in t.user_attrs]
+    counted = [t for t in trials if "skipped" not in t.user_attrs and "refused" not in t.user_attrs]
     complete = [t for t in counted if t.state == State.COMPLETE]
-    counts = {"tune/trials": len(counted), "tune/trials_complete": len(complete),
-              "tune/trials_pruned": sum(t.state == State.PRUNED for t in counted),
-              "tune/trials_failed": sum(t.state == State.FAIL for t in counted)}
+    counts = _trial_counts(trials)
     out = {"run_id": parent_id, "study": study.study_name, "accounting": search.mode, "best_params": None,
-           "best_value": None, "best_run_id": None, "final_run_id": None}
+           "best_value": None, "best_run_id": None, "final_run_id": None, "status": "done"}
+    if refusals:
+        client.set_tag(parent_id, "radpriv.tune.refused", refusals[0][:4000])
+        out["status"] = "budget exhausted: the privacy filter refused a trial"
     running = [t for t in counted if t.state in (State.RUNNING, State.WAITING)]
     if k is not None and running:
         # the best of K is released only once all K trials are done (other workers are running some)
@@ -155,18 +209,29 @@ def finish(search, study, client, parent_id: str, experiment: str, k: int | None
         log.info("tune: best trial %d: %s=%.4f %s", best.number, OBJECTIVE, best.value, best.params)
     elif search.mode != "random_search":
         log_privacy(search, study, client, parent_id)
-        raise ConfigError(f"tune: study {study.study_name} has no completed trial (all pruned or failed)")
+        raise ConfigError(f"tune: study {study.study_name} has no completed trial (all pruned, failed or refused)")
     else:  # K = 0, or no trial finished: the search selects nothing; the recipe's defaults stand
         log.info("tune: the random search selected nothing (K=%s); the final run uses the recipe's defaults", k)
 
     if search.cfg.tune.retrain_best:
-        final = _retrain(search, study, client, parent_id, experiment, out["best_params"] or {})
-        out["final_run_id"] = final["run_id"]
-        client.set_tag(parent_id, "radpriv.tune.final_run", final["run_id"])
-        final_run = client.get_run(final["run_id"])
-        for key, value in final_run.data.metrics.items():
-            if key.startswith(("test/", "val/")) and key.count("/") == 1 or key == "privacy/epsilon":
-                metrics[f"final/{key}"] = float(value)
+        why_not = _retrain_cost_check(search, study, best)
+        final = None
+        if why_not is None:
+            try:
+                final = _retrain(search, study, client, parent_id, experiment, out["best_params"] or {})
+            except privacy_filter.BudgetExhausted as e:
+                why_not = str(e).removeprefix("tune: ")
+        if final is None:
+            log.warning("tune: no retrain: %s", why_not)
+            client.set_tag(parent_id, "radpriv.tune.retrain_refused", why_not[:4000])
+            out["status"] = f"retrain refused: {why_not}"
+        else:
+            out["final_run_id"] = final["run_id"]
+            client.set_tag(parent_id, "radpriv.tune.final_run", final["run_id"])
+            final_run = client.get_run(final["run_id"])
+            for key, value in final_run.data.metrics.items():
+                if key.startswith(("test/", "val/")) and key.count("/") == 1 or key == "privacy/epsilon":
+                    metrics[f"final/{key}"] = float(value)
 
     privacy = log_privacy(search, study, client, parent_id)
     out["privacy"] = _json_safe(privacy)
@@ -183,8 +248,8 @@ def finish(search, study, client, parent_id: str, experiment: str, k: int | None
         for png in save_study_plots(study, tmp / "plots"):
             client.log_artifact(parent_id, str(png), "plots")
     total = privacy.get("epsilon_total")
-    log.info("tune: %d trials (%d complete, %d pruned); ε_total=%s (%s)", counts["tune/trials"],
-             counts["tune/trials_complete"], counts["tune/trials_pruned"],
+    log.info("tune: %d trials (%d complete, %d pruned, %d refused); ε_total=%s (%s)", counts["tune/trials"],
+             counts["tune/trials_complete"], counts["tune/trials_pruned"], counts["tune/trials_refused"],
              "none" if total is None else f"{total:.4g}", search.mode)
     if total is not None and math.isfinite(total):
         metrics["privacy/epsilon_total"] = total

@@ -2,7 +2,8 @@
 
 A run is an ordinary `radpriv.train.train` run; what the search adds is its place in MLflow
 (parent run, experiment, tags, name) and :class:`PlanRecorder`, which hands the run's privacy
-plan to the study's ledger at fit start — after σ is calibrated, before the first private batch.
+plan to the study's ledger at fit start — after σ is calibrated, before the first private batch
+— where :func:`admit_run` admits it or refuses it (then it never trains).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import lightning as L
 from omegaconf import DictConfig, open_dict
 
 from radpriv.config import compose
+from radpriv.errors import PrivacyError
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
+from radpriv.tune import ledger, privacy_filter
 from radpriv.tune.privacy_cost import Mechanism
 
 
@@ -77,3 +80,53 @@ class PlanRecorder(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dp = next((c for c in trainer.callbacks if isinstance(c, DPCallback)), None)
         self.record(dp.plan if dp is not None else None)
+
+
+def check_random_search_run(mech: Mechanism | None, plan: dict, what: str) -> None:
+    """Refuse (before its first batch) a random-search run that is not the calibrated mechanism."""
+    if mech is None:
+        raise PrivacyError(f"tune: {what} would train without DP in a random search")
+    sigma = float(plan["noise_multiplier"])
+    if (mech.sample_rate, mech.steps) != (float(plan["sample_rate"]), int(plan["steps"])):
+        raise PrivacyError(f"tune: {what} plans q={mech.sample_rate:.6g}, {mech.steps} steps; the search was "
+                           f"calibrated for q={plan['sample_rate']:.6g}, {plan['steps']} steps")
+    if mech.noise_multiplier < sigma * (1 - 1e-12):
+        raise PrivacyError(f"tune: {what} would use σ={mech.noise_multiplier:.6g}, below the search's "
+                           f"calibrated σ={sigma:.6g}")
+
+
+def admit_run(search, study, kind: str, ident, plan: PrivacyPlan | None, what: str) -> None:
+    """Claim this run in the ledger before its first private batch; raise BudgetExhausted if refused.
+
+    compose/public: the study's Rényi filter decides (record-then-verify, ledger.admit). A
+    random search's trials are admitted as they come (K bounds them; each is checked to be the
+    calibrated mechanism); its retrains must keep the total within privacy.epsilon. A study
+    without DP records the run and claims nothing.
+    """
+    mech = mechanism_of(plan)
+    eps = plan.target_epsilon if plan is not None else None
+    key = ledger.claim_key(kind, ident)
+    record = search.record
+    if search.mode == "random_search":
+        check_random_search_run(mech, record["random_search"], what)
+        entry = ledger.claim_record(kind, mech, eps, None)
+        if kind == "trial":
+            ledger.write_claim(study, key, entry, ledger.ADMITTED)
+            return
+        if not ledger.admit(study, key, entry, ledger.random_search_retrain_rule(record)):
+            raise privacy_filter.BudgetExhausted(
+                f"tune: another retrain would take study {study.study_name} beyond its ε_total="
+                f"{record['random_search']['target_epsilon']:g} (privacy.epsilon): {what} is refused")
+        return
+    flt = search.filter
+    if flt is None:  # privacy.epsilon=null: no guarantee to keep
+        ledger.write_claim(study, key, ledger.claim_record(kind, mech, eps, None), ledger.ADMITTED)
+        return
+    cost = privacy_filter.run_cost(flt, mech)
+    entry = ledger.claim_record(kind, mech, eps, cost)
+    if not ledger.admit(study, key, entry, ledger.filter_rule(flt, kind)):
+        raise privacy_filter.BudgetExhausted(
+            f"tune: {what} would take study {study.study_name} beyond its privacy budget ε={flt.budget_epsilon:.4g} "
+            f"(δ={flt.delta:.3g}; RDP at α={flt.order:g}: {cost:.4g} more, "
+            f"{'with a retrain kept in reserve, ' if kind == 'trial' and flt.reserve_retrain else ''}"
+            f"B={flt.rdp_budget:.4g}): refused before its first batch")

@@ -2,15 +2,20 @@
 
 Why a sampler of our own: Optuna's RandomSampler (and TPE's random start-up phase) draws from
 one random stream per process, so two workers started with the same seed propose the same
-trials. Here a random proposal depends only on (seed, trial number, parameter name): a study is
-reproducible from its seed, and workers sharing one storage never repeat each other. Trial
-numbers come from the storage, which hands each number out once.
+trials. Here a random proposal depends only on (seed, trial number, parameter name), and trial
+numbers come from the storage, which hands each number out once: workers sharing one storage
+never repeat each other.
+
+The seed is the study's (its record, study_record.py): drawn once from OS entropy when the
+study is created and kept only in the storage, unless `tune.seed` sets it. It must be secret in
+a random search: with a known seed anyone can recompute every trial's proposal, and the
+published best parameters then name the winning trial's number — a lower bound on the secret
+number of trials K.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import zlib
 
 import numpy as np
@@ -19,13 +24,16 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from radpriv.errors import ConfigError
+from radpriv.privacy.randomness import fresh_seed
 
 
 class TrialSeededRandomSampler(optuna.samplers.BaseSampler):
-    """Independent uniform proposals (log-uniform on log scales), seeded per trial number."""
+    """Independent uniform proposals (log-uniform on log scales), seeded per trial number.
+
+    `seed`: the study's proposal seed; None draws a fresh one (OS entropy) for this sampler alone."""
 
     def __init__(self, seed: int | None = None) -> None:
-        self.seed = secrets.randbits(63) if seed is None else int(seed)
+        self.seed = fresh_seed() if seed is None else int(seed)
 
     def infer_relative_search_space(self, study, trial):
         return {}
@@ -58,7 +66,9 @@ class SharedStartTPESampler(optuna.samplers.TPESampler):
     """TPE whose random start-up proposals come from :class:`TrialSeededRandomSampler`."""
 
     def __init__(self, seed: int | None, n_startup_trials: int) -> None:
-        super().__init__(seed=seed, n_startup_trials=n_startup_trials, constant_liar=True)
+        # TPE's own generator takes 32 bits: one derived from the study's seed
+        tpe_seed = None if seed is None else int(np.random.SeedSequence([int(seed), 0x7BE]).generate_state(1)[0])
+        super().__init__(seed=tpe_seed, n_startup_trials=n_startup_trials, constant_liar=True)
         self._startup = TrialSeededRandomSampler(seed)
         self._n_startup = n_startup_trials
 

@@ -7,30 +7,32 @@ and is loaded if it exists: the same command resumes it, and several processes �
 machine or many, e.g. against PostgreSQL — work on one study (trial numbers come from the
 storage, and proposals depend on the trial number: see sampling.py).
 
-What the search spends (ledger.py, privacy_cost.py) is logged on the parent run as
-`privacy/epsilon_total`, with the details in `tune_privacy.json`.
+What is fixed when the study is created (its privacy filter, a random search's calibration and
+secrets) is its record (study_record.py); what each run on the private data claims is in the
+ledger (ledger.py). The parent run logs `privacy/epsilon_total` and `tune_privacy.json`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
-import secrets
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 from omegaconf import DictConfig
 
 from radpriv.config import compose
 from radpriv.data.sources import load_table
-from radpriv.errors import ConfigError, PrivacyError
+from radpriv.errors import ConfigError
 from radpriv.privacy import accounting
-from radpriv.tune import ledger, privacy_cost
+from radpriv.tune import privacy_cost
 from radpriv.tune.data_check import check_public_data
+from radpriv.tune.privacy_cost import Mechanism
+from radpriv.tune.privacy_filter import Filter
 from radpriv.tune.runs import replace_data, strip_tune_overrides
 from radpriv.tune.space import check_space, recipe_params
 
@@ -49,8 +51,32 @@ class Search:
     delta: float
     base: list[str]  # training overrides of the retrain (the user's, minus tune.*)
     trial_base: list[str]  # training overrides every trial starts from
+    n_private: int = 0  # N, the private training reports: it fixes q, the steps and δ (public)
+    budget: float | None = None  # tune.budget (compose, public); None: the planned cost
     trial_table: object = None  # the ReportTable every trial trains on (split by `seed`)
     random_search: dict | None = None  # the calibration (random_search only)
+    record: dict = field(default_factory=dict)  # the study's record (study_record.py)
+
+    @functools.cached_property
+    def planned(self) -> Mechanism:
+        """The recipe's run on the private data (q, steps from N, the batch and the epochs; σ
+        calibrated to the per-run ε under replace-one, as train does): data-independent."""
+        p = self.cfg.privacy
+        q, steps = privacy_cost.trial_rate_and_steps(self.n_private, int(p.expected_batch_size),
+                                                     int(self.cfg.trainer.max_epochs))
+        return Mechanism(_planned_sigma(self.epsilon, self.delta, q, steps, str(p.accountant)), q, steps)
+
+    @property
+    def filter(self) -> Filter | None:
+        """The study's privacy filter (compose and public with DP), from its record."""
+        flt = self.record.get("filter")
+        return None if flt is None else Filter.from_dict(flt)
+
+
+@functools.lru_cache(maxsize=64)
+def _planned_sigma(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
+    return float(accounting.calibrate_noise_multiplier(epsilon, delta, q, steps, accountant=accountant,
+                                                       relation=accounting.GUARANTEE_RELATION))
 
 
 def study_name(cfg: DictConfig) -> str:
@@ -86,6 +112,11 @@ def check_settings(cfg: DictConfig) -> None:
             raise ConfigError("tune.accounting=random_search calibrates every trial to meet privacy.epsilon in "
                               "total: set a finite privacy.epsilon")
         privacy_cost.check_trial_distribution(n_trials, float(t.shape))
+    _check_budget(cfg)
+    for key in ("seed", "trials_seed"):
+        value = t.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"tune.{key}={value!r}: expected a whole number or null")
     if t.get("register") and not t.retrain_best:
         raise ConfigError("tune.register registers the retrained best model: set tune.retrain_best=true")
     if t.accounting == "public":
@@ -94,6 +125,24 @@ def check_settings(cfg: DictConfig) -> None:
         if not t.retrain_best:
             raise ConfigError("tune.accounting=public searches on public data only: it needs "
                               "tune.retrain_best=true to train the model on the private data")
+
+
+def _check_budget(cfg: DictConfig) -> None:
+    budget = cfg.tune.get("budget")
+    if budget is None:
+        return
+    if cfg.tune.accounting == "random_search":
+        raise ConfigError("tune.budget is the filter budget of compose and public searches; a random search's "
+                          "total is privacy.epsilon: leave tune.budget=null")
+    if accounting.resolve_epsilon(cfg.privacy.epsilon) is None:
+        raise ConfigError("tune.budget is a privacy budget, but privacy.epsilon=null trains without DP: set a "
+                          "finite privacy.epsilon or leave tune.budget=null")
+    try:
+        value = float(budget)
+    except (TypeError, ValueError):
+        raise ConfigError(f"tune.budget={budget!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"tune.budget={budget!r}: expected a finite ε > 0, or null (the planned cost)")
 
 
 def open_storage(url: str):
@@ -145,7 +194,8 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
     delta = accounting.resolve_delta(cfg.privacy.get("delta"), n_private)
     epsilon = accounting.resolve_epsilon(cfg.privacy.epsilon)
     base = strip_tune_overrides(overrides)
-    search = Search(cfg, mode, epsilon, delta, base, base, trial_table=table)
+    budget = None if t.get("budget") is None else float(t.budget)
+    search = Search(cfg, mode, epsilon, delta, base, base, n_private=n_private, budget=budget, trial_table=table)
     if mode == "public":
         search.trial_base = replace_data(base, str(t.public_data), t.get("public_data_path"),
                                          list(t.get("public_overrides") or []))
@@ -153,56 +203,31 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
         search.trial_table = load_table(public_cfg.data, int(public_cfg.seed))
         check_public_data(table, search.trial_table)
     elif mode == "random_search":
-        q, steps = privacy_cost.trial_rate_and_steps(n_private, int(cfg.privacy.expected_batch_size),
-                                                     int(cfg.trainer.max_epochs))
-        mean, shape = float(t.n_trials), float(t.shape)
-        finals = 1 if t.retrain_best else 0
-        sigma = privacy_cost.calibrate_search_noise(epsilon, delta, q, steps, mean, shape, finals)
-        # each run is calibrated (by train, under its own accountant) to the ε that σ spends
-        # alone, so it gets σ' ≥ σ; PlanRecorder checks that before its first batch
-        per_run = accounting.epsilon_spent(str(cfg.privacy.accountant), (sigma, q, steps), delta)
-        search.random_search = {"noise_multiplier": sigma, "sample_rate": q, "steps": steps, "delta": delta,
-                                "mean": mean, "shape": shape, "target_epsilon": epsilon,
-                                "per_run_epsilon": per_run, "accountant": str(cfg.privacy.accountant),
-                                "planned_final_runs": finals}
-        search.trial_base = [*base, f"privacy.epsilon={per_run!r}", f"privacy.delta={delta!r}"]
-        log.info("tune: random search, %g trials on average: every run gets σ ≥ %.4g (ε %.4g alone, q=%.4g, "
-                 "%d steps) so that the whole search spends ε=%g (δ=%.3g)", mean, sigma, per_run, q, steps,
-                 epsilon, delta)
+        _calibrate_random_search(search)
     return search
 
 
-def _check_random_search_record(study, plan: dict) -> dict:
-    """A resumed random search must be the same mechanism and trial distribution."""
-    stored = study.user_attrs.get(ledger.RANDOM_SEARCH_ATTR)
-    if stored is None:
-        study.set_user_attr(ledger.RANDOM_SEARCH_ATTR, plan)
-        return plan
-    keys = ("sample_rate", "steps", "delta", "mean", "shape", "target_epsilon")
-    changed = [k for k in keys if not math.isclose(float(stored[k]), float(plan[k]), rel_tol=1e-9)]
-    if changed:
-        raise ConfigError(f"tune: study {study.study_name} was calibrated with {changed[0]}={stored[changed[0]]}, "
-                          f"this command gives {plan[changed[0]]}: resume it with the same settings, or start "
-                          "another study (tune.study_name=...)")
-    if float(plan["noise_multiplier"]) < float(stored["noise_multiplier"]) * (1 - 1e-9):
-        raise PrivacyError("tune: the recalibrated σ is below the study's stored σ; refusing to mix them")
-    return stored
-
-
-def _trial_count(study, t) -> int:
-    """K: drawn once per study, from OS entropy unless tune.trials_seed is set (tests).
-
-    The analysis needs K to be random *and unknown* to whoever sees the released model: a
-    public seed would make it a fixed K, for which releasing the best of K costs far more.
-    """
-    stored = study.user_attrs.get(ledger.TRIAL_COUNT_ATTR)
-    if stored is not None:
-        return int(stored)
-    seed = t.get("trials_seed")
-    rng = np.random.default_rng(secrets.randbits(128) if seed is None else [int(seed), 0x7E57])
-    k = privacy_cost.draw_trial_count(float(t.n_trials), float(t.shape), rng)
-    study.set_user_attr(ledger.TRIAL_COUNT_ATTR, k)
-    return int(study.user_attrs[ledger.TRIAL_COUNT_ATTR])  # another worker may have written first
+def _calibrate_random_search(search: Search) -> None:
+    """σ for every run of a random search whose total (replace-one) meets privacy.epsilon."""
+    cfg, t = search.cfg, search.cfg.tune
+    q, steps = privacy_cost.trial_rate_and_steps(search.n_private, int(cfg.privacy.expected_batch_size),
+                                                 int(cfg.trainer.max_epochs))
+    mean, shape = float(t.n_trials), float(t.shape)
+    finals = 1 if t.retrain_best else 0
+    sigma = privacy_cost.calibrate_search_noise(search.epsilon, search.delta, q, steps, mean, shape, finals)
+    # each run is calibrated by train (replace-one) to the ε that a slightly larger σ spends alone,
+    # so it gets σ' ≥ σ; PlanRecorder checks that before its first batch
+    per_run = accounting.epsilon_spent(str(cfg.privacy.accountant),
+                                       (sigma * (1 + privacy_cost.RUN_SIGMA_MARGIN), q, steps), search.delta,
+                                       relation=accounting.GUARANTEE_RELATION)
+    search.random_search = {"noise_multiplier": sigma, "sample_rate": q, "steps": steps, "delta": search.delta,
+                            "mean": mean, "shape": shape, "target_epsilon": search.epsilon,
+                            "per_run_epsilon": per_run, "relation": accounting.GUARANTEE_RELATION,
+                            "planned_final_runs": finals}
+    search.trial_base = [*search.base, f"privacy.epsilon={per_run!r}", f"privacy.delta={search.delta!r}"]
+    log.info("tune: random search, %g trials on average: every run gets σ ≥ %.4g (ε %.4g alone, q=%.4g, "
+             "%d steps) so that the whole search spends ε=%g (δ=%.3g, replace-one)", mean, sigma, per_run, q,
+             steps, search.epsilon, search.delta)
 
 
 def enqueue_recipe(study, cfg: DictConfig, mode: str) -> None:
@@ -264,12 +289,11 @@ def parent_run(client, experiment: str, run_name: str, tags: dict):
 
 
 def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
-    import optuna
-
     from radpriv.tracking.mlflow_run import client as tracking_client
     from radpriv.tracking.mlflow_run import experiment_name
     from radpriv.tune.report import finish, log_parent_config, log_privacy
     from radpriv.tune.sampling import make_pruner, make_sampler
+    from radpriv.tune.study_record import load_record, new_record, open_study
     from radpriv.tune.trials import Objective
 
     t0 = time.perf_counter()
@@ -283,20 +307,24 @@ def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
     if t.pruning and not pruning:
         log.info("tune: no pruning in a random search (every trial must be the same mechanism, run to its end)")
     name = study_name(cfg)
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=make_sampler(sampler_name, t.get("seed"), int(t.tpe_startup_trials)),
-        pruner=make_pruner(pruning, int(t.pruner.n_startup_trials), int(t.pruner.n_warmup_steps)))
-    k = None
-    if mode == "random_search":
-        search.random_search = _check_random_search_record(study, search.random_search)
-        k = _trial_count(study, t)
+    pruner = make_pruner(pruning, int(t.pruner.n_startup_trials), int(t.pruner.n_warmup_steps))
+    # a new study's record is computed before the study exists: a bad budget leaves no study behind
+    study, proposed = open_study(name, storage, pruner, lambda: new_record(search))
+    created = proposed is not None
+    search.record = load_record(study, proposed, search)
+    # proposals from the study's seed (a secret one unless tune.seed is set): see sampling.py
+    study.sampler = make_sampler(sampler_name, int(search.record["proposal_seed"]), int(t.tpe_startup_trials))
+    k = search.record["trial_count"] if mode == "random_search" else None
     n_before = len(study.trials)
     n_to_run = int(t.n_trials) if k is None else max(0, k - n_before)
-    if n_before == 0 and n_to_run:
+    if created and n_to_run:
         enqueue_recipe(study, cfg, mode)
     log.info("tune: study %s in %s: %d trials so far, %d to run in this process", name, safe_url(str(t.storage)),
              n_before, n_to_run)
+    if search.filter is not None:
+        f = search.filter
+        log.info("tune: privacy filter: budget ε=%.4g at δ=%.3g (%s), order α=%g, B(α)=%.4g: %d planned runs fit",
+                 f.budget_epsilon, f.delta, f.source, f.order, f.rdp_budget, f.planned_runs_fit)
 
     client = tracking_client(cfg)
     tags = {"radpriv.tune.study": name, "radpriv.tune.accounting": mode, "radpriv.tune.role": "parent",
@@ -310,7 +338,8 @@ def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
             if n_to_run:
                 study.optimize(objective, n_trials=n_to_run, catch=(),
                                show_progress_bar=bool(cfg.trainer.progress_bar))
-            return finish(search, study, client, parent_id, experiment, k, time.perf_counter() - t0)
+            return finish(search, study, client, parent_id, experiment, k, time.perf_counter() - t0,
+                          refusals=objective.refusals)
         except BaseException:
             # what was spent is logged even when the search fails: its runs did touch the data
             try:

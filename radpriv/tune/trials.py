@@ -1,7 +1,9 @@
-"""The objective: one trial = one nested training run, recorded in the ledger before it trains.
+"""The objective: one trial = one nested training run, admitted by the ledger before it trains.
 
 A pruned trial is not a crash: its run is tagged `radpriv.tune.pruned=true` and ended KILLED,
-and its planned steps stay in the ledger.
+and its planned steps stay in the ledger. A trial the privacy filter refuses never trains: its
+run is tagged `radpriv.tune.refused=true` and ended KILLED, the trial ends PRUNED with the user
+attribute `refused`, and the study stops.
 """
 
 from __future__ import annotations
@@ -11,28 +13,15 @@ import logging
 
 import optuna
 
-from radpriv.errors import ConfigError, PrivacyError
+from radpriv.errors import ConfigError
 from radpriv.process_memory import return_freed_memory
-from radpriv.tune import ledger
-from radpriv.tune.runs import PlanRecorder, mechanism_of, run_config
+from radpriv.tune.privacy_filter import BudgetExhausted
+from radpriv.tune.runs import PlanRecorder, admit_run, mechanism_of, run_config
 from radpriv.tune.space import suggest
 
 log = logging.getLogger(__name__)
 
 OBJECTIVE = "val/f1_weighted"
-
-
-def check_random_search_run(mech, plan: dict, what: str) -> None:
-    """Refuse (before its first batch) a random-search run that is not the calibrated mechanism."""
-    if mech is None:
-        raise PrivacyError(f"tune: {what} would train without DP in a random search")
-    sigma = float(plan["noise_multiplier"])
-    if (mech.sample_rate, mech.steps) != (float(plan["sample_rate"]), int(plan["steps"])):
-        raise PrivacyError(f"tune: {what} plans q={mech.sample_rate:.6g}, {mech.steps} steps; the search was "
-                           f"calibrated for q={plan['sample_rate']:.6g}, {plan['steps']} steps")
-    if mech.noise_multiplier < sigma * (1 - 1e-12):
-        raise PrivacyError(f"tune: {what} would use σ={mech.noise_multiplier:.6g}, below the search's "
-                           f"calibrated σ={sigma:.6g}")
 
 
 class Objective:
@@ -45,6 +34,7 @@ class Objective:
         self.client = client
         self.pruning = pruning
         self.max_trials = max_trials  # K of a random search: trial numbers ≥ K never train
+        self.refusals: list[str] = []  # this invocation's trials the privacy filter refused
 
     def __call__(self, trial: optuna.Trial) -> float:
         from radpriv.train import train
@@ -61,17 +51,16 @@ class Objective:
                          experiment=self.experiment, run_name=f"trial {trial.number}", trial=True,
                          tags={"radpriv.tune.study": self.study_name, "radpriv.tune.role": "trial",
                                "radpriv.tune.trial": trial.number, "radpriv.tune.split_seed": cfg_seed(search)})
-        # one split for every trial (the table, made with the study's seed), but each trial's own
-        # Poisson batches, noise and initialisation: runs of the same seed would be correlated,
-        # and both composition and repeat-and-select assume runs with independent randomness
+        # one split for every trial (the table, made with the study's seed), but each trial its own
+        # initialisation and dropout; its Poisson batches and noise come from fresh OS entropy in
+        # every run whatever the seed (radpriv.privacy.randomness), as the analyses assume
         cfg.seed = trial_seed(cfg_seed(search), trial.number)
 
         def record(plan) -> None:
             mech = mechanism_of(plan)
-            if search.random_search is not None:
-                check_random_search_run(mech, search.random_search, f"trial {trial.number}")
-            for key, value in ledger.record(mech, plan.target_epsilon if plan else None).items():
-                trial.set_user_attr(key, value)
+            trial.set_user_attr("mechanism", None if mech is None else mech.as_list())
+            if not public:  # a public trial touches no private report: nothing to claim
+                admit_run(search, trial.study, "trial", trial.number, plan, f"trial {trial.number}")
 
         callbacks = [PlanRecorder(record)]
         if self.pruning:
@@ -81,9 +70,16 @@ class Objective:
         try:
             summary = train(cfg, table=search.trial_table, extra_callbacks=callbacks)
         except optuna.TrialPruned:
-            self._mark_pruned(trial.number)
+            self._end_child_run(trial.number, "radpriv.tune.pruned")
             log.info("tune: trial %d pruned (%s)", trial.number, _fmt(params))
             raise
+        except BudgetExhausted as e:
+            self._end_child_run(trial.number, "radpriv.tune.refused")
+            trial.set_user_attr("refused", str(e))
+            self.refusals.append(str(e))
+            log.warning("%s; the study stops", e)
+            trial.study.stop()
+            raise optuna.TrialPruned("refused by the privacy filter") from None
         finally:
             return_freed_memory()  # a study's process would otherwise keep every trial's peak (process_memory)
         run_id = summary["run_id"]
@@ -94,12 +90,13 @@ class Objective:
         log.info("tune: trial %d: %s=%.4f (%s)", trial.number, OBJECTIVE, value, _fmt(params))
         return float(value)
 
-    def _mark_pruned(self, number: int) -> None:
+    def _end_child_run(self, number: int, tag: str) -> None:
+        """Tag trial `number`'s MLflow run (pruned or refused) and end it KILLED: not a crash."""
         exp = self.client.get_run(self.parent_run_id).info.experiment_id
         runs = self.client.search_runs(
             [exp], f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`radpriv.tune.trial` = '{number}'")
         for run in runs:
-            self.client.set_tag(run.info.run_id, "radpriv.tune.pruned", "true")
+            self.client.set_tag(run.info.run_id, tag, "true")
             self.client.set_terminated(run.info.run_id, "KILLED")
 
 
