@@ -140,7 +140,7 @@ def main() -> None:
         pate_out = out / f"pate_sigma{sigma:g}.csv"
         step(f"pate_sigma{sigma:g}", lambda: radpriv(
             "pate", "data=ct_rate_text", "data.train_shard=0/2", f"pate.k={args.k}", f"pate.sigma={sigma}",
-            f"pate.input={unlabelled}", f"pate.output={pate_out}", "pate.seed=0", "pate.progress_bar=false",
+            f"pate.input={unlabelled}", f"pate.output={pate_out}", "pate.progress_bar=false",
             *common))
         step(f"student_pate_sigma{sigma:g}", lambda: student(
             *csv_args, f"data.path={student_csv(pate_out, evaluation, names)}", private, *common))

@@ -102,9 +102,10 @@ def test_label_then_student_round_trip_says_not_protected(teacher_run, teacher_s
     assert privacy["teacher"]["protected"] is False and privacy["teacher"]["epsilon"] is None
     assert "NOT PROTECTED" in privacy["guarantees"]["teacher_training_reports"]
     assert privacy["guarantees"]["student_training_reports"].startswith("(")
-    assert privacy["teacher"]["output_matches"] is True
+    assert "output_matches" not in privacy["teacher"]  # a bit about the student's CSV: never published
+    # the run publishes the public view only: no sha256 of the CSV, no counts of it
     logged = client.download_artifacts(student, provenance.ARTIFACT, str(tmp_path / "p"))
-    assert json.loads(Path(logged).read_text()) == prov
+    assert json.loads(Path(logged).read_text()) == provenance.public_view(prov)
     assert client.get_run(student).data.tags["radpriv.teacher_protected"] == "false"
 
 
@@ -133,6 +134,46 @@ def test_student_privacy_json_with_a_dp_teacher(tmp_path):
     assert privacy["teacher"]["protected"] is True and privacy["teacher"]["epsilon"] == 2.0
     assert privacy["guarantees"]["teacher_training_reports"].startswith("(2, 1e-05)-DP")
     assert provenance.add_teacher_guarantee({}, {"name": "openi", "path": str(data)}) is None
+
+
+def test_public_view_is_a_whitelist(tmp_path):
+    """What may be published: no unkeyed hash of the CSV (it holds the student's texts), no
+    counts, no thresholds, no PATE partition sizes or expert counts, no field unknown today."""
+    data = tmp_path / "l.csv"
+    data.write_text("id,text,a\n1,x,0\n2,y,1\n")
+    single = provenance.build(mode="teacher", teacher="runs:/abc/model", labels=["a"],
+                              guarantee=provenance.single_teacher_guarantee({"private": False}), output=data,
+                              n_reports=2, n_labelled=2, thresholds={"a": 0.4}, teacher_privacy={"private": False},
+                              teacher_resolved="run abc", some_future_field=7)
+    view = provenance.public_view(single)
+    assert set(view) == {"format", "version", "mode", "label_source", "labels", "teacher", "teacher_resolved",
+                         "teacher_guarantee", "created"}
+    assert view["teacher"] == "runs:/abc/model" and view["teacher_guarantee"] == single["teacher_guarantee"]
+    assert provenance.file_sha256(data) not in json.dumps(view)
+
+    pate_record = {**single, "mode": "pate", "label_source": "pate",
+                   "teacher": {"kind": "pate", "k": 3, "teacher_runs": ["r1", "r2", "r3"], "parent_run_id": "p",
+                               "teacher_model": "tiny_bert", "expert_data": "ct_rate_text",
+                               "n_expert_train_reports": 280, "partition_sizes": [90, 95, 95]},
+                   "pate": {"k": 3, "sigma": 100.0, "n_labels": 18, "n_queries": 280, "delta": 2e-3,
+                            "epsilon": 4.5, "n_expert": 280, "noise_seeded": False}}
+    view = provenance.public_view(pate_record)
+    assert view["teacher"] == {"kind": "pate", "k": 3, "teacher_runs": ["r1", "r2", "r3"], "parent_run_id": "p",
+                               "teacher_model": "tiny_bert", "expert_data": "ct_rate_text"}
+    assert view["pate"] == {k: v for k, v in pate_record["pate"].items() if k != "n_expert"}
+    # a published view is still a provenance file a reader accepts
+    (tmp_path / "v.json").write_text(json.dumps(view))
+    assert provenance.load(tmp_path / "v.json")["teacher_guarantee"]["protected"] is False
+
+
+def test_privacy_json_names_the_teacher_as_the_public_view_does(tmp_path):
+    data = tmp_path / "l.csv"
+    data.write_text("id,text,a\n1,x,0\n")
+    record = provenance.build(mode="pate", teacher={"kind": "pate", "k": 2, "partition_sizes": [3, 4]},
+                              labels=["a"], guarantee=provenance.single_teacher_guarantee({}), output=data,
+                              n_reports=1, n_labelled=1)
+    section = provenance.teacher_section(record, tmp_path / "l.csv.provenance.json")
+    assert section["teacher"] == {"kind": "pate", "k": 2}
 
 
 def _label_error(capsys, args) -> str:

@@ -12,9 +12,13 @@ fixed hash, and its l2 row normalisation bounds every report's feature norm by 1
 the `data_norm` the DP analysis needs — no statistic of the training set is computed.
 
 Privacy budget: the classifier is L per-label regressions on the same reports, so their
-guarantees compose; each gets ε/L (basic composition), and the whole classifier is ε-DP.
+guarantees compose; each gets ε/L (basic composition), and the whole classifier is ε-DP under
+replace-one adjacency (objective perturbation's proof), the relation of radpriv's guarantee.
 diffprivlib's BudgetAccountant hands out the shares and refuses any overspend
-(docs/PRIVACY.md, "Baselines in the sweep").
+(docs/PRIVACY.md, "Baselines and the sweep").
+
+Noise: drawn from fresh OS entropy at every call (`noise_state`), never from the sweep's seed,
+which is published; there is no switch to make it reproducible.
 
 Both return test-set label probabilities and per-label thresholds chosen like the neural
 models' (`trainer.thresholds`: on the validation split, or 0.5).
@@ -30,6 +34,7 @@ import numpy as np
 from radpriv.data.table import MASKED, ReportTable
 from radpriv.errors import ConfigError
 from radpriv.model.metrics import DEFAULT_THRESHOLD, fit_thresholds
+from radpriv.privacy import randomness
 
 DATA_NORM = 1.0  # every hashed report is l2-normalised to norm ≤ 1 (then clipped to it anyway)
 
@@ -144,10 +149,25 @@ def per_label_epsilons(epsilon: float, n_labels: int) -> tuple[list[float], floa
     return shares, float(acc.total()[0])
 
 
-def dp_logreg(table: ReportTable, epsilon: float, *, seed: int, thresholds: str = "validation",
+def noise_state() -> np.random.RandomState:
+    """The generator of one call's objective-perturbation noise: a RandomState (what diffprivlib
+    takes) on MT19937 seeded with 128 bits of fresh OS entropy, never logged.
+
+    128 bits rather than a 32-bit integer seed: an adversary who knows every report but one could
+    otherwise try all 2³² seeds and recognise the published coefficients. MT19937 is the default
+    strength of radpriv/privacy/randomness.py (as DP-SGD's default generator): unpredictable
+    without the process's memory, not cryptographically secure.
+    """
+    return np.random.RandomState(np.random.MT19937(randomness.fresh_seed(128)))
+
+
+def dp_logreg(table: ReportTable, epsilon: float, *, thresholds: str = "validation",
               n_features: int = 512, ngram_max: int = 2, C: float = 1.0, max_iter: int = 100,
               tol: float = 1e-4) -> BaselineOutput:
     """ε-DP one-vs-rest logistic regression on hashed features (module docstring).
+
+    No seed: the only randomness is the privacy noise (hashing and L-BFGS are deterministic),
+    and it comes from `noise_state()`, fresh at every call.
 
     Every label is fitted, whether or not its training column holds a positive: skipping a
     label because it has none would publish that fact without noise. The number of known
@@ -160,7 +180,7 @@ def dp_logreg(table: ReportTable, epsilon: float, *, seed: int, thresholds: str 
     x_val = hashing_features(_texts(table, "val"), n_features, ngram_max)
     x_test = hashing_features(_texts(table, "test"), n_features, ngram_max)
     y_train = _labels(table, "train")
-    rng = np.random.RandomState(seed)
+    rng = noise_state()
     coefs = np.zeros((table.num_labels, x_train.shape[1] + 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence warnings on noisy objectives

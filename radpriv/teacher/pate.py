@@ -5,36 +5,46 @@
 Learning with PATE", ICLR 2018, with Gaussian noise (their GNMax) on each label's vote count.
 
 1. The expert data (`data=…`, any radpriv dataset) are read once. Their *training* reports are
-   split into k disjoint partitions by patient: partition = sha256(seed, patient) mod k. The
-   partition of a patient depends on that patient alone, so adding or removing one expert report
-   changes exactly one teacher's training set (a rank-based deal, such as data.train_shard's,
-   would move other patients between shards and void that argument).
+   split into k disjoint partitions by patient: partition = HMAC-SHA256(key, patient) mod k, the
+   key 256 bits of fresh OS entropy drawn at every invocation and never written. The partition
+   of a report depends on its patient alone (a rank-based deal, such as data.train_shard's,
+   would move other patients between shards when one report changes).
 2. Teacher i is an ordinary non-private `radpriv train` run (nested under one parent MLflow run)
    on partition i, with `trainer.thresholds=fixed` (0.5): thresholds fitted on the shared
    validation split would make every teacher depend on the same validation reports.
 3. For each unlabelled report and label, n₁ = number of teachers voting 1; the released label is
-   1 iff n₁ + N(0, σ²) > k/2 (`noisy_vote`). The noisy vote share (n₁ + noise)/k, clipped to
-   [0, 1], is written as prob_<label>: it is the mechanism's own output, so it costs nothing more.
-4. Privacy of the expert reports (`pate_epsilon`): one expert report changes one teacher, i.e.
-   each of the L counts of a query by at most 1; a query (all L labels of one report) is a
-   Gaussian mechanism with L2 sensitivity √L and noise σ, i.e. noise multiplier σ/√L. Q answered
-   queries compose to SelfComposed(Gaussian(σ/√L), Q), accounted with dp-accounting's PLD and RDP
-   accountants (add/remove one report) and the exact Gaussian-DP profile (μ = √(Q·L)/σ; Dong,
-   Roth & Su 2019). The reported ε is the largest of PLD and exact — never below the true ε of
-   this mechanism. This is the data-independent bound; PATE's data-dependent bound (smaller when
-   teachers agree) is not computed here.
+   1 iff n₁ + N(0, σ²) > k/2 (`noisy_vote`), the noise from a generator seeded with fresh OS
+   entropy. The noisy vote share (n₁ + noise)/k, clipped to [0, 1], is written as prob_<label>:
+   it is the mechanism's own output, so it costs nothing more.
+4. Privacy of the expert training reports (`pate_epsilon`), under replace-one adjacency (the
+   number of expert training reports is public: the default δ is a function of it): replacing
+   one report by another takes it out of its patient's teacher and puts the new one into its
+   own patient's teacher, two teachers that may differ. Each moves each of the L counts of a
+   query by at most 1, so the L2 sensitivity of a query is Δ = 2√L (`vote_sensitivity`). A
+   query is a Gaussian mechanism with noise multiplier σ/Δ; Q answered queries compose to
+   SelfComposed(Gaussian(σ/Δ), Q), a plain Gaussian pair at distance 1 in units of the noise,
+   accounted with dp-accounting's PLD and RDP accountants (ADD_OR_REMOVE_ONE semantics, which
+   for a Gaussian event is exactly that pair) and the exact Gaussian-DP profile (μ = Δ·√Q/σ;
+   Dong, Roth & Su 2019). The reported ε is the larger of PLD and exact — never below the true
+   ε of this mechanism. This is the data-independent bound; PATE's data-dependent bound
+   (smaller when teachers agree) is not computed here.
+
+`pate.seed` (tests only) makes the partition and the noise reproducible from a number: anyone
+who knows it can subtract the noise, so such a run claims no ε anywhere (NOT PROTECTED).
 
 What is NOT covered: the teachers themselves, their MLflow runs (models, validation and test
-metrics) are non-private functions of the expert reports — keep that tracking store private.
-Only the labelled CSV, its provenance and students trained on it carry the PATE guarantee.
+metrics, training-set sizes) are non-private functions of the expert reports — keep that
+tracking store private. Only the labelled CSV, the published part of its provenance
+(`provenance.public_view`) and students trained on it carry the PATE guarantee.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import logging
 import math
-import secrets
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -44,6 +54,7 @@ import numpy as np
 import torch
 
 from radpriv.errors import ConfigError, DataError, PrivacyError
+from radpriv.privacy import randomness
 from radpriv.tracking.mlflow_run import without_env
 
 log = logging.getLogger(__name__)
@@ -51,6 +62,11 @@ log = logging.getLogger(__name__)
 KEYS = ("k", "sigma", "input", "output", "delta", "seed", "text_column", "id_column", "batch_size",
         "num_threads", "progress_bar")
 FORCED = ("privacy.epsilon=null", "trainer.thresholds=fixed", "tracking.log_model=true")
+#: The neighbouring relation of the guarantee (radpriv.privacy.accounting.GUARANTEE_RELATION).
+RELATION = "replace_one"
+NEIGHBOURING = "replace one expert training report (their number is public)"
+KEY_BYTES = 32  # 256-bit partition key
+EPSILON_KEYS = ("epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact")
 
 
 # --------------------------------------------------------------------------- accounting
@@ -72,11 +88,23 @@ def gaussian_dp_epsilon(mu: float, delta: float) -> float:
     return float(brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-12))
 
 
-def pate_epsilon(sigma: float, n_labels: int, n_queries: int, delta: float) -> dict:
-    """ε at δ for Q answered PATE queries of L labels each, Gaussian vote noise σ (see module doc).
+def vote_sensitivity(n_labels: int) -> float:
+    """L2 sensitivity of one query's L vote counts under replace-one adjacency: 2√L.
 
-    Returns {"epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact", "noise_multiplier", "mu", …};
-    "epsilon" = max(epsilon_pld, epsilon_exact).
+    Replacing one expert training report by another removes it from its patient's teacher and
+    adds the new report to its own patient's teacher; the two may differ. Each changed teacher
+    moves each count by at most 1, so each count moves by at most 2 and ‖Δcounts‖₂ ≤ 2√L,
+    reached when both teachers flip every label in the same direction.
+    """
+    return 2.0 * math.sqrt(n_labels)
+
+
+def pate_epsilon(sigma: float, n_labels: int, n_queries: int, delta: float) -> dict:
+    """ε at δ for Q answered PATE queries of L labels each, Gaussian vote noise σ, under
+    replace-one adjacency (see module doc).
+
+    Returns {"epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact", "sensitivity",
+    "noise_multiplier", "mu", …}; "epsilon" = max(epsilon_pld, epsilon_exact).
     """
     import dp_accounting
     from dp_accounting import NeighboringRelation
@@ -86,18 +114,22 @@ def pate_epsilon(sigma: float, n_labels: int, n_queries: int, delta: float) -> d
     if not sigma > 0 or n_labels < 1 or n_queries < 0 or not 0 < delta < 1:
         raise PrivacyError(f"PATE accounting needs σ > 0, L ≥ 1, Q ≥ 0 and 0 < δ < 1 "
                            f"(got σ={sigma}, L={n_labels}, Q={n_queries}, δ={delta})")
-    z = float(sigma) / math.sqrt(n_labels)  # noise multiplier of one query (L2 sensitivity √L)
-    out = {"noise_multiplier": z, "sigma": float(sigma), "n_labels": int(n_labels),
-           "n_queries": int(n_queries), "delta": float(delta), "neighbouring": "add/remove one expert report",
-           "bound": "data-independent"}
+    sensitivity = vote_sensitivity(n_labels)
+    z = float(sigma) / sensitivity  # noise multiplier of one query
+    out = {"noise_multiplier": z, "sensitivity": sensitivity, "sigma": float(sigma), "n_labels": int(n_labels),
+           "n_queries": int(n_queries), "delta": float(delta), "relation": RELATION,
+           "neighbouring": NEIGHBOURING, "bound": "data-independent"}
     if n_queries == 0:
         return {**out, "epsilon": 0.0, "epsilon_pld": 0.0, "epsilon_rdp": 0.0, "epsilon_exact": 0.0, "mu": 0.0}
+    # Gaussian(z) under ADD_OR_REMOVE_ONE is the plain pair N(0, z²) vs N(1, z²): the query's
+    # pair once the sensitivity is folded into z. (dp-accounting's REPLACE_ONE would double it
+    # again in the PLD accountant, and its RDP accountant ignores the relation for this event.)
     event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), int(n_queries))
     pld = PLDAccountant(NeighboringRelation.ADD_OR_REMOVE_ONE)
     pld.compose(event)
     rdp = RdpAccountant(neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
     rdp.compose(event)
-    mu = math.sqrt(n_queries) / z
+    mu = sensitivity * math.sqrt(n_queries) / float(sigma)
     exact = gaussian_dp_epsilon(mu, delta)
     eps_pld = float(pld.get_epsilon(delta))
     return {**out, "epsilon": max(eps_pld, exact), "epsilon_pld": eps_pld,
@@ -114,14 +146,30 @@ def noisy_vote(counts: np.ndarray, k: int, sigma: float, rng: np.random.Generato
     return (noisy > k / 2).astype(np.int64), noisy
 
 
-def partition_of(patients: Sequence[str], seed: int, k: int) -> list[int]:
-    """Teacher index of each patient: sha256(seed, patient) mod k — a function of the patient
-    alone, so one report added or removed changes one partition only."""
-    return [int(hashlib.sha256(f"pate\x1f{seed}\x1f{p}".encode()).hexdigest(), 16) % k for p in patients]
+def partition_key(seed: int | None = None) -> bytes:
+    """The secret key of one invocation's partition: 256 bits of fresh OS entropy, never written.
+
+    The ε bound holds for any partition that is a function of the patient alone; the key is
+    fresh and secret so that which teacher saw which patient cannot be recomputed from anything
+    published (the rule for every private mechanism's randomness: radpriv/privacy/randomness.py).
+    `seed` (pate.seed, tests only) derives the key from that number instead; such a run claims
+    no ε.
+    """
+    if seed is None:
+        return randomness.fresh_seed(8 * KEY_BYTES).to_bytes(KEY_BYTES, "big")
+    return hashlib.sha256(f"radpriv-pate-partition\x1f{int(seed)}".encode()).digest()
 
 
-def teacher_tables(table, k: int, seed: int):
-    """k tables, each with one partition of the training reports (validation and test kept)."""
+def partition_of(patients: Sequence[str], key: bytes, k: int) -> list[int]:
+    """Teacher index of each patient: HMAC-SHA256(key, patient) mod k — a function of the patient
+    alone within one invocation, so one report replaced changes at most two partitions."""
+    return [int.from_bytes(hmac.new(key, str(p).encode(), hashlib.sha256).digest(), "big") % k for p in patients]
+
+
+def teacher_tables(table, k: int, key: bytes):
+    """(k tables, each with one partition of the training reports (validation and test kept),
+    number of expert training reports). Partition sizes are checked, never returned: they are
+    exact functions of the expert reports."""
     patients = table.patient_ids or table.ids
     train_rows = [i for i, s in enumerate(table.split) if s == "train"]
     n_patients = len({patients[i] for i in train_rows})
@@ -130,21 +178,23 @@ def teacher_tables(table, k: int, seed: int):
     if k > n_patients:
         raise DataError(f"pate.k={k}: the expert data have {n_patients} training patients "
                         f"({len(train_rows)} reports); k teachers need at least k, use pate.k ≤ {n_patients}")
-    part = dict(zip([patients[i] for i in train_rows], partition_of([patients[i] for i in train_rows], seed, k)))
+    train_patients = [patients[i] for i in train_rows]
+    part = dict(zip(train_patients, partition_of(train_patients, key, k)))
     sizes = [sum(1 for i in train_rows if part[patients[i]] == t) for t in range(k)]
     if min(sizes) == 0:
-        raise DataError(f"pate.k={k}: partition sizes {sizes} of {len(train_rows)} expert training reports "
-                        "leave a teacher without data; use a smaller pate.k")
+        raise DataError(f"pate.k={k}: the random partition of the {n_patients} expert training patients "
+                        "left a teacher without data; use a smaller pate.k")
     tables = []
     for t in range(k):
         idx = [i for i, s in enumerate(table.split) if s != "train" or part[patients[i]] == t]
+        # the teacher's data summary counts the reports it left out: kept private, like the teacher runs
         tables.append(replace(
             table, ids=tuple(table.ids[i] for i in idx), texts=tuple(table.texts[i] for i in idx),
             labels=table.labels[idx], split=tuple(table.split[i] for i in idx),
             patient_ids=None if table.patient_ids is None else tuple(table.patient_ids[i] for i in idx),
             excluded={**table.excluded, f"training reports outside PATE partition {t}/{k}": len(train_rows) - sizes[t]},
         ))
-    return tables, sizes, len(train_rows)
+    return tables, len(train_rows)
 
 
 # --------------------------------------------------------------------------- command
@@ -156,7 +206,7 @@ class PateOptions:
     input: Path
     output: Path
     delta: float | None = None
-    seed: int | None = None
+    seed: int | None = None  # tests only: reproducible partition and noise, and then no ε is claimed
     text_columns: list[str] | None = None
     id_column: str | None = None
     batch_size: int = 32
@@ -242,6 +292,39 @@ def _teacher_votes(run_id: str, tracking_uri: str, texts: list[str], batch_size:
     return (probs >= torch.as_tensor(model.thresholds, dtype=probs.dtype)).numpy().astype(np.int64)
 
 
+def pate_guarantee(cost: dict, options: PateOptions, data_name: str) -> dict:
+    """The labels' teacher guarantee: PATE's (ε, δ), or NOT PROTECTED when pate.seed fixed the
+    randomness (whoever knows the seed can subtract the noise: no ε holds for them)."""
+    from radpriv.teacher.provenance import NOT_PROTECTED
+
+    mechanism = f"PATE, Gaussian noisy vote (σ={options.sigma:g}) of {options.k} non-private teachers"
+    if options.seed is not None:
+        return {"protected": False, "epsilon": None, "delta": None, "mechanism": f"{mechanism}, seeded noise",
+                "statement": (f"{NOT_PROTECTED}: pate.seed={options.seed} fixed the vote noise and the partition, "
+                              "so anyone who knows the seed can remove the noise; these labels claim no ε for the "
+                              f"expert reports of {data_name} (pate.seed is for tests only)")}
+    return {
+        "protected": True, "epsilon": cost["epsilon"], "delta": cost["delta"], "mechanism": mechanism,
+        "statement": (f"({cost['epsilon']:.4g}, {cost['delta']:.3g})-DP for each expert-labelled training report "
+                      f"of {data_name} ({NEIGHBOURING}; PATE with {options.k} teachers, Gaussian vote noise "
+                      f"σ={options.sigma:g}, {cost['n_queries']} queries of {cost['n_labels']} labels, "
+                      "data-independent bound); the teachers use fixed thresholds, so the expert validation/test "
+                      "reports do not influence the labels. The teachers and their MLflow runs are NOT "
+                      "protected and must stay private"),
+    }
+
+
+def accounting_record(cost: dict, options: PateOptions) -> dict:
+    """The provenance's `pate` block: data-independent numbers only, and no privacy claim (ε, μ)
+    when pate.seed fixed the noise."""
+    block = {**cost, "k": options.k, "noise_seeded": options.seed is not None,
+             "prob_columns": "noisy vote share (n1 + N(0, σ²)) / k, clipped to [0, 1]"}
+    if options.seed is not None:
+        for key in (*EPSILON_KEYS, "mu"):
+            block.pop(key, None)
+    return block
+
+
 def run_pate(options: PateOptions, overrides: list[str]) -> dict:
     """Check everything, train k teachers, vote, write the labelled CSV and its provenance."""
     from mlflow.entities import Param
@@ -257,33 +340,44 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
     from radpriv.tracking.mlflow_run import tracking_uri as resolve_uri
     from radpriv.train import train
 
+    seeded = options.seed is not None
     cfg = compose([*overrides, *FORCED])
     check_writable(options.output)
     reports = read_input(options.input, options.text_columns, options.id_column)
-    seed = int(cfg.seed)
-    table = load_table(cfg.data, seed)
+    table = load_table(cfg.data, int(cfg.seed))
     check_columns(reports.extra_columns, table.label_names, options.input)
-    tables, sizes, n_expert = teacher_tables(table, options.k, seed)
+    # the partition key is never written, logged or returned (partition_key)
+    tables, n_expert = teacher_tables(table, options.k, partition_key(options.seed))
     delta = options.delta if options.delta is not None else accounting.default_delta(n_expert)
     accounting.check_delta(delta, n_expert)
     keep = [i for i, t in enumerate(reports.texts) if t.strip()]
-    cost = pate_epsilon(options.sigma, len(table.label_names), len(keep), delta)
-    log.info("PATE plan: k=%d teachers (partition sizes %s of %d expert training reports), σ=%g on each of "
-             "%d vote counts, %d queries → ε=%.4g at δ=%.3g (PLD %.4g, RDP %.4g, exact %.4g; data-independent)",
-             options.k, sizes, n_expert, options.sigma, len(table.label_names), len(keep), cost["epsilon"],
-             delta, cost["epsilon_pld"], cost["epsilon_rdp"], cost["epsilon_exact"])
+    n_labels = len(table.label_names)
+    cost = pate_epsilon(options.sigma, n_labels, len(keep), delta)
+    guarantee = pate_guarantee(cost, options, cfg.data.name)
+    if seeded:
+        log.warning("pate.seed=%d: the partition and the vote noise are reproducible from the seed; these labels "
+                    "claim NO ε for the expert reports (%s). Use pate.seed for tests only", options.seed,
+                    provenance.NOT_PROTECTED)
+    else:
+        log.info("PATE plan: k=%d teachers on %d expert training reports, σ=%g on each of %d vote counts, "
+                 "%d queries → ε=%.4g at δ=%.3g (PLD %.4g, RDP %.4g, exact %.4g; replace-one, data-independent)",
+                 options.k, n_expert, options.sigma, n_labels, len(keep), cost["epsilon"], delta,
+                 cost["epsilon_pld"], cost["epsilon_rdp"], cost["epsilon_exact"])
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     uri = resolve_uri(cfg.tracking.get("uri"))
     texts = [reports.texts[i] for i in keep]
-    counts = np.zeros((len(keep), len(table.label_names)), dtype=np.int64)
+    counts = np.zeros((len(keep), n_labels), dtype=np.int64)
     teacher_runs: list[str] = []
     with without_env("MLFLOW_RUN_ID") as outer:
         client, parent = _open_parent(cfg, options.k, options.sigma, outer)
         try:
+            # public, data-independent facts only: no count or size of the expert data
             client.log_batch(parent, params=[Param(f"pate.{k}", str(v)) for k, v in (
                 ("k", options.k), ("sigma", options.sigma), ("delta", delta), ("n_queries", len(keep)),
-                ("n_expert", n_expert), ("data", cfg.data.name), ("model", cfg.model.name))])
+                ("relation", RELATION), ("noise_seeded", str(seeded).lower()), ("data", cfg.data.name),
+                ("model", cfg.model.name))])
+            client.set_tag(parent, "radpriv.pate.protected", str(guarantee["protected"]).lower())
             for t in tqdm(range(options.k), desc="PATE teachers", unit="teacher", disable=not options.progress_bar):
                 tcfg = compose([*overrides, *FORCED, f"tracking.parent_run_id={parent}",
                                 f"run_name=pate-teacher-{t}of{options.k}"])
@@ -293,50 +387,43 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
                 run_id = train(tcfg, table=tables[t])["run_id"]
                 teacher_runs.append(run_id)
                 counts += _teacher_votes(run_id, uri, texts, options.batch_size)
-                log.info("PATE teacher %d/%d: run %s (%d training reports) voted", t + 1, options.k, run_id, sizes[t])
-            noise_seed = options.seed if options.seed is not None else secrets.randbits(128)
-            labels, noisy = noisy_vote(counts, options.k, options.sigma, np.random.default_rng(noise_seed))
+                log.info("PATE teacher %d/%d: run %s voted", t + 1, options.k, run_id)
+            rng = np.random.default_rng(options.seed) if seeded else randomness.numpy_generator()
+            labels, noisy = noisy_vote(counts, options.k, options.sigma, rng)
             del counts  # the exact vote counts are never written anywhere
-            probs = torch.full((len(reports.texts), len(table.label_names)), math.nan, dtype=torch.float64)
+            probs = torch.full((len(reports.texts), n_labels), math.nan, dtype=torch.float64)
             probs[keep] = torch.as_tensor(np.clip(noisy / options.k, 0.0, 1.0))
             empty = [not t.strip() for t in reports.texts]
-            write_labelled(options.output, reports, probs, [0.5] * len(table.label_names), table.label_names, empty)
-            guarantee = {
-                "protected": True, "epsilon": cost["epsilon"], "delta": delta,
-                "mechanism": f"PATE, Gaussian noisy vote (σ={options.sigma:g}) of {options.k} non-private teachers",
-                "statement": (f"({cost['epsilon']:.4g}, {delta:.3g})-DP for each expert-labelled training report "
-                              f"of {cfg.data.name} (add/remove one report; PATE with {options.k} teachers, Gaussian "
-                              f"vote noise σ={options.sigma:g}, {len(keep)} queries of {len(table.label_names)} "
-                              "labels, data-independent bound); the teachers use fixed thresholds, so the expert "
-                              "validation/test reports do not influence the labels. The teachers and their MLflow "
-                              "runs are NOT protected and must stay private"),
-            }
+            write_labelled(options.output, reports, probs, [0.5] * n_labels, table.label_names, empty)
             record = provenance.build(
-                mode="pate", teacher={"k": options.k, "teacher_runs": teacher_runs, "parent_run_id": parent,
-                                      "teacher_model": cfg.model.name, "expert_data": cfg.data.name,
-                                      "n_expert_train_reports": n_expert, "partition_sizes": sizes},
+                mode="pate", teacher={"kind": "pate", "k": options.k, "teacher_runs": teacher_runs,
+                                      "parent_run_id": parent, "teacher_model": cfg.model.name,
+                                      "expert_data": cfg.data.name},
                 labels=table.label_names, guarantee=guarantee, output=options.output,
-                n_reports=len(reports.ids), n_labelled=len(keep),
-                pate={**cost, "noise_seeded": options.seed is not None,
-                      "prob_columns": "noisy vote share (n1 + N(0, σ²)) / k, clipped to [0, 1]"},
+                n_reports=len(reports.ids), n_labelled=len(keep), pate=accounting_record(cost, options),
             )
             prov = provenance.write(record, options.output)
-            for key in ("epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact"):
-                client.log_metric(parent, f"pate/{key}", float(cost[key]))
-            client.log_metric(parent, "pate/delta", float(delta))
-            client.log_artifact(parent, str(prov))  # provenance only: the CSV holds report text
+            if guarantee["protected"]:
+                for key in EPSILON_KEYS:
+                    client.log_metric(parent, f"pate/{key}", float(cost[key]))
+                client.log_metric(parent, "pate/delta", float(delta))
+            with tempfile.TemporaryDirectory() as tmp:  # the published part only; the CSV holds report text
+                public = Path(tmp) / provenance.ARTIFACT
+                public.write_text(json.dumps(provenance.public_view(record), indent=2, default=float))
+                client.log_artifact(parent, str(public))
             if not outer:
                 client.set_terminated(parent, "FINISHED")
         except BaseException:
             if not outer:
                 client.set_terminated(parent, "FAILED")
             raise
-    log.info("PATE: %d reports labelled -> %s (+ %s); ε=%.4g at δ=%.3g for the expert reports", len(keep),
-             options.output, prov.name, cost["epsilon"], delta)
+    claimed = {k: (None if seeded else cost[k]) for k in (*EPSILON_KEYS, "delta")}
+    log.info("PATE: %d reports labelled -> %s (+ %s); expert reports: %s", len(keep), options.output, prov.name,
+             provenance.NOT_PROTECTED + " (seeded)" if seeded else f"ε={cost['epsilon']:.4g} at δ={delta:.3g}")
     return {"output": str(options.output), "provenance": str(prov), "run_id": parent, "teacher_runs": teacher_runs,
             "n_reports": len(reports.ids), "n_labelled": len(keep), "labels": list(table.label_names),
-            "pate": {k: cost[k] for k in ("epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact", "delta",
-                                          "sigma", "noise_multiplier", "n_queries")},
+            "pate": {**claimed, "protected": guarantee["protected"], "relation": RELATION,
+                     **{k: cost[k] for k in ("sigma", "sensitivity", "noise_multiplier", "n_queries")}},
             "student": f"radpriv train data=csv data.path={options.output} data.id_column=id"}
 
 

@@ -2,11 +2,16 @@
 
 `radpriv label` / `radpriv pate` write `<output>.provenance.json` next to the labelled CSV: who
 labelled it (the teacher reference, or the PATE ensemble), the teacher's privacy facts, the
-thresholds and label names, the date and the number of reports — never a word of report text.
+thresholds and label names, the date, the number of reports and the CSV's sha256 — never a word
+of report text. That file is local, like the CSV. What may be *published* (an MLflow artifact,
+privacy.json) is `public_view(record)`: a whitelist of data-independent fields; the counts and
+the unkeyed sha256 of the CSV (which holds the student's training texts) are exact functions of
+private reports and stay out.
 
 A student trained with `radpriv train data=csv data.path=<labelled csv>` finds that file beside
-its CSV (or takes `data.provenance=<file>`), logs it as the artifact `teacher_provenance.json`
-and states in its privacy.json two guarantees for two different sets of reports:
+its CSV (or takes `data.provenance=<file>`), logs its public view as the artifact
+`teacher_provenance.json` and states in its privacy.json two guarantees for two different sets
+of reports:
 - its own DP-SGD ε for the reports it trains on (privacy_report, unchanged), and
 - for the reports the *teacher* was trained on: the teacher's ε when the teacher is DP (the
   labels and everything trained on them are post-processing of the teacher), the PATE ε of the
@@ -32,6 +37,17 @@ VERSION = 1
 SUFFIX = ".provenance.json"
 ARTIFACT = "teacher_provenance.json"
 NOT_PROTECTED = "NOT PROTECTED"
+
+# What a provenance record may publish (public_view). A whitelist, so that a field added to the
+# record later stays local until someone decides it is public.
+PUBLIC_FIELDS = ("format", "version", "mode", "label_source", "labels", "teacher", "teacher_resolved",
+                 "teacher_encoder", "teacher_guarantee", "created", "pate")
+PUBLIC_TEACHER_FIELDS = ("kind", "k", "teacher_model", "expert_data", "parent_run_id", "teacher_runs")
+PUBLIC_GUARANTEE_FIELDS = ("protected", "epsilon", "delta", "mechanism", "statement")
+# PATE's accounting: functions of σ, k, L, Q (the unlabelled queries) and δ, nothing of the expert data
+PUBLIC_PATE_FIELDS = ("k", "sigma", "n_labels", "n_queries", "delta", "sensitivity", "noise_multiplier", "mu",
+                      "epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact", "relation", "neighbouring",
+                      "bound", "noise_seeded", "prob_columns")
 
 
 def provenance_path(output: Path) -> Path:
@@ -87,6 +103,28 @@ def build(*, mode: str, teacher: object, labels, guarantee: Mapping, output: Pat
     }
 
 
+def _pick(mapping: Mapping, fields) -> dict:
+    return {k: mapping[k] for k in fields if k in mapping}
+
+
+def public_view(record: Mapping) -> dict:
+    """The part of a provenance record that may be published: whitelisted, data-independent fields.
+
+    Left out: `output_sha256` (an unkeyed hash of a CSV holding the student's training texts:
+    anyone who can guess the CSV can confirm it), `n_reports`/`n_labelled` (exact counts of that
+    CSV), the teacher's thresholds and everything not listed in PUBLIC_FIELDS. A PATE teacher is
+    reduced to its kind, k, model, dataset name and run references.
+    """
+    view = _pick(record, PUBLIC_FIELDS)
+    if isinstance(view.get("teacher"), Mapping):
+        view["teacher"] = _pick(view["teacher"], PUBLIC_TEACHER_FIELDS)
+    if isinstance(view.get("teacher_guarantee"), Mapping):
+        view["teacher_guarantee"] = _pick(view["teacher_guarantee"], PUBLIC_GUARANTEE_FIELDS)
+    if isinstance(view.get("pate"), Mapping):
+        view["pate"] = _pick(view["pate"], PUBLIC_PATE_FIELDS)
+    return view
+
+
 def write(record: Mapping, output: Path) -> Path:
     path = provenance_path(output)
     path.write_text(json.dumps(record, indent=2, default=float))
@@ -127,7 +165,8 @@ def resolve(data_cfg: Mapping) -> Path | None:
 
 def check_against_data(record: Mapping, path: Path, label_columns, data_path: Path) -> None:
     """The student's label columns must be the teacher's; a changed CSV is a warning (e.g. expert-
-    labelled validation/test rows appended), recorded in privacy.json as output_matches=false."""
+    labelled validation/test rows appended). The warning stays local: whether the CSV was edited
+    is a bit about the student's training data, so privacy.json does not publish it."""
     labels = list(record["labels"])
     if list(label_columns) != labels:
         raise DataError(f"{path}: the teacher's labels {labels} differ from data.label_columns "
@@ -139,17 +178,14 @@ def check_against_data(record: Mapping, path: Path, label_columns, data_path: Pa
                     Path(data_path).name)
 
 
-def teacher_section(record: Mapping, path: Path, data_path: Path | None) -> dict:
+def teacher_section(record: Mapping, path: Path) -> dict:
     """privacy.json `teacher`: the second guarantee of a student trained on teacher labels."""
     g = dict(record["teacher_guarantee"])
-    matches = None
-    if data_path is not None and record.get("output_sha256") and Path(data_path).is_file():
-        matches = file_sha256(data_path) == record["output_sha256"]
-    return {
-        "provenance_file": Path(path).name, "mode": record.get("mode"), "teacher": record.get("teacher"),
+    return {  # privacy.json is published: the teacher as public_view has it
+        "provenance_file": Path(path).name, "mode": record.get("mode"), "teacher": public_view(record).get("teacher"),
         "protected": bool(g.get("protected")), "epsilon": g.get("epsilon"), "delta": g.get("delta"),
         "mechanism": g.get("mechanism"), "guarantee": g.get("statement"),
-        "labelled_on": record.get("created"), "output_matches": matches,
+        "labelled_on": record.get("created"),
     }
 
 
@@ -160,8 +196,7 @@ def add_teacher_guarantee(privacy: dict, data_cfg: Mapping) -> Path | None:
     if path is None:
         return None
     record = load(path)
-    data_path = Path(str(data_cfg["path"])).expanduser() if data_cfg.get("path") else None
-    section = teacher_section(record, path, data_path)
+    section = teacher_section(record, path)
     privacy["teacher"] = section
     privacy["guarantees"] = {
         "student_training_reports": privacy.get("guarantee"),
