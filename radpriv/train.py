@@ -29,6 +29,9 @@ from radpriv.model.module import ReportClassifierModule
 from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import accounting, distributed, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
+from radpriv.privacy.statement import UNIT
+from radpriv.privacy.step_journal import StepJournal
+from radpriv.tracking.release import private_folder, train_digest
 from radpriv.tracking.resume import (CHECKPOINT, COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint,
                                      TrainingClock, find_resume_point_of, run_keys)
 
@@ -78,19 +81,60 @@ def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> Priv
         raise ConfigError(f"privacy.max_grad_norm={p.get('max_grad_norm')}: must be > 0 (null needs a "
                           "privacy.recipe_by_epsilon row that sets it)")
     steps = max_epochs * steps_per_epoch(cfg, dm)
+    relation = accounting.GUARANTEE_RELATION  # N is published: replace-one (privacy/replace_one.py)
     calibration = accounting.calibrate_noise_multiplier(
-        epsilon, delta, dm.sample_rate, steps, accountant=p.accountant)
+        epsilon, delta, dm.sample_rate, steps, accountant=p.accountant, relation=relation)
     # the independent accountant must agree before any private data is touched, not after
     independent_check.cross_check(calibration.epsilon, str(p.accountant), calibration.noise_multiplier,
-                           dm.sample_rate, steps, delta)
-    log.info("privacy plan: ε=%g δ=%.3g σ=%.4g q=%.4g steps=%d C=%g (%s)", epsilon, delta,
-             calibration.noise_multiplier, dm.sample_rate, steps, float(p.max_grad_norm), p.accountant)
+                                  dm.sample_rate, steps, delta, relation=relation)
+    log.info("privacy plan: ε=%g δ=%.3g (%s) σ=%.4g q=%.4g steps=%d C=%g", epsilon, delta,
+             relation.replace("_", "-"), calibration.noise_multiplier, dm.sample_rate, steps,
+             float(p.max_grad_norm))
     return PrivacyPlan(
         target_epsilon=epsilon, delta=delta, noise_multiplier=float(calibration.noise_multiplier),
         max_grad_norm=float(p.max_grad_norm), sample_rate=dm.sample_rate,
         expected_batch_size=int(p.expected_batch_size), planned_steps=steps,
-        accountant=str(p.accountant), secure_mode=bool(p.get("secure_mode", False)),
+        accountant=str(p.accountant), secure_mode=bool(p.get("secure_mode", False)), adjacency=relation,
     )
+
+
+def plan_dp_thresholds(cfg: DictConfig, dm: ReportDataModule, plan: PrivacyPlan | None) -> float | None:
+    """`trainer.thresholds=dp`: the noise std of the threshold release (radpriv/privacy/dp_thresholds.py),
+    calibrated to `trainer.threshold_epsilon` (default: privacy.epsilon) at the run's δ; else None."""
+    if cfg.trainer.thresholds != "dp":
+        return None
+    from radpriv.privacy import dp_thresholds
+
+    if plan is None:
+        raise ConfigError("trainer.thresholds=dp protects the validation reports of a private run: set "
+                          "privacy.epsilon, or use trainer.thresholds=validation|fixed without DP")
+    n_val = len(dm.splits["val"])
+    if n_val < 2:
+        raise ConfigError(f"trainer.thresholds=dp needs a validation split ({n_val} reports): set data.val_fraction")
+    given = cfg.trainer.get("threshold_epsilon")
+    epsilon = plan.target_epsilon if given is None else accounting.resolve_epsilon(given)
+    if epsilon is None:
+        raise ConfigError(f"trainer.threshold_epsilon={given!r}: must be a positive number (null: privacy.epsilon)")
+    accounting.check_delta(plan.delta, n_val)  # δ < 1/N for the validation reports too
+    noise = dp_thresholds.calibrate_threshold_noise(epsilon, plan.delta, dm.table.num_labels)
+    log.info("DP thresholds: ε=%g δ=%.3g on %d validation reports (noise std %.4g on every count)",
+             epsilon, plan.delta, n_val, noise)
+    return noise
+
+
+def choose_dp_thresholds(module: ReportClassifierModule, dp: DPCallback) -> None:
+    """Thresholds by the DP mechanism, and what privacy.json says of it (ε, and the total composed
+    with the training's steps, PLD under replace-one)."""
+    from radpriv.privacy import dp_thresholds
+    from radpriv.privacy.randomness import PrivateRandomness
+
+    noise, plan, n_labels = module.threshold_noise, dp.plan, len(module.label_names)
+    randomness = PrivateRandomness(plan.secure_mode)
+    module.set_thresholds_from_validation(
+        lambda probs, labels: dp_thresholds.dp_fit_thresholds(probs, labels, noise, randomness))
+    module.threshold_privacy = {
+        **dp_thresholds.release_record(noise, n_labels, plan.delta),
+        "epsilon_total": dp_thresholds.composed_epsilon(dp.accountant.history, noise, n_labels, plan.delta)}
 
 
 def build(cfg: DictConfig, table: ReportTable | None = None):
@@ -106,8 +150,8 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     encoder, tokenizer = load_encoder(spec, seed=seed)
     if int(cfg.privacy.expected_batch_size) < 1 or int(cfg.privacy.max_physical_batch_size) < 1:
         raise ConfigError("privacy.expected_batch_size and privacy.max_physical_batch_size must be ≥ 1")
-    if cfg.trainer.thresholds not in ("validation", "fixed"):
-        raise ConfigError(f"trainer.thresholds={cfg.trainer.thresholds!r}: expected validation or fixed")
+    if cfg.trainer.thresholds not in ("validation", "fixed", "dp"):
+        raise ConfigError(f"trainer.thresholds={cfg.trainer.thresholds!r}: expected validation, fixed or dp")
     max_epochs = int(cfg.trainer.max_epochs)
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be ≥ 1")
@@ -119,7 +163,9 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         padding=str(cfg.data.get("padding", "dynamic")),
     )
     plan = plan_privacy(cfg, dm, max_epochs)
+    threshold_noise = plan_dp_thresholds(cfg, dm, plan)
     dm.poisson = plan is not None
+    dm.secure_sampling = plan is not None and plan.secure_mode
     # checked for every run (a bad value is a one-line error either way), used only without DP
     own = cfg.finetune.get("nonprivate_batch_size")  # a mode's own non-private batch (full: 32)
     if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
@@ -136,9 +182,11 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         init_head_from_label_names(net, tokenizer, table.label_names, float(cfg.finetune.head_init_scale))
     warm = None
     if cfg.finetune.get("init_from"):
+        train_split = dm.splits["train"]
         warm = apply_warm_start(net, str(cfg.finetune.init_from), label_names=table.label_names,
                                 spec=spec, mode=str(cfg.finetune.mode), dataset=table.name,
-                                train_fingerprint=dm.splits["train"].fingerprint(),
+                                train_fingerprints=(train_digest(private_folder(cfg), train_split),
+                                                    train_split.fingerprint()),
                                 tracking_uri=cfg.tracking.get("uri"))
     if cfg.finetune.get("lr") is None:
         raise ConfigError("finetune.lr is null and no privacy.recipe_by_epsilon row sets it: give finetune.lr=<value>")
@@ -149,10 +197,12 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         total_steps=total_steps, schedule=str(cfg.finetune.schedule),
         optimizer=str(cfg.finetune.get("optimizer", "adamw")),
         head_lr_multiplier=float(cfg.finetune.get("head_lr_multiplier", 1.0)),
-        # per-batch training losses are functions of private data: not released under DP
-        log_train_loss=plan is None or bool(cfg.privacy.log_train_loss),
+        # per-batch training losses are exact functions of private batches: never released under DP
+        log_train_loss=plan is None,
+        log_validation_metrics=threshold_noise is None,
     )
     module.warm_start = warm  # recorded in privacy.json; never part of the privacy plan
+    module.threshold_noise = threshold_noise
     return table, spec, tokenizer, dm, module, plan
 
 
@@ -178,6 +228,13 @@ def attach_prefix_cache(cfg: DictConfig, dm: ReportDataModule, module: ReportCla
              k - 1, cache.nbytes() / 2**20, time.perf_counter() - t0)
 
 
+def val_every(cfg: DictConfig) -> int:
+    """Validation every n epochs; under trainer.thresholds=dp only once, after training."""
+    if cfg.trainer.thresholds == "dp":
+        return int(cfg.trainer.max_epochs) + 1
+    return int(cfg.trainer.check_val_every_n_epoch)
+
+
 def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L.Trainer:
     callbacks = list(callbacks)
     # DDP (trainer.strategy=ddp): radpriv/privacy/distributed.py, docs/SCALING.md
@@ -199,7 +256,7 @@ def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L
         enable_progress_bar=bool(cfg.trainer.progress_bar),
         enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=int(cfg.trainer.log_every_n_steps),
-        check_val_every_n_epoch=int(cfg.trainer.check_val_every_n_epoch),
+        check_val_every_n_epoch=val_every(cfg),
         deterministic=False,
     )
     distributed.check_trainer(trainer)
@@ -226,7 +283,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     t_setup = time.perf_counter()
 
     resume = None
-    keys = run_keys(cfg, table.fingerprint())
+    keys = run_keys(cfg, table.fingerprint(), private_folder(cfg))
     key = keys[0]
     if cfg.tracking.get("checkpoint_dir"):
         resume = find_resume_point_of(Path(cfg.tracking.checkpoint_dir), keys, mlflow_run.client(cfg))
@@ -235,7 +292,8 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
                                     run_id=resume.run_id if resume else None)
     try:
         clock = TrainingClock()
-        callbacks = [DPCallback(plan)] if plan is not None else []
+        journal = StepJournal(resume.journal) if resume is not None else None
+        callbacks = [DPCallback(plan, journal)] if plan is not None else []
         callbacks += [clock, *extra_callbacks]
         trainer = make_trainer(cfg, logger, callbacks, resume.directory if resume else None)
         if resume is not None and trainer.is_global_zero:
@@ -245,6 +303,8 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
                 if resume.run_id != logger.run_id:  # `mlflow run` opened a new run for us
                     logger.experiment.set_tag(logger.run_id, "radpriv.resumed_from", resume.run_id)
         params = mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True))
+        if plan is not None:  # the guarantee's relation and unit, beside the config that set it
+            params.update({"privacy.adjacency": plan.adjacency, "privacy.unit": UNIT})
         if resume is not None and resume.run_id == logger.run_id and trainer.is_global_zero:
             params = mlflow_run.join_resumed_run(logger, cfg, params)
         logger.log_hyperparams(params)
@@ -259,10 +319,13 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
             raise KeyboardInterrupt
         # thresholds from the trained model's validation pass (run again only if the last
         # epoch skipped validation), then the test split
-        if cfg.trainer.thresholds == "validation":
-            if int(cfg.trainer.max_epochs) % int(cfg.trainer.check_val_every_n_epoch):
+        if cfg.trainer.thresholds in ("validation", "dp"):
+            if int(cfg.trainer.max_epochs) % val_every(cfg):
                 trainer.validate(module, datamodule=dm, verbose=False)
-            module.set_thresholds_from_validation()
+            if cfg.trainer.thresholds == "dp":
+                choose_dp_thresholds(module, callbacks[0])
+            else:
+                module.set_thresholds_from_validation()
 
         test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
         t_eval = time.perf_counter()

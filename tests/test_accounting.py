@@ -243,7 +243,7 @@ def test_privacy_accountant_state_dict_round_trip():
         uninterrupted.step(noise_multiplier=sigma, sample_rate=q)
         first.step(noise_multiplier=sigma, sample_rate=q)
     state = json.loads(json.dumps(first.state_dict()))  # plain lists and floats only
-    assert state == {"accountant": "prv", "delta": delta, "history": [[sigma, q, 120]]}
+    assert state == {"accountant": "prv", "delta": delta, "relation": "add_remove", "history": [[sigma, q, 120]]}
     resumed = acc.PrivacyAccountant("prv", delta)
     resumed.load_state_dict(state)
     assert resumed.steps == 120 and resumed.epsilon() == first.epsilon()
@@ -260,6 +260,8 @@ def test_privacy_accountant_state_dict_round_trip():
         acc.PrivacyAccountant("rdp", delta).load_state_dict(state)
     with pytest.raises(PrivacyError):
         acc.PrivacyAccountant("prv", delta).load_state_dict({"history": []})
+    with pytest.raises(PrivacyError):  # another neighbouring relation: another ε for the same steps
+        acc.PrivacyAccountant("prv", delta, "replace_one").load_state_dict(state)
 
 
 def test_privacy_accountant_heterogeneous_history():
@@ -272,3 +274,62 @@ def test_privacy_accountant_heterogeneous_history():
     assert account.epsilon() == acc.epsilon_spent("rdp", [(1.0, 0.01, 100), (1.0, 0.02, 50)],
                                                   1e-5)
     assert abs(account.cross_check()["privacy/epsilon_cross_check_rel_diff"]) <= 0.01
+
+
+# --- adjacency: replace-one (the guarantee) and add/remove (the literature's figure) ---------
+
+
+def _dp_accounting_pld(sigma: float, q: float, steps: int, delta: float, relation: str,
+                       interval: float) -> float:
+    """A fresh dp-accounting PLD accountant, built here and nowhere else."""
+    import dp_accounting
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.pld import PLDAccountant
+
+    rel = {"replace_one": NeighboringRelation.REPLACE_ONE,
+           "add_remove": NeighboringRelation.ADD_OR_REMOVE_ONE}[relation]
+    accountant = PLDAccountant(rel, value_discretization_interval=interval)
+    accountant.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))
+    return float(accountant.get_epsilon(delta))
+
+
+@pytest.mark.parametrize("target", [0.01, 1.0, 10.0])
+def test_each_adjacency_agrees_with_dp_accounting_pld_under_its_relation(target):
+    """The run's ε under replace-one (σ calibrated for it) and the add/remove figure of the same
+    steps each agree with dp-accounting's PLD under the stated relation within 1 %."""
+    q, steps = 256 / 2609, 88  # the default job: Open-i, batch 256, 8 epochs
+    delta = acc.default_delta(2609)
+    cal = acc.calibrate_noise_multiplier(target, delta, q, steps, relation="replace_one")
+    assert cal.relation == "replace_one"
+    replace_one = acc.epsilon_spent("prv", (float(cal), q, steps), delta, "replace_one")
+    assert replace_one == cal.epsilon
+    assert 0.99 * target <= replace_one <= target
+    interval = 1e-4 * target
+    assert replace_one == pytest.approx(_dp_accounting_pld(float(cal), q, steps, delta, "replace_one", interval),
+                                        rel=0.01)
+    add_remove = acc.epsilon_spent("prv", (float(cal), q, steps), delta, "add_remove")
+    assert add_remove == pytest.approx(_dp_accounting_pld(float(cal), q, steps, delta, "add_remove", interval),
+                                       rel=0.01)
+    assert add_remove < replace_one  # the same noise buys less privacy when N is public
+    numbers = ind.cross_check(replace_one, "prv", float(cal), q, steps, delta, relation="replace_one")
+    assert abs(numbers["privacy/epsilon_cross_check_rel_diff"]) <= 0.01
+    assert numbers["privacy/epsilon_add_remove"] == add_remove
+
+
+def test_the_default_job_costs_twice_as_much_under_replace_one():
+    """The issue's worked example: σ 21.35, q 0.0981, 88 steps (the old default job)."""
+    delta = acc.default_delta(2609)
+    assert acc.epsilon_spent("prv", (21.35, 0.0981, 88), delta, "add_remove") == pytest.approx(0.099, abs=0.001)
+    assert acc.epsilon_spent("prv", (21.35, 0.0981, 88), delta, "replace_one") == pytest.approx(0.218, abs=0.001)
+
+
+def test_the_replace_one_check_refuses_under_reporting():
+    q, steps, delta = 256 / 2609, 88, acc.default_delta(2609)
+    cal = acc.calibrate_noise_multiplier(1.0, delta, q, steps, relation="replace_one")
+    add_remove = acc.epsilon_spent("prv", (float(cal), q, steps), delta, "add_remove")
+    for wrong in (0.9 * cal.epsilon, add_remove):  # too low, or the add/remove figure passed off
+        with pytest.raises(PrivacyError, match="replace-one"):
+            ind.cross_check(wrong, "prv", float(cal), q, steps, delta, relation="replace_one")
+    with pytest.raises(ConfigError):
+        acc.epsilon_spent("prv", (1.0, q, steps), delta, "swap")

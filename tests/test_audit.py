@@ -200,14 +200,33 @@ def test_a_non_private_audit_has_power_and_leaks_no_canary(tracking_uri, reports
             assert " ".join(words[i:i + 3]) not in stored + printed
 
 
+def test_a_private_audit_at_epsilon_one_finds_no_bug(tracking_uri, reports_csv, capsys):
+    """The same memorising setting as the non-private audit, under DP at ε = 1: the bound stays at or
+    below the claim it tests — the run's add/remove ε, the relation the canary experiment tests
+    (canaries are added or left out), never above its replace-one guarantee."""
+    overrides = [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=1", "privacy.max_grad_norm=1.0",
+                 "finetune=full", "finetune.lr=1e-2", "finetune.warmup_ratio=0", "trainer.max_epochs=4",
+                 "audit.canaries=120", "audit.words_per_canary=4", "audit.k_plus=20", "audit.k_minus=20",
+                 "tracking.checkpoint_dir=null", "tracking.log_model=true"]
+    code, captured = _audit(overrides, capsys)
+    assert code == 0, captured.err[-2000:]
+    result = json.loads(captured.out.strip().splitlines()[-1])["audit"]
+    run = mlflow.MlflowClient(tracking_uri).get_run(json.loads(captured.out.strip().splitlines()[-1])["run_id"])
+    assert result["claimed_epsilon"] == pytest.approx(run.data.metrics["privacy/epsilon_add_remove"])
+    assert result["claimed_epsilon"] < run.data.metrics["privacy/epsilon"] <= 1.0
+    assert result["epsilon_lower_bound"] <= result["claimed_epsilon"]
+    assert result["verdict"] == "consistent with the claimed ε"
+
+
 @pytest.mark.slow
 def test_the_audit_catches_a_dp_implementation_that_forgets_the_noise(
         tracking_uri, reports_csv, capsys, monkeypatch):
     """A planted bug — clipping but no noise, while the accountant counts σ — must be caught:
     the lower bound exceeds the claimed ε and the command exits with the privacy-bug status."""
-    from opacus.optimizers import DPOptimizer
+    from radpriv.privacy.dp_step import NoisyDPOptimizer
 
-    monkeypatch.setattr(DPOptimizer, "add_noise", lambda self: [
+    # the one place noise is added (radpriv/privacy/dp_step.py), emptied
+    monkeypatch.setattr(NoisyDPOptimizer, "add_noise", lambda self: [
         setattr(p, "grad", p.summed_grad.view_as(p)) for p in self.params])
     code, captured = _audit([*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=0.2",
                              "privacy.delta=1e-6", "privacy.max_grad_norm=1.0", "finetune=full",

@@ -198,7 +198,7 @@ def test_planned_steps_spend_the_target_epsilon():
     dm = make_dm(table, tok, batch=8, physical=8, poisson=True)
     steps = 2 * dm.steps_per_epoch
     target = 3.0
-    cal = calibrate_noise_multiplier(target, 1e-3, dm.sample_rate, steps, accountant="prv")
+    cal = calibrate_noise_multiplier(target, 1e-3, dm.sample_rate, steps, accountant="prv", relation="replace_one")
     callback = DPCallback(plan(cal.noise_multiplier, 1.0, dm.sample_rate, 8, steps, target=target,
                                  delta=1e-3))
     module = ReportClassifierModule(net, table.label_names, lr=0.01, total_steps=steps)

@@ -132,10 +132,10 @@ def test_a_sweep_with_no_epsilon_trains_only_its_nonprivate_cell(tracking_uri, r
     assert (local / "plots" / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cells_are_found_whatever_the_threads_and_progress_bar_and_by_their_pre_2026_11_30_key(
-        tracking_uri, reports_csv, capsys):
-    """Workers run with one thread and no bar; the command that builds the table need not. Runs
-    tagged before those settings left the run key are still found."""
+def test_cells_are_found_whatever_the_threads_and_progress_bar_but_only_with_the_same_secret(
+        tracking_uri, reports_csv, capsys, tmp_path):
+    """Workers run with one thread and no bar; the command that builds the table need not. The run
+    key is keyed with the private folder's secret: a worker with another secret finds nothing."""
     from radpriv.data.sources import load_table
     from radpriv.sweep.run import _cell_cfg, cell_keys
     from radpriv.tracking.resume import RUN_KEY_TAG
@@ -155,10 +155,9 @@ def test_cells_are_found_whatever_the_threads_and_progress_bar_and_by_their_pre_
     (cell,) = build_grid(cfg.sweep)
     base = training_overrides(overrides)
     keys = cell_keys(base, cell, _cell_cfg(base, cell, "p", "e"), load_table(cfg.data, 42))
-    assert keys[0] == run.data.tags[RUN_KEY_TAG] and len(keys) == 2
-    client.set_tag(run.info.run_id, RUN_KEY_TAG, keys[1])  # as the code before 2026-11-30 tagged it
-    old, _ = sweep(capsys, overrides)
-    assert (old["trained"], old["reused"]) == (0, 1)
+    assert keys == [run.data.tags[RUN_KEY_TAG]]
+    other, _ = sweep(capsys, [*overrides, f"tracking.private_dir={tmp_path / 'another-secret'}"])
+    assert (other["trained"], other["reused"]) == (1, 0)
 
 
 class _StopAtSecondEpoch(L.Callback):
@@ -367,16 +366,45 @@ def test_dp_logreg_gives_each_label_its_share_and_is_noisy(monkeypatch):
         return accountant, path_spy, clip
 
     monkeypatch.setattr(baselines, "_diffprivlib", recording)
-    out = baselines.dp_logreg(table, 0.3, seed=0, n_features=64)
+    out = baselines.dp_logreg(table, 0.3, n_features=64)
     assert len(seen) == table.num_labels
     assert sum(e for e, _, _ in seen) == pytest.approx(0.3, rel=1e-9) and out.epsilon_spent == pytest.approx(0.3)
     assert all(dn == 1.0 and norm <= 1.0 + 1e-9 for _, dn, norm in seen)  # rows bounded by data_norm
-    again = baselines.dp_logreg(table, 0.3, seed=1, n_features=64)
-    assert not np.allclose(out.probs_test, again.probs_test)  # noise: another seed, another model
     # with a huge budget the same code is plain logistic regression: it learns the findings
-    loose = baselines.dp_logreg(table, 1e6, seed=0, n_features=64, C=100.0, max_iter=500)
+    loose = baselines.dp_logreg(table, 1e6, n_features=64, C=100.0, max_iter=500)
     test = table.subset("test")
     assert float(stats.f1_scores((loose.probs_test >= loose.thresholds).astype(int), test.labels)["f1_weighted"]) > 0.8
+
+
+def test_dp_logreg_noise_is_fresh_at_every_call_whatever_the_seeds(monkeypatch):
+    """Identical inputs and identically seeded global generators: the noise still differs, since
+    it comes from OS entropy (the sweep's seed is published); the non-private TF-IDF baseline,
+    which has no noise, stays deterministic."""
+    import random
+
+    table = synthetic_table(n=120, seed=1)
+    states = []
+    real = baselines.noise_state
+
+    def recording():
+        states.append(real())
+        return states[-1]
+
+    monkeypatch.setattr(baselines, "noise_state", recording)
+    fits = []
+    for _ in range(2):
+        np.random.seed(0), random.seed(0)
+        fits.append(baselines.dp_logreg(table, 0.3, n_features=64))
+    assert len(states) == 2 and all(isinstance(s, np.random.RandomState) for s in states)
+    assert not np.allclose(fits[0].probs_test, fits[1].probs_test)
+    a, b = baselines.tfidf_logreg(table, min_df=1), baselines.tfidf_logreg(table, min_df=1)
+    assert np.array_equal(a.probs_test, b.probs_test) and np.array_equal(a.thresholds, b.thresholds)
+
+
+def test_dp_logreg_takes_no_seed():
+    import inspect
+
+    assert "seed" not in inspect.signature(baselines.dp_logreg).parameters
 
 
 def test_hashed_features_of_a_report_do_not_depend_on_the_other_reports():

@@ -49,10 +49,13 @@ def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsy
     m = run.data.metrics
     for key in ("val/f1_weighted", "test/f1_weighted", "test/f1_micro", "test/f1_macro",
                 "test/auroc_macro", "test/f1/Cardiomegaly", "privacy/epsilon", "privacy/delta",
-                "privacy/noise_multiplier", "privacy/sample_rate", "privacy/steps", "privacy/epsilon_pld"):
+                "privacy/noise_multiplier", "privacy/sample_rate", "privacy/steps", "privacy/epsilon_add_remove",
+                "privacy/epsilon_add_remove_pld", "privacy/epsilon_replace_one_buckets"):
         assert key in m, key
     assert 0.99 * 2 <= m["privacy/epsilon"] <= 2.0
     assert float(run.data.params["privacy.epsilon"]) == 2.0
+    assert run.data.params["privacy.adjacency"] == "replace_one" and run.data.tags["radpriv.adjacency"] == "replace_one"
+    assert m["privacy/epsilon_add_remove"] < m["privacy/epsilon"]  # the literature's figure, labelled apart
     assert run.info.experiment_id == client.get_experiment_by_name("radpriv-ct_rate_text").experiment_id
     assert not any(k.startswith("train/loss") for k in m), "training loss must not be logged under DP"
     history = client.get_metric_history(run_id, "privacy/epsilon")
@@ -62,6 +65,9 @@ def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsy
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path / "dl")))
     privacy = json.loads((local / "privacy.json").read_text())
     assert privacy["private"] and privacy["steps"] == privacy["planned_steps"]
+    assert privacy["adjacency"] == "replace_one" and privacy["unit"] == "report"
+    assert set(privacy["record_sets"]) == {"training", "validation", "test"}
+    assert "without DP" in privacy["record_sets"]["validation"]["guarantee"]
     assert (local / "plots" / "per_label_f1.png").stat().st_size > 1000
 
     # the adapter reloads with PeftModel.from_pretrained and predicts as the logged model does
@@ -153,3 +159,43 @@ def test_nested_run_carries_parent_tags_and_run_key(tracking_uri, reports_csv, c
     assert tags["mlflow.parentRunId"] == parent
     assert tags["cell"] == "a1"
     assert len(tags["radpriv.run_key"]) == 20 and tags["radpriv.complete"] == "true"
+
+
+def test_dp_thresholds_protect_the_validation_reports_and_compose_into_the_total(tracking_uri, capsys, reports_csv):
+    """trainer.thresholds=dp: no val/* metric is published, the thresholds come from the DP
+    mechanism, and privacy.json states the validation guarantee and the composed total."""
+    from radpriv.privacy import dp_thresholds
+
+    out, _ = train_json(capsys, [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=2", "trainer.thresholds=dp",
+                                 "trainer.threshold_epsilon=1"])
+    client = mlflow.MlflowClient(tracking_uri)
+    m = client.get_run(out["run_id"]).data.metrics
+    assert not [k for k in m if k.startswith("val/")]
+    local = Path(client.download_artifacts(out["run_id"], "privacy.json"))
+    privacy = json.loads(local.read_text())
+    validation = privacy["record_sets"]["validation"]
+    assert validation["dp"] and validation["guarantee"].endswith("-DP for each validation report (replace-one)")
+    assert 0.99 <= float(validation["guarantee"][1:].split(",")[0]) <= 1.0
+    assert max(privacy["epsilon"], 1.0) < privacy["epsilon_total"] <= privacy["epsilon"] + 1.0
+    assert m["privacy/epsilon_total"] == privacy["epsilon_total"]
+    schema = json.loads(Path(client.download_artifacts(out["run_id"], "label_schema.json")).read_text())
+    grid = [float(g) for g in dp_thresholds.threshold_grid()]
+    assert all(min(abs(t - g) for g in grid) < 1e-6 for t in schema["thresholds"].values())
+
+
+def test_dp_thresholds_need_a_private_run(tracking_uri, capsys, reports_csv):
+    from radpriv.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=null", "trainer.thresholds=dp"])
+    assert exit_info.value.code == 2
+    assert "trainer.thresholds=dp" in capsys.readouterr().err
+
+
+def test_secure_mode_trains_with_the_csprng_and_says_so(tracking_uri, capsys, reports_csv):
+    out, _ = train_json(capsys, [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=2", "trainer.max_epochs=1",
+                                 "privacy.secure_mode=true", "tracking.log_model=false"])
+    client = mlflow.MlflowClient(tracking_uri)
+    privacy = json.loads(Path(client.download_artifacts(out["run_id"], "privacy.json")).read_text())
+    assert privacy["randomness"].startswith("ChaCha20") and privacy["steps"] == privacy["planned_steps"]
+    assert 0.99 * 2 <= privacy["epsilon"] <= 2

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from radpriv.data.sampling import PoissonBatchSampler, ShuffledBatchSampler
 from radpriv.data.table import ReportTable
 from radpriv.data.tokens import tokenize_cached
+from radpriv.privacy.randomness import PrivateRandomness
 
 
 class TokenizedReports(Dataset):
@@ -102,6 +103,8 @@ class ReportDataModule(L.LightningDataModule):
         self.physical_batch_size = physical_batch_size
         self.eval_batch_size = eval_batch_size
         self.poisson = poisson
+        # privacy.secure_mode: Poisson masks from a CSPRNG (radpriv/privacy/randomness.py)
+        self.secure_sampling = False
         self.seed = seed
         self.cache_dir = cache_dir
         if padding not in ("dynamic", "max_length"):
@@ -142,15 +145,17 @@ class ReportDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         n = self.num_train
         trainer = self.trainer
+        # fresh per fit (i.e. per invocation): a resumed run never replays earlier batches
+        randomness = PrivateRandomness(self.secure_sampling) if self.poisson else None
         if trainer is not None and trainer.world_size > 1:  # DDP: each rank draws from its own shard
             from radpriv.data.distributed_sampling import distributed_batch_sampler
 
             sampler = distributed_batch_sampler(
                 n, poisson=self.poisson, sample_rate=self.sample_rate, batch_size=self.batch_size,
                 steps=self.steps_per_epoch, seed=self.seed, rank=trainer.global_rank,
-                world_size=trainer.world_size)
+                world_size=trainer.world_size, randomness=randomness)
         elif self.poisson:
-            sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, self.seed)
+            sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, randomness)
         else:
             sampler = ShuffledBatchSampler(n, self.batch_size, self.seed)
         return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=0,

@@ -19,9 +19,11 @@ longer matches the plan); that is why this one is written here.
 Non-private training: one seeded permutation per epoch (the same on every rank), cut into
 global batches of `batch_size`; rank r takes every world_size-th report of each batch.
 
-Randomness is derived from (seed, epoch) for the shared permutation and from
-(seed, epoch, rank) for each rank's Bernoulli draws, so a run resumed at an epoch boundary
-draws exactly the batches of an uninterrupted run.
+The shared permutation is derived from (seed, epoch): every rank must compute the same one,
+and which rank draws a report does not change the union's distribution, so it may be public.
+Each rank's Bernoulli draws come from its own private randomness (radpriv/privacy/randomness.py:
+fresh OS entropy per process and invocation, never the seed): the draws are what the
+adversary must not know. Non-private shuffling stays reproducible from (seed, epoch).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch.utils.data import Sampler
 
 from radpriv.data.sampling import ShuffledBatchSampler
 from radpriv.errors import ConfigError
+from radpriv.privacy.randomness import PrivateRandomness
 
 
 def _generator(*parts: int) -> torch.Generator:
@@ -49,7 +52,7 @@ class DistributedPoissonBatchSampler(Sampler[list[int]]):
     """This rank's part of a Poisson draw of rate `sample_rate` over `num_samples` reports."""
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int, seed: int, *,
-                 rank: int, world_size: int):
+                 rank: int, world_size: int, randomness: PrivateRandomness):
         _check(rank, world_size)
         if num_samples < 1 or not 0 < sample_rate <= 1 or steps < 1:
             raise ConfigError(f"Poisson sampling needs N ≥ 1, 0 < q ≤ 1 and steps ≥ 1 "
@@ -60,6 +63,7 @@ class DistributedPoissonBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.randomness = randomness
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,9 +79,8 @@ class DistributedPoissonBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         shard = self.shard()
-        draws = _generator(self.seed, self.epoch, self.rank + 1)
         for _ in range(self.steps):
-            mask = torch.rand(len(shard), generator=draws) < self.sample_rate
+            mask = self.randomness.bernoulli(len(shard), self.sample_rate)
             yield shard[mask].tolist()  # possibly empty: still a step
 
 
@@ -96,9 +99,10 @@ class DistributedShuffledBatchSampler(ShuffledBatchSampler):
 
 
 def distributed_batch_sampler(num_samples: int, *, poisson: bool, sample_rate: float, batch_size: int,
-                              steps: int, seed: int, rank: int, world_size: int) -> Sampler[list[int]]:
-    """The training sampler of one rank: Poisson under DP, shuffled batches otherwise."""
+                              steps: int, seed: int, rank: int, world_size: int,
+                              randomness: PrivateRandomness | None = None) -> Sampler[list[int]]:
+    """The training sampler of one rank: Poisson under DP (`randomness` required), shuffled batches otherwise."""
     if poisson:
-        return DistributedPoissonBatchSampler(num_samples, sample_rate, steps, seed,
-                                              rank=rank, world_size=world_size)
+        return DistributedPoissonBatchSampler(num_samples, sample_rate, steps, seed, rank=rank,
+                                              world_size=world_size, randomness=randomness)
     return DistributedShuffledBatchSampler(num_samples, batch_size, seed, rank=rank, world_size=world_size)

@@ -51,7 +51,7 @@ class ReportClassifierModule(L.LightningModule):
     def __init__(self, net: nn.Module, label_names: Sequence[str], *, lr: float,
                  weight_decay: float = 0.0, warmup_ratio: float = 0.0, total_steps: int = 1,
                  schedule: str = "linear", optimizer: str = "adamw", head_lr_multiplier: float = 1.0,
-                 log_train_loss: bool = True):
+                 log_train_loss: bool = True, log_validation_metrics: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.automatic_optimization = False
@@ -146,7 +146,9 @@ class ReportClassifierModule(L.LightningModule):
         self._outputs["test"] = []
 
     def on_validation_epoch_end(self) -> None:
-        if not self._outputs["val"] or self.trainer.sanity_checking:
+        # trainer.thresholds=dp: the validation reports may reach nothing published but the DP
+        # thresholds, so no val/* metric is logged
+        if not self._outputs["val"] or self.trainer.sanity_checking or not self.hparams.log_validation_metrics:
             return
         _, probs, labels = self.collected("val")
         at_half = classification_metrics(probs, labels, 0.5, self.label_names)
@@ -164,10 +166,13 @@ class ReportClassifierModule(L.LightningModule):
         metrics = classification_metrics(probs, labels, self.thresholds.cpu(), self.label_names)
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
 
-    def set_thresholds_from_validation(self) -> np.ndarray:
-        """Fit per-label thresholds on the last validation pass and keep them with the model."""
+    def set_thresholds_from_validation(self, choose=fit_thresholds) -> np.ndarray:
+        """Fit per-label thresholds on the last validation pass and keep them with the model.
+
+        `choose(probs, labels) -> thresholds`: F1-optimal (default) or a DP mechanism's choice.
+        """
         _, probs, labels = self.collected("val")
-        thr = fit_thresholds(probs.numpy(), labels.numpy())
+        thr = choose(probs.numpy(), labels.numpy())
         self.thresholds.copy_(torch.as_tensor(thr, dtype=self.thresholds.dtype))
         return thr
 

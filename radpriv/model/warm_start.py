@@ -90,10 +90,17 @@ def _check_compatible(meta: Mapping, label_names, spec: EncoderSpec, mode: str, 
                          f"finetune={mode} run")
 
 
-def _check_source_data(meta: Mapping, dataset: str, train_fingerprint: str, ref: str) -> bool:
-    """Refuse a source trained on this run's training reports; True: same dataset, other reports."""
+def _check_source_data(meta: Mapping, dataset: str, train_fingerprints: tuple[str, str], ref: str) -> bool:
+    """Refuse a source trained on this run's training reports; True: same dataset, other reports.
+
+    `train_fingerprints`: this run's training split as (keyed digest, plain content hash). A
+    bundle records the keyed digest (`train_digest`, under the private folder's secret: the same
+    machine or a copy of its key recognises it); bundles made before it was keyed recorded the
+    plain hash (`train_fingerprint`).
+    """
     source = meta.get("train_data") or {}
-    if source.get("train_fingerprint") == train_fingerprint:
+    digest, fingerprint = train_fingerprints
+    if source.get("train_digest") == digest or source.get("train_fingerprint") == fingerprint:
         raise PrivacyError(
             f"finetune.init_from={ref} was trained on this run's own training reports: starting from "
             "it would spend their privacy outside this run's accounting. Warm-start from a model "
@@ -135,13 +142,14 @@ def _load_full(net: ReportClassifier, encoder_dir: Path, ref: str) -> None:
 
 
 def apply_warm_start(net: ReportClassifier, ref: str, *, label_names, spec: EncoderSpec, mode: str,
-                     dataset: str, train_fingerprint: str, tracking_uri: str | None = None) -> WarmStart:
+                     dataset: str, train_fingerprints: tuple[str, str], tracking_uri: str | None = None
+                     ) -> WarmStart:
     """Load the source's trainable weights into `net` (in place) and say where they came from."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = fetch_bundle(str(ref), tracking_uri, Path(tmp))
         meta = load_meta(bundle)
         _check_compatible(meta, label_names, spec, mode, ref)
-        same_dataset = _check_source_data(meta, dataset, train_fingerprint, ref)
+        same_dataset = _check_source_data(meta, dataset, train_fingerprints, ref)
         if mode == "lora":
             _load_lora(net, bundle / "adapter", ref)
         else:

@@ -99,8 +99,14 @@ from scipy.fft import next_fast_len
 
 from radpriv.errors import ConfigError, PrivacyError
 
-#: Accountant names accepted by ``privacy.accountant``.
+#: Accountant names accepted by ``privacy.accountant`` (Opacus' add/remove accountants).
 ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
+#: Neighbouring relations: replace-one (N public; radpriv's guarantee) and add/remove (the
+#: figure papers print; valid as a guarantee only where N is not published).
+RELATIONS: tuple[str, ...] = ("replace_one", "add_remove")
+#: The relation radpriv's guarantee is stated under: N is published, so replace-one
+#: (:mod:`radpriv.privacy.replace_one`; docs/PRIVACY.md, "Adjacency").
+GUARANTEE_RELATION = "replace_one"
 
 #: PRV error bar relative to ε (see the module docstring for the measured trade-off).
 PRV_REL_EPS_ERROR = 0.005
@@ -229,6 +235,14 @@ def _check_accountant_name(name: Any) -> str:
     if key not in ACCOUNTANTS:
         raise ConfigError(f"privacy.accountant={name!r} is unknown: choose one of "
                           f"{', '.join(ACCOUNTANTS)}")
+    return key
+
+
+def check_relation(relation: Any) -> str:
+    """``privacy.adjacency`` → "replace_one" | "add_remove" (one-line ConfigError otherwise)."""
+    key = str(relation).strip().lower().replace("-", "_").replace("/", "_") if isinstance(relation, str) else None
+    if key not in RELATIONS:
+        raise ConfigError(f"adjacency {relation!r} is unknown: choose one of {', '.join(RELATIONS)}")
     return key
 
 
@@ -501,20 +515,27 @@ def _epsilon_cached(name: str, history: History, delta: float) -> float:
     return max(_prv_epsilon(history, delta).upper, 0.0)
 
 
-def epsilon_spent(accountant_name: str, spend: Spend, delta: float) -> float:
-    """Upper bound on the ε spent by ``spend`` at ``delta`` (add/remove adjacency).
+def epsilon_spent(accountant_name: str, spend: Spend, delta: float,
+                  relation: str = "add_remove") -> float:
+    """Upper bound on the ε spent by ``spend`` at ``delta`` under ``relation``.
 
     ``spend`` is an Opacus history ``[(σ, q, n_steps), ...]`` or one ``(σ, q, steps)``.
-    ``prv``: Opacus' PRV bound with a min(0.5 % of ε, 0.01) error bar (its upper end is
-    returned: ≈ 0.5 % above the exact ε, ≈ 0.1 % at ε = 10; ≈ 1.1-1.6 s at ε = 0.01 with 344
-    steps, ≈ 3.5 s at ε = 0.01 with 5,000, ≤ 0.4 s for ε ≥ 0.1). ``rdp``: Opacus' RDP bound
-    over :data:`RDP_ORDERS` (tens of ms). No steps → 0; a step
-    with σ = 0 → ∞. Results are cached, so the ε logged each epoch and the final one come from
-    the same computation as the calibration.
+    ``relation="add_remove"``: ``accountant_name`` chooses the Opacus accountant. ``prv``:
+    Opacus' PRV bound with a min(0.5 % of ε, 0.01) error bar (its upper end is returned:
+    ≈ 0.5 % above the exact ε, ≈ 0.1 % at ε = 10; ≈ 1.1-1.6 s at ε = 0.01 with 344 steps,
+    ≈ 3.5 s at ε = 0.01 with 5,000, ≤ 0.4 s for ε ≥ 0.1). ``rdp``: Opacus' RDP bound over
+    :data:`RDP_ORDERS` (tens of ms). ``relation="replace_one"``: dp_accounting's PLD under
+    replace-one (:mod:`radpriv.privacy.replace_one`; no Opacus accountant analyses it), whatever
+    ``accountant_name`` says. No steps → 0; a step with σ = 0 → ∞. Results are cached, so the ε
+    logged each epoch and the final one come from the same computation as the calibration.
     """
     name = _check_accountant_name(accountant_name)
     history = _canonical(_as_history(spend))
     d = _check_delta_value(delta)
+    if check_relation(relation) == "replace_one":
+        from radpriv.privacy import replace_one
+
+        return replace_one.epsilon(history, d)
     return _epsilon_cached(name, history, d)
 
 
@@ -537,10 +558,11 @@ class CalibrationResult(float):
     sample_rate: float
     steps: int
     accountant: str
+    relation: str
 
     def __new__(cls, noise_multiplier: float, *, epsilon: float, target_epsilon: float,
-                delta: float, sample_rate: float, steps: int, accountant: str
-                ) -> CalibrationResult:
+                delta: float, sample_rate: float, steps: int, accountant: str,
+                relation: str = "add_remove") -> CalibrationResult:
         obj = super().__new__(cls, noise_multiplier)
         obj.noise_multiplier = float(noise_multiplier)
         obj.epsilon = float(epsilon)
@@ -549,11 +571,13 @@ class CalibrationResult(float):
         obj.sample_rate = float(sample_rate)
         obj.steps = int(steps)
         obj.accountant = str(accountant)
+        obj.relation = str(relation)
         return obj
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("noise_multiplier", "epsilon", "target_epsilon",
-                                              "delta", "sample_rate", "steps", "accountant")}
+                                              "delta", "sample_rate", "steps", "accountant",
+                                              "relation")}
 
     def __getnewargs_ex__(self) -> tuple[tuple[float], dict[str, Any]]:
         kwargs = self.as_dict()
@@ -627,11 +651,12 @@ def _bracket(f: Callable[[float], float], aim: float, start: float, factor: floa
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
-                               steps: int, accountant: str = "prv", rel_tol: float = 0.01
-                               ) -> CalibrationResult:
+                               steps: int, accountant: str = "prv", rel_tol: float = 0.01,
+                               relation: str = "add_remove") -> CalibrationResult:
     """The noise multiplier σ whose ``steps`` steps at ``sample_rate`` spend ε ≈ target.
 
-    Guarantee: ``(1 − rel_tol)·target ≤ epsilon_spent(accountant, (σ, q, steps), δ) ≤ target``.
+    Guarantee: ``(1 − rel_tol)·target ≤ epsilon_spent(accountant, (σ, q, steps), δ, relation)
+    ≤ target``.
     The upper side is absolute (checked on the very bound that training will report, so ε
     never ends above target); the lower side is utility and is met whenever the accountant's
     resolution allows (always, for the supported accountants and rel_tol ≥ 1 %); otherwise
@@ -646,10 +671,14 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     Solving is Illinois regula falsi on log ε vs log σ (ε is close to a power of σ), which
     converges in a handful of evaluations where plain bisection needs ~20.
 
+    Under ``relation="replace_one"`` step (2) is skipped and (3) solves on the replace-one PLD
+    from the RDP σ up (replace-one costs more than add/remove at the same σ, so its σ is larger).
+
     Returns a :class:`CalibrationResult`, a float equal to σ that also carries ``epsilon``,
-    ``target_epsilon``, ``delta``, ``sample_rate``, ``steps`` and ``accountant``.
+    ``target_epsilon``, ``delta``, ``sample_rate``, ``steps``, ``accountant`` and ``relation``.
     """
     name = _check_accountant_name(accountant)
+    relation = check_relation(relation)
     target = resolve_epsilon(target_epsilon)
     if target is None:
         raise ConfigError(f"target ε={target_epsilon!r} is not finite: non-private training adds "
@@ -666,7 +695,7 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         raise ConfigError(f"rel_tol={rel_tol!r} must be in (0, 0.5)")
 
     def spent(sigma: float) -> float:
-        return epsilon_spent(name, ((sigma, q, steps),), d)
+        return epsilon_spent(name, ((sigma, q, steps),), d, relation)
 
     aim = target * (1 - tol / 2)
     # (1) RDP: cheap, and an upper bound on the exact ε, so σ_RDP ≥ the σ PRV needs.
@@ -674,7 +703,11 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
     lo, hi, f_lo, f_hi = _bracket(rdp, aim, 1.0, 2.0)
     sigma, _ = _solve_decreasing(rdp, aim, lo, hi, f_lo, f_hi, rel_band=tol / 4)
 
-    if name == "prv":
+    if relation == "replace_one":
+        # add/remove's RDP σ spends at least its ε under replace-one: start above it
+        lo, hi, f_lo, f_hi = _bracket(spent, aim, sigma * 1.5, 1.25)
+        sigma, _ = _solve_decreasing(spent, aim, lo, hi, f_lo, f_hi, rel_band=tol / 2)
+    elif name == "prv":
         # (2) the PRV estimate, coarse grid; aim so that estimate + error bar is mid-band.
         coarse = PRV_COARSE_REL_EPS_ERROR * target
         proxy = functools.lru_cache(maxsize=None)(
@@ -697,7 +730,7 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         raise PrivacyError(f"noise calibration failed: σ={sigma:.4g} spends ε={eps:.4g} > "
                            f"target {target:.4g}")
     return CalibrationResult(sigma, epsilon=eps, target_epsilon=target, delta=d, sample_rate=q,
-                             steps=steps, accountant=name)
+                             steps=steps, accountant=name, relation=relation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,17 +739,20 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
 
 
 class PrivacyAccountant:
-    """The accountant of one training run: an Opacus accountant plus δ, checkpointable.
+    """The accountant of one training run: an Opacus accountant plus δ and the relation, checkpointable.
 
     ``step`` is called once per noisy optimiser step (Opacus records ``(σ, q, n_steps)`` runs);
-    ``epsilon()`` is :func:`epsilon_spent` on that history. ``state_dict`` holds plain lists
-    and floats, so it can go into a Lightning checkpoint and a resumed run reports the same ε
-    as an uninterrupted one.
+    ``epsilon()`` is :func:`epsilon_spent` on that history under the run's ``relation`` (the
+    guarantee); ``epsilon_add_remove()`` is the add/remove figure by the Opacus accountant
+    (what papers print). ``state_dict`` holds plain lists and floats, so it can go into a
+    Lightning checkpoint.
     """
 
-    def __init__(self, accountant: str = "prv", delta: float = 1e-5) -> None:
+    def __init__(self, accountant: str = "prv", delta: float = 1e-5,
+                 relation: str = "add_remove") -> None:
         self.name = _check_accountant_name(accountant)
         self.delta = _check_delta_value(delta)
+        self.relation = check_relation(relation)
         self.accountant: IAccountant = make_accountant(self.name)
 
     def step(self, *, noise_multiplier: float, sample_rate: float) -> None:
@@ -727,40 +763,49 @@ class PrivacyAccountant:
     def history(self) -> list[tuple[float, float, int]]:
         return [tuple(h) for h in self.accountant.history]
 
+    @history.setter
+    def history(self, entries) -> None:
+        self.accountant.history = [(s, q, n) for s, q, n in (_as_history(entries) if entries else ())]
+
     @property
     def steps(self) -> int:
         return int(sum(n for _, _, n in self.accountant.history))
 
     def epsilon(self, delta: float | None = None) -> float:
-        """Upper bound on ε spent so far (at this run's δ unless another is given)."""
+        """Upper bound on ε spent so far under the run's relation (at its δ unless another is given)."""
         return epsilon_spent(self.name, self.accountant.history,
-                             self.delta if delta is None else delta)
+                             self.delta if delta is None else delta, self.relation)
+
+    def epsilon_add_remove(self, delta: float | None = None) -> float:
+        """The same history under add/remove adjacency, by the Opacus accountant."""
+        return epsilon_spent(self.name, self.accountant.history,
+                             self.delta if delta is None else delta, "add_remove")
 
     def cross_check(self, rel_tol: float = 0.01) -> dict[str, float]:
         """:func:`radpriv.privacy.independent_check.cross_check` of this run's ε (any history)."""
-        from radpriv.privacy.independent_check import _cross_check_history
+        from radpriv.privacy.independent_check import check_history
 
-        return _cross_check_history(self.epsilon(), self.name, _as_history(self.history),
-                                    self.delta, rel_tol)
+        return check_history(self.epsilon(), self.name, _as_history(self.history), self.delta,
+                             self.relation, rel_tol)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"accountant": self.name, "delta": self.delta,
+        return {"accountant": self.name, "delta": self.delta, "relation": self.relation,
                 "history": [[float(s), float(q), int(n)] for s, q, n in self.accountant.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the history; the accountant and δ must be this run's (else ε would change)."""
+        """Restore the history; the accountant, δ and relation must be this run's (else ε would change)."""
         try:
             name, delta, history = state["accountant"], state["delta"], state["history"]
         except (KeyError, TypeError):
             raise PrivacyError("the checkpoint's privacy accountant state is incomplete "
                                "(needs accountant, delta and history)") from None
-        if name != self.name or float(delta) != self.delta:
+        relation = state.get("relation", "add_remove")
+        if name != self.name or float(delta) != self.delta or relation != self.relation:
             raise PrivacyError(f"cannot resume: the checkpoint was accounted with accountant="
-                               f"{name}, δ={float(delta):.4g}, this run uses accountant="
-                               f"{self.name}, δ={self.delta:.4g}")
-        entries = _as_history(history) if history else ()
-        self.accountant.history = [(s, q, n) for s, q, n in entries]
+                               f"{name}, δ={float(delta):.4g}, adjacency {relation}; this run uses "
+                               f"accountant={self.name}, δ={self.delta:.4g}, adjacency {self.relation}")
+        self.history = history
 
     def __repr__(self) -> str:
         return (f"PrivacyAccountant(accountant={self.name!r}, delta={self.delta:.4g}, "
-                f"steps={self.steps})")
+                f"relation={self.relation!r}, steps={self.steps})")

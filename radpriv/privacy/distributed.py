@@ -43,7 +43,6 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import _sync_module_states
 from lightning.pytorch.strategies import DDPStrategy
-from opacus.optimizers import DistributedDPOptimizer
 from torch.nn.parallel import DistributedDataParallel
 
 from radpriv.errors import ConfigError, PrivacyError
@@ -107,8 +106,9 @@ def check_trainer(trainer: L.Trainer) -> None:
 
 
 # -- the DP update -------------------------------------------------------------------------------
-def distributed_dp_optimizer(optimizer, plan, model=None) -> DistributedDPOptimizer:
-    """Opacus' DistributedDPOptimizer for `plan` on the current process group.
+def distributed_dp_optimizer(optimizer, plan, model=None, randomness=None):
+    """Opacus' DistributedDPOptimizer for `plan` on the current process group, its noise (rank 0
+    only) from `randomness` (radpriv.privacy.randomness.PrivateRandomness; None: a fresh one).
 
     `model`: what the strategy trains (refused if torch's DDP wrapper, see the module docstring).
 
@@ -120,14 +120,17 @@ def distributed_dp_optimizer(optimizer, plan, model=None) -> DistributedDPOptimi
                            "gradients per backward call: use trainer.strategy=ddp through radpriv")
     if not (dist.is_available() and dist.is_initialized()):
         raise PrivacyError("distributed DP training needs an initialised torch.distributed process group")
+    from radpriv.privacy.dp_step import NoisyDistributedDPOptimizer
+    from radpriv.privacy.randomness import PrivateRandomness
+
     world = dist.get_world_size()
-    return DistributedDPOptimizer(
+    return NoisyDistributedDPOptimizer(
         optimizer,
+        randomness=randomness if randomness is not None else PrivateRandomness(plan.secure_mode),
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
         expected_batch_size=plan.expected_batch_size / world,
         loss_reduction="mean",
-        secure_mode=plan.secure_mode,
     )
 
 

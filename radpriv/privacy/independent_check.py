@@ -1,12 +1,21 @@
-"""The independent check of every reported ε: Google's ``dp_accounting``, a separate code base.
+"""The independent check of every reported ε, before training (on the plan) and after (on what was spent).
 
-:func:`independent_epsilons` recomputes ε with dp_accounting's PLD accountant (add/remove
-adjacency, pessimistic discretisation with interval 1e-4·ε) and its RDP accountant (over
-:data:`radpriv.privacy.accounting.RDP_ORDERS`); :func:`cross_check` compares a reported ε with
-the same-family value (Opacus PRV ↔ PLD, Opacus RDP ↔ RDP) and refuses under-reporting and
-unexplained disagreement. radpriv runs it before training (on the calibrated plan) and after
-(on what was spent). Kept apart from ``accounting.py`` so that the code which computes ε and the
-code which checks it share no arithmetic.
+Add/remove: :func:`independent_epsilons` recomputes ε with Google's ``dp_accounting`` (a
+separate code base from Opacus, whose accountants report it): its PLD accountant (pessimistic
+discretisation with interval 1e-4·ε) and its RDP accountant (over
+:data:`radpriv.privacy.accounting.RDP_ORDERS`); the reported ε is compared with the same-family
+value (Opacus PRV ↔ PLD, Opacus RDP ↔ RDP).
+
+Replace-one (the guarantee radpriv states, :mod:`radpriv.privacy.replace_one`): only
+dp_accounting's PLD analyses it, so there is no second code base to ask. The check recomputes
+it with dp_accounting's *other* PLD construction (privacy buckets instead of connect-the-dots,
+both pessimistic), requires it to be no smaller than the run's add/remove ε (replace-one
+neighbours include "replace by a record of zero gradient", i.e. removal), and checks that
+add/remove ε across the two code bases as above.
+
+Either way under-reporting and unexplained disagreement (beyond ``rel_tol``) stop the run.
+Kept apart from ``accounting.py`` so that the code which computes ε and the code which checks
+it share no arithmetic beyond the dp_accounting library itself.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from radpriv.privacy.accounting import (
     _canonical,
     _check_accountant_name,
     _check_delta_value,
+    check_relation,
+    epsilon_spent,
 )
 
 
@@ -100,8 +111,8 @@ def independent_epsilons(noise_multiplier: float, sample_rate: float, steps: int
     return {"pld": pld, "rdp": rdp}
 
 
-def _cross_check_history(reported_epsilon: float, accountant_name: str, history: History,
-                         delta: float, rel_tol: float) -> dict[str, float]:
+def _check_add_remove(reported_epsilon: float, accountant_name: str, history: History,
+                      delta: float, rel_tol: float) -> dict[str, float]:
     name = _check_accountant_name(accountant_name)
     reported = _as_float(reported_epsilon, "reported ε")
     d = _check_delta_value(delta)
@@ -116,7 +127,7 @@ def _cross_check_history(reported_epsilon: float, accountant_name: str, history:
         rel_diff = math.inf
     else:
         rel_diff = (reported - same) / same
-    context = (f"(accountant {name}, history {[list(h) for h in history]}, δ={d:.4g}; "
+    context = (f"(add/remove, accountant {name}, history {[list(h) for h in history]}, δ={d:.4g}; "
                f"dp_accounting PLD ε={pld:.6g}, RDP ε={rdp:.6g})")
     if reported < pld and reported < rdp:
         raise PrivacyError(f"privacy accounting check failed: reported ε={reported:.6g} is below "
@@ -142,24 +153,76 @@ def _cross_check_history(reported_epsilon: float, accountant_name: str, history:
     }
 
 
-def cross_check(reported_epsilon: float, accountant_name: str, noise_multiplier: float,
-                sample_rate: float, steps: int, delta: float, rel_tol: float = 0.01
-                ) -> dict[str, float]:
-    """Check a reported ε against ``dp_accounting`` and return the numbers for logging.
+def _check_replace_one(reported_epsilon: float, accountant_name: str, history: History,
+                       delta: float, rel_tol: float) -> dict[str, float]:
+    from radpriv.privacy import replace_one
 
-    Compares with the same-family independent accountant (Opacus PRV ↔ dp_accounting PLD,
-    Opacus RDP ↔ dp_accounting RDP). Raises :class:`PrivacyError` (one line, all numbers)
-    when the reported ε is below *both* independent upper bounds (under-reporting), or when it
-    differs from the same-family value by more than ``rel_tol`` relative (one of the two
-    implementations is wrong for this regime, and which one is unknown). PRV reports ≈ 0.5 %
+    reported = _as_float(reported_epsilon, "reported ε")
+    d = _check_delta_value(delta)
+    tol = _as_float(rel_tol, "rel_tol")
+    history = _canonical(history)
+    # the add/remove figure of the same steps, itself checked across code bases
+    add_remove = _check_add_remove(epsilon_spent(accountant_name, history, d, "add_remove"),
+                                   accountant_name, history, d, tol)
+    buckets = replace_one.epsilon(history, d, connect_dots=False)
+    if reported == buckets:
+        rel_diff = 0.0
+    elif buckets == 0 or math.isinf(buckets):
+        rel_diff = math.inf
+    else:
+        rel_diff = (reported - buckets) / buckets
+    context = (f"(replace-one, history {[list(h) for h in history]}, δ={d:.4g}; dp_accounting PLD "
+               f"privacy buckets ε={buckets:.6g}, add/remove PLD ε={add_remove['privacy/epsilon_pld']:.6g})")
+    if reported < add_remove["privacy/epsilon_pld"] * (1 - tol):
+        raise PrivacyError(f"privacy accounting check failed: reported replace-one ε={reported:.6g} is "
+                           f"below the add/remove ε of the same steps, which it can never be {context}")
+    if abs(rel_diff) > tol:
+        raise PrivacyError(f"privacy accounting check failed: reported replace-one ε={reported:.6g} and "
+                           f"its privacy-buckets recomputation differ by {rel_diff:+.2%}, more than "
+                           f"{tol:.2%} {context}")
+    return {
+        "privacy/epsilon": reported,
+        "privacy/epsilon_replace_one_buckets": buckets,
+        "privacy/epsilon_cross_check_rel_diff": rel_diff,
+        "privacy/epsilon_cross_check_rel_tol": tol,
+        **{key.replace("privacy/epsilon", "privacy/epsilon_add_remove", 1): value
+           for key, value in add_remove.items()},
+    }
+
+
+def check_history(reported_epsilon: float, accountant_name: str, history: History, delta: float,
+                  relation: str = "add_remove", rel_tol: float = 0.01) -> dict[str, float]:
+    """:func:`cross_check` of a reported ε for any history ``((σ, q, steps), ...)``."""
+    if check_relation(relation) == "replace_one":
+        return _check_replace_one(reported_epsilon, accountant_name, history, delta, rel_tol)
+    return _check_add_remove(reported_epsilon, accountant_name, history, delta, rel_tol)
+
+
+def cross_check(reported_epsilon: float, accountant_name: str, noise_multiplier: float,
+                sample_rate: float, steps: int, delta: float, rel_tol: float = 0.01,
+                relation: str = "add_remove") -> dict[str, float]:
+    """Check a reported ε (under ``relation``) and return the numbers for logging.
+
+    Add/remove: compares with the same-family independent accountant (Opacus PRV ↔
+    dp_accounting PLD, Opacus RDP ↔ dp_accounting RDP). Raises :class:`PrivacyError` (one line,
+    all numbers) when the reported ε is below *both* independent upper bounds (under-reporting),
+    or when it differs from the same-family value by more than ``rel_tol`` relative (one of the
+    two implementations is wrong for this regime, and which one is unknown). PRV reports ≈ 0.5 %
     above PLD by design (its error bar); the 1 % tolerance holds for ε ≥ 0.01 up to ≈ 5,000
     steps at δ ≈ 1e-4, and for ε ≳ 0.025 with 25,000 steps at δ ≈ 1.5e-6 (MIMIC-sized); below
-    that the grid-capped error bar exceeds 1 % and this raises (see the module docstring).
-    Calling it right after calibration, on ``CalibrationResult.epsilon``, surfaces that before
-    training rather than after.
-
+    that the grid-capped error bar exceeds 1 % and this raises (see accounting's docstring).
     Returns ``privacy/epsilon``, ``privacy/epsilon_pld``, ``privacy/epsilon_rdp_independent``,
     ``privacy/epsilon_cross_check_rel_diff`` and ``privacy/epsilon_cross_check_rel_tol``.
+
+    Replace-one: compares with the privacy-buckets PLD (≈ 0.4 % above connect-the-dots in every
+    regime measured) and with the add/remove ε, which it must not undercut; the add/remove
+    figure is checked as above. Returns ``privacy/epsilon``,
+    ``privacy/epsilon_replace_one_buckets``, ``privacy/epsilon_cross_check_rel_diff``,
+    ``privacy/epsilon_cross_check_rel_tol`` and the add/remove block as
+    ``privacy/epsilon_add_remove``, ``privacy/epsilon_add_remove_pld``, … .
+
+    Calling it right after calibration, on ``CalibrationResult.epsilon``, surfaces a problem
+    before training rather than after.
     """
     history = _as_history((noise_multiplier, sample_rate, steps))
-    return _cross_check_history(reported_epsilon, accountant_name, history, delta, rel_tol)
+    return check_history(reported_epsilon, accountant_name, history, delta, relation, rel_tol)

@@ -155,15 +155,16 @@ def _search_ids(client, cfg: DictConfig, first: str | None) -> list[str]:
 
 def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) -> list[str]:
     """The run keys a finished run of this cell may carry: the first is the one it is trained
-    under; the others, the same ε spelled as a standalone `radpriv train` may have (1 for 1.0),
-    and each spelling's key from before the execution-only settings left it (legacy_run_key)."""
+    under; the others, the same ε spelled as a standalone `radpriv train` may have (1 for 1.0)."""
+    from radpriv.tracking.release import private_folder
     from radpriv.tracking.resume import run_keys
 
     fingerprint = table.fingerprint()
+    folder = private_folder(cfg)
     parent = cfg.tracking.get("parent_run_id")
     exp_name = cfg.tracking.get("experiment")
     cfgs = [cfg] + [_cell_cfg(base, cell, parent, exp_name, s) for s in cell.epsilon_spellings()[1:]]
-    per_cfg = [run_keys(c, fingerprint) for c in cfgs]
+    per_cfg = [run_keys(c, fingerprint, folder) for c in cfgs]
     return list(dict.fromkeys([keys[0] for keys in per_cfg] + [k for keys in per_cfg for k in keys[1:]]))
 
 
@@ -264,7 +265,7 @@ def run_baselines(cfg: DictConfig, seeds: list[int], tables, progress: bool) -> 
         if method == "tfidf_lr":
             res = baselines.tfidf_logreg(table, thresholds=thresholds, **OmegaConf.to_container(s.tfidf_lr))
         else:
-            res = baselines.dp_logreg(table, eps, seed=seed, thresholds=thresholds, **OmegaConf.to_container(s.dp_lr))
+            res = baselines.dp_logreg(table, eps, thresholds=thresholds, **OmegaConf.to_container(s.dp_lr))
         test = _test_part(table)
         preds = stats.SeedPredictions(seed, stats.test_key(test.ids), binarize(res.probs_test, res.thresholds),
                                       test.labels)

@@ -30,8 +30,8 @@ MODEL_ARTIFACT = "model"  # the name training logs the pyfunc model under (track
 TAG_PREFIX = "radpriv."
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # the privacy facts, in the order they are shown: key in privacy.json -> tag suffix
-_PRIVACY_KEYS = ("private", "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate",
-                 "steps", "max_grad_norm", "dataset", "n_train")
+_PRIVACY_KEYS = ("private", "epsilon", "delta", "adjacency", "unit", "epsilon_add_remove", "epsilon_total",
+                 "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "dataset", "n_train")
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,11 @@ def run_facts(client, run_id: str) -> dict:
         return {}
     out = {k: privacy[k] for k in _PRIVACY_KEYS if privacy and privacy.get(k) is not None}
     check = (privacy or {}).get("independent_check") or {}
-    if check.get("privacy/epsilon_pld") is not None:
+    if check.get("privacy/epsilon_pld") is not None:  # runs whose guarantee was add/remove
         out["epsilon_pld"] = check["privacy/epsilon_pld"]
+    validation = ((privacy or {}).get("record_sets") or {}).get("validation")
+    if validation:  # how the validation reports were used: with or without DP
+        out["validation_dp"] = bool(validation.get("dp"))
     teacher = (privacy or {}).get("teacher")
     if teacher:  # trained on teacher labels: the teacher's reports have their own guarantee
         out["teacher_protected"] = bool(teacher.get("protected"))
@@ -135,12 +138,12 @@ def facts_from_tags(tags: Mapping[str, str]) -> dict:
         name = key[len(TAG_PREFIX):]
         if name == "labels":
             out[name] = json.loads(value)
-        elif name in ("private", "teacher_protected"):
+        elif name in ("private", "teacher_protected", "validation_dp"):
             out[name] = value == "true"
         elif name in ("steps", "n_train", "n_labels"):
             out[name] = int(value)
         elif name in ("epsilon", "delta", "noise_multiplier", "sample_rate", "max_grad_norm",
-                      "epsilon_pld", "teacher_epsilon"):
+                      "epsilon_pld", "teacher_epsilon", "epsilon_add_remove", "epsilon_total"):
             out[name] = float(value)
         else:
             out[name] = value
@@ -165,7 +168,14 @@ def describe_facts(facts: Mapping) -> str:
             parts.append(f"σ={facts['noise_multiplier']:.4g}")
         if facts.get("steps") is not None:
             parts.append(f"steps={facts['steps']}")
-        head = f"({', '.join(parts)})-DP for each training report"
+        relation = str(facts.get("adjacency") or "add_remove").replace("_", "-")
+        head = f"({', '.join(parts)})-DP for each training report ({relation})"
+        if facts.get("epsilon_add_remove") is not None and relation != "add-remove":
+            head += f"; add/remove figure for comparison ε={facts['epsilon_add_remove']:.4g}"
+        if facts.get("epsilon_total") is not None:
+            head += f"; with the DP thresholds' validation release ε_total={facts['epsilon_total']:.4g}"
+        if facts.get("validation_dp") is False:
+            head += "; validation reports used without DP (thresholds, val metrics)"
     if facts.get("teacher_protected") is not None:
         where += ("; labels from a DP teacher (teacher ε=" + f"{facts['teacher_epsilon']:.4g})"
                   if facts["teacher_protected"] and facts.get("teacher_epsilon") is not None

@@ -1,19 +1,23 @@
 """Crash and resume: the same command, started again, continues the run it had begun.
 
-A run's checkpoints live in `<checkpoint_dir>/<run key>/`, where the key hashes the resolved
-config and the data's content: the same command on the same data finds them again. Beside
-`last.ckpt` (written at every epoch end: trainable weights, optimizer, loops, and the DP
-callback's accountant history) sits `run.json`, naming the MLflow run it belongs to.
+A run's checkpoints live in `<checkpoint_dir>/<run key>/`, where the key is a keyed hash
+(HMAC under the private folder's secret, radpriv/tracking/release.py) of the resolved config
+and the data's content: the same command on the same data, on a machine with the same private
+folder, finds them again. Beside `last.ckpt` (written at every epoch end: trainable weights,
+optimizer, loops, and the DP callback's accountant history) sit `run.json`, naming the MLflow
+run it belongs to, and the run's step journal (`steps.log`, kept across its invocations and
+started afresh with each new run).
 
 Only epoch-end checkpoints are kept. A run killed mid-epoch resumes from the last completed
-epoch, and the epoch is drawn again from the same per-epoch seed, so the step count — and ε —
-end exactly where an uninterrupted run's do. The killed partial epoch released nothing (under
-DP no per-batch value is logged), so discarding it costs no privacy.
+epoch. Under DP the resumed epoch draws new batches and new noise (fresh entropy at every
+invocation), and the noisy steps the killed invocation took after its last checkpoint stay in
+the accountant's total through the step journal (radpriv/privacy/step_journal.py): a resumed
+run reports every noisy step that ran, so its ε is slightly above an uninterrupted run's.
+Non-private runs redraw the epoch from (seed, epoch) and end where an uninterrupted run does.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,8 +32,9 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 COMPLETE_TAG = "radpriv.complete"  # set as the very last write of a training run
-RUN_KEY_TAG = "radpriv.run_key"  # run_key() of the run's config and data
+RUN_KEY_TAG = "radpriv.run_key"  # run_key() of the run's config and data (keyed: safe to publish)
 CHECKPOINT = "last.ckpt"
+JOURNAL = "steps.log"
 # settings that change where a run is written or what it is called, not what it computes
 _NOT_IN_KEY = ("tracking", "run_name", "run_id")
 # settings that change how a run is shown or how many cores it uses, not what it computes:
@@ -41,31 +46,21 @@ _NOT_IN_KEY = ("tracking", "run_name", "run_id")
 _EXECUTION_ONLY = (("trainer", "progress_bar"), ("trainer", "num_threads"), ("trainer", "log_every_n_steps"))
 
 
-def _key(cfg: DictConfig, data_fingerprint: str, *, execution: bool) -> str:
+def run_key(cfg: DictConfig, data_fingerprint: str, folder) -> str:
+    """What a run computes: its config, less where it is written and how it is run, and its data,
+    keyed with `folder`'s secret (a `release.PrivateFolder`): an unkeyed hash of the data would let
+    anyone who reads the tag test a guess of the training set."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_IN_KEY:
         resolved.pop(key, None)
-    if not execution:
-        for section, key in _EXECUTION_ONLY:
-            resolved.get(section, {}).pop(key, None)
-    text = json.dumps(resolved, sort_keys=True, default=str) + data_fingerprint
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    for section, key in _EXECUTION_ONLY:
+        resolved.get(section, {}).pop(key, None)
+    return folder.digest("run-key", json.dumps(resolved, sort_keys=True, default=str), data_fingerprint)[:20]
 
 
-def run_key(cfg: DictConfig, data_fingerprint: str) -> str:
-    """What a run computes: its config, less where it is written and how it is run, and its data."""
-    return _key(cfg, data_fingerprint, execution=False)
-
-
-def legacy_run_key(cfg: DictConfig, data_fingerprint: str) -> str:
-    """The key runs were tagged with before 2026-11-30, when the execution-only settings were
-    still part of it: runs and checkpoints made then are found by it."""
-    return _key(cfg, data_fingerprint, execution=True)
-
-
-def run_keys(cfg: DictConfig, data_fingerprint: str) -> list[str]:
-    """run_key, then legacy_run_key where it differs: every key a run of this config may carry."""
-    return list(dict.fromkeys([run_key(cfg, data_fingerprint), legacy_run_key(cfg, data_fingerprint)]))
+def run_keys(cfg: DictConfig, data_fingerprint: str, folder) -> list[str]:
+    """Every key a run of this config may carry (one: see run_key)."""
+    return [run_key(cfg, data_fingerprint, folder)]
 
 
 @dataclass(frozen=True)
@@ -74,9 +69,18 @@ class ResumePoint:
     run_id: str | None = None  # the unfinished MLflow run to continue in
     checkpoint: Path | None = None  # the epoch-end checkpoint to continue from
 
+    @property
+    def journal(self) -> Path:
+        """Where the run records its noisy steps (radpriv/privacy/step_journal.py): one file per
+        checkpoint lineage, whatever MLflow run id each invocation logs into."""
+        return self.directory / JOURNAL
+
     def record(self, run_id: str) -> None:
-        """Name the MLflow run these checkpoints belong to (written before training starts)."""
+        """Name the MLflow run these checkpoints belong to (written before training starts); a new
+        run (nothing unfinished to continue) starts with an empty step journal."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.run_id is None:
+            self.journal.unlink(missing_ok=True)
         tmp = self.directory / (RUN_FILE + ".tmp")
         tmp.write_text(json.dumps({"run_id": run_id}))
         os.replace(tmp, self.directory / RUN_FILE)
