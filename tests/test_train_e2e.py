@@ -50,7 +50,7 @@ def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsy
     for key in ("val/f1_weighted", "test/f1_weighted", "test/f1_micro", "test/f1_macro",
                 "test/auroc_macro", "test/f1/Cardiomegaly", "privacy/epsilon", "privacy/delta",
                 "privacy/noise_multiplier", "privacy/sample_rate", "privacy/steps", "privacy/epsilon_add_remove",
-                "privacy/epsilon_add_remove_pld", "privacy/epsilon_replace_one_buckets"):
+                "privacy/epsilon_add_remove_pld", "privacy/epsilon_replace_one_rdp"):
         assert key in m, key
     assert 0.99 * 2 <= m["privacy/epsilon"] <= 2.0
     assert float(run.data.params["privacy.epsilon"]) == 2.0

@@ -7,11 +7,15 @@ discretisation with interval 1e-4·ε) and its RDP accountant (over
 value (Opacus PRV ↔ PLD, Opacus RDP ↔ RDP).
 
 Replace-one (the guarantee radpriv states, :mod:`radpriv.privacy.replace_one`): only
-dp_accounting's PLD analyses it, so there is no second code base to ask. The check recomputes
-it with dp_accounting's *other* PLD construction (privacy buckets instead of connect-the-dots,
-both pessimistic), requires it to be no smaller than the run's add/remove ε (replace-one
-neighbours include "replace by a record of zero gradient", i.e. removal), and checks that
-add/remove ε across the two code bases as above.
+dp_accounting's PLD analyses it, so there is no second library to ask. The check brackets the
+reported ε: from below by the add/remove ε of the same steps (replace-one neighbours include
+"replace by a record of zero gradient", i.e. removal, so the replace-one ε is never smaller),
+itself checked across the two code bases as above; from above by the replace-one Rényi-DP bound
+that radpriv integrates itself (:mod:`radpriv.privacy.replace_one_rdp`, a second code path
+sharing nothing with the PLD): the tight bound must not exceed a valid looser one. Measured,
+the RDP bound sits 10-45 % above the PLD (Open-i-, ct_rate_text- and MIMIC-sized runs, ε 0.01
+to 10). What the bracket cannot see, an error that keeps the value between the two, the tests
+catch by recomputing with a fresh dp_accounting accountant (tests/test_accounting.py).
 
 Either way under-reporting and unexplained disagreement (beyond ``rel_tol``) stop the run.
 Kept apart from ``accounting.py`` so that the code which computes ε and the code which checks
@@ -155,7 +159,8 @@ def _check_add_remove(reported_epsilon: float, accountant_name: str, history: Hi
 
 def _check_replace_one(reported_epsilon: float, accountant_name: str, history: History,
                        delta: float, rel_tol: float) -> dict[str, float]:
-    from radpriv.privacy import replace_one
+    from radpriv.privacy import replace_one_rdp
+    from radpriv.privacy.accounting import RDP_ORDERS
 
     reported = _as_float(reported_epsilon, "reported ε")
     d = _check_delta_value(delta)
@@ -164,26 +169,21 @@ def _check_replace_one(reported_epsilon: float, accountant_name: str, history: H
     # the add/remove figure of the same steps, itself checked across code bases
     add_remove = _check_add_remove(epsilon_spent(accountant_name, history, d, "add_remove"),
                                    accountant_name, history, d, tol)
-    buckets = replace_one.epsilon(history, d, connect_dots=False)
-    if reported == buckets:
-        rel_diff = 0.0
-    elif buckets == 0 or math.isinf(buckets):
-        rel_diff = math.inf
-    else:
-        rel_diff = (reported - buckets) / buckets
-    context = (f"(replace-one, history {[list(h) for h in history]}, δ={d:.4g}; dp_accounting PLD "
-               f"privacy buckets ε={buckets:.6g}, add/remove PLD ε={add_remove['privacy/epsilon_pld']:.6g})")
+    rdp = sum((replace_one_rdp.run_rdp(sigma, q, steps, RDP_ORDERS) for sigma, q, steps in history),
+              start=0.0)
+    rdp_epsilon = replace_one_rdp.epsilon(RDP_ORDERS, rdp, d)[0] if history else 0.0
+    context = (f"(replace-one, history {[list(h) for h in history]}, δ={d:.4g}; replace-one RDP ε="
+               f"{rdp_epsilon:.6g}, add/remove PLD ε={add_remove['privacy/epsilon_pld']:.6g})")
     if reported < add_remove["privacy/epsilon_pld"] * (1 - tol):
         raise PrivacyError(f"privacy accounting check failed: reported replace-one ε={reported:.6g} is "
                            f"below the add/remove ε of the same steps, which it can never be {context}")
-    if abs(rel_diff) > tol:
-        raise PrivacyError(f"privacy accounting check failed: reported replace-one ε={reported:.6g} and "
-                           f"its privacy-buckets recomputation differ by {rel_diff:+.2%}, more than "
-                           f"{tol:.2%} {context}")
+    if reported > rdp_epsilon * (1 + tol):
+        raise PrivacyError(f"privacy accounting check failed: reported replace-one ε={reported:.6g} is "
+                           f"above the replace-one RDP bound of the same steps, a looser valid bound: one "
+                           f"of the two computations is wrong for this regime {context}")
     return {
         "privacy/epsilon": reported,
-        "privacy/epsilon_replace_one_buckets": buckets,
-        "privacy/epsilon_cross_check_rel_diff": rel_diff,
+        "privacy/epsilon_replace_one_rdp": rdp_epsilon,
         "privacy/epsilon_cross_check_rel_tol": tol,
         **{key.replace("privacy/epsilon", "privacy/epsilon_add_remove", 1): value
            for key, value in add_remove.items()},
@@ -214,12 +214,12 @@ def cross_check(reported_epsilon: float, accountant_name: str, noise_multiplier:
     Returns ``privacy/epsilon``, ``privacy/epsilon_pld``, ``privacy/epsilon_rdp_independent``,
     ``privacy/epsilon_cross_check_rel_diff`` and ``privacy/epsilon_cross_check_rel_tol``.
 
-    Replace-one: compares with the privacy-buckets PLD (≈ 0.4 % above connect-the-dots in every
-    regime measured) and with the add/remove ε, which it must not undercut; the add/remove
-    figure is checked as above. Returns ``privacy/epsilon``,
-    ``privacy/epsilon_replace_one_buckets``, ``privacy/epsilon_cross_check_rel_diff``,
+    Replace-one: brackets the reported ε between the add/remove ε of the same steps (it must not
+    undercut it) and radpriv's replace-one RDP bound (it must not exceed it); the add/remove
+    figure is checked as above. Returns ``privacy/epsilon``, ``privacy/epsilon_replace_one_rdp``,
     ``privacy/epsilon_cross_check_rel_tol`` and the add/remove block as
-    ``privacy/epsilon_add_remove``, ``privacy/epsilon_add_remove_pld``, … .
+    ``privacy/epsilon_add_remove``, ``privacy/epsilon_add_remove_pld``,
+    ``privacy/epsilon_add_remove_cross_check_rel_diff``, … .
 
     Calling it right after calibration, on ``CalibrationResult.epsilon``, surfaces a problem
     before training rather than after.

@@ -27,10 +27,10 @@ Google's ``dp_accounting`` PLD accountant with ``NeighboringRelation.REPLACE_ONE
 pessimistic rounding (every rounding towards more privacy loss: an upper bound up to its
 discretisation), discretisation interval 1e-4·ε, as the add/remove cross-check uses. Neither
 of Opacus' accountants nor dp_accounting's RDP accountant analyses Poisson sampling under
-replace-one, so this is the one maintained implementation there is; the cross-check
-(:mod:`radpriv.privacy.independent_check`) recomputes it with dp_accounting's other PLD
-construction (privacy buckets instead of connect-the-dots) and checks it is never below the
-add/remove ε of the same run.
+replace-one, so this is the one maintained implementation there is. The cross-check
+(:mod:`radpriv.privacy.independent_check`) brackets it between the add/remove ε of the same
+steps (below) and the replace-one Rényi-DP bound integrated by radpriv itself
+(:mod:`radpriv.privacy.replace_one_rdp`, above).
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ REL_DISCRETIZATION = 1e-4
 History = tuple[tuple[float, float, int], ...]
 
 
-def dpsgd_pld(history: History, interval: float, connect_dots: bool = True):
-    """dp_accounting's PLD of the DP-SGD steps in ``history`` under replace-one (pessimistic)."""
+def dpsgd_pld(history: History, interval: float):
+    """dp_accounting's PLD of the DP-SGD steps in ``history`` under replace-one (pessimistic,
+    connect-the-dots)."""
     from dp_accounting import NeighboringRelation
     from dp_accounting.pld import privacy_loss_distribution as pld
 
@@ -53,35 +54,33 @@ def dpsgd_pld(history: History, interval: float, connect_dots: bool = True):
     for sigma, q, steps in history:
         one = pld.from_gaussian_mechanism(
             standard_deviation=sigma, sampling_prob=q, value_discretization_interval=interval,
-            neighboring_relation=NeighboringRelation.REPLACE_ONE, use_connect_dots=connect_dots,
+            neighboring_relation=NeighboringRelation.REPLACE_ONE, use_connect_dots=True,
             pessimistic_estimate=True).self_compose(int(steps))
         composed = one if composed is None else composed.compose(one)
     return composed
 
 
-def refined_epsilon(build, delta: float) -> float:
-    """ε at δ of the PLD ``build(interval)``, the interval refined until it is at most 1.5e-4 of
+def refined_epsilon(build, delta: float, rel: float = REL_DISCRETIZATION) -> float:
+    """ε at δ of the PLD ``build(interval)``, the interval refined until it is at most 1.5·rel of
     the ε it yields, whatever its magnitude (0.01 to 10): two or three passes."""
     interval = 1e-3
     value = float(build(interval).get_epsilon_for_delta(delta))
-    for _ in range(4):
-        if value <= 0 or interval <= 1.5 * REL_DISCRETIZATION * value:
+    for _ in range(5):
+        if value <= 0 or interval <= 1.5 * rel * value:
             break
-        interval = max(REL_DISCRETIZATION * value, 1e-9)
+        interval = max(rel * value, 1e-9)
         value = float(build(interval).get_epsilon_for_delta(delta))
     return max(value, 0.0)
 
 
 @functools.lru_cache(maxsize=512)
-def epsilon(history: History, delta: float, connect_dots: bool = True) -> float:
+def epsilon(history: History, delta: float) -> float:
     """Upper bound on ε at δ of the DP-SGD steps in ``history`` under replace-one adjacency.
 
     ``history``: canonical ``((σ, q, steps), ...)`` (radpriv.privacy.accounting normalises it).
-    ``connect_dots=False`` uses dp_accounting's privacy-buckets construction instead (the
-    cross-check).
     """
     if not history:
         return 0.0
     if any(sigma == 0 for sigma, _, _ in history):
         return math.inf
-    return refined_epsilon(lambda interval: dpsgd_pld(history, interval, connect_dots), delta)
+    return refined_epsilon(lambda interval: dpsgd_pld(history, interval), delta)
