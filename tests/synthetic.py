@@ -54,3 +54,12 @@ def write_fabricated_ct_csv(path: Path, n: int = 60, seed: int = 0) -> list[str]
             texts.append(text)
             w.writerow([f"train_{i}_a_1", text, *labels])
     return texts
+
+
+def write_unlabelled_csv(path: Path, texts, n: int) -> Path:
+    """An `id,report_text` CSV of the first n texts and one empty report (what a teacher labels)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "report_text"])
+        w.writerows([[f"u{i}", t] for i, t in enumerate(texts[:n])] + [["empty", ""]])
+    return path

@@ -14,7 +14,7 @@ from scipy import stats
 from radpriv.cli import run
 from radpriv.errors import ConfigError, DataError, PrivacyError
 from radpriv.teacher import pate
-from tests.synthetic import synthetic_table
+from tests.synthetic import synthetic_table, write_unlabelled_csv
 
 TINY = ["model=tiny_bert", "data=ct_rate_text", "data.max_length=48", "trainer.max_epochs=1",
         "trainer.progress_bar=false", "trainer.eval_batch_size=16", "privacy.expected_batch_size=8"]
@@ -215,11 +215,7 @@ def fake_pate(tracking_uri, reports_csv, tmp_path, monkeypatch):
     import radpriv.train
 
     csv_path, texts = reports_csv
-    unlabelled = tmp_path / "unlabelled.csv"
-    with unlabelled.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "report_text"])
-        w.writerows([[f"u{i}", t] for i, t in enumerate(texts[:23])] + [["empty", ""]])
+    unlabelled = write_unlabelled_csv(tmp_path / "unlabelled.csv", texts, 23)
 
     def run_once(*extra, name="pate.csv"):
         teachers = FakeTeachers()
@@ -329,11 +325,7 @@ def test_a_seeded_run_claims_no_epsilon(fake_pate, tracking_uri, tmp_path, caplo
 @pytest.mark.slow
 def test_pate_labels_with_two_tiny_teachers(tracking_uri, reports_csv, tmp_path, capsys):
     csv_path, texts = reports_csv
-    unlabelled = tmp_path / "unlabelled.csv"
-    with unlabelled.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "report_text"])
-        w.writerows([[f"u{i}", t] for i, t in enumerate(texts[:12])] + [["empty", ""]])
+    unlabelled = write_unlabelled_csv(tmp_path / "unlabelled.csv", texts, 12)
     out = tmp_path / "pate.csv"
     assert run(["label", "teacher.mode=pate", *TINY, f"data.path={csv_path}", "pate.k=2", "pate.sigma=30",
                 f"pate.input={unlabelled}", f"pate.output={out}", "pate.progress_bar=false"]) == 0

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
-from radpriv.data.sampling import ShuffledBatchSampler
+from radpriv.data.sampling import PoissonBatchSampler, ShuffledBatchSampler
 from radpriv.errors import ConfigError
 from radpriv.privacy.randomness import PrivateRandomness
 
@@ -48,22 +48,16 @@ def _check(rank: int, world_size: int) -> None:
         raise ConfigError(f"rank {rank} of world size {world_size}: expected 0 ≤ rank < world size")
 
 
-class DistributedPoissonBatchSampler(Sampler[list[int]]):
+class DistributedPoissonBatchSampler(PoissonBatchSampler):
     """This rank's part of a Poisson draw of rate `sample_rate` over `num_samples` reports."""
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int, seed: int, *,
                  rank: int, world_size: int, randomness: PrivateRandomness):
         _check(rank, world_size)
-        if num_samples < 1 or not 0 < sample_rate <= 1 or steps < 1:
-            raise ConfigError(f"Poisson sampling needs N ≥ 1, 0 < q ≤ 1 and steps ≥ 1 "
-                              f"(got N={num_samples}, q={sample_rate}, steps={steps})")
-        self.num_samples = num_samples
-        self.sample_rate = sample_rate
-        self.steps = steps
+        super().__init__(num_samples, sample_rate, steps, randomness)
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.randomness = randomness
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -73,9 +67,6 @@ class DistributedPoissonBatchSampler(Sampler[list[int]]):
         """The report indices this rank draws from in the current epoch."""
         perm = torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch))
         return perm[self.rank::self.world_size]
-
-    def __len__(self) -> int:
-        return self.steps
 
     def __iter__(self):
         shard = self.shard()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Sampler
 
+from radpriv.errors import ConfigError
 from radpriv.privacy.randomness import PrivateRandomness
 
 
@@ -33,7 +34,6 @@ class PoissonBatchSampler(Sampler[list[int]]):
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int, randomness: PrivateRandomness):
         if num_samples < 1 or not 0 < sample_rate <= 1 or steps < 1:
-            from radpriv.errors import ConfigError
             raise ConfigError(f"Poisson sampling needs N ≥ 1, 0 < q ≤ 1 and steps ≥ 1 "
                               f"(got N={num_samples}, q={sample_rate}, steps={steps})")
         self.num_samples = num_samples
