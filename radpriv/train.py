@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from radpriv import process_memory
 from radpriv.data.datamodule import ReportDataModule
+from radpriv.data.patients import Unit, privacy_unit
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError
@@ -29,7 +30,6 @@ from radpriv.model.module import ReportClassifierModule
 from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import accounting, distributed, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
-from radpriv.privacy.statement import UNIT
 from radpriv.privacy.step_journal import StepJournal
 from radpriv.tracking.release import private_folder, train_digest
 from radpriv.tracking.resume import (CHECKPOINT, COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint,
@@ -68,13 +68,16 @@ def nonprivate_batch_size(n_train: int, batch_size: int, min_steps_per_epoch) ->
     return batch_size
 
 
-def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> PrivacyPlan | None:
-    """Calibrate σ so that exactly the planned steps spend the target ε (None: non-private)."""
+
+def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int, unit: Unit) -> PrivacyPlan | None:
+    """Calibrate σ so that exactly the planned steps spend the target ε (None: non-private).
+
+    N, q and the steps count units: patients at the patient unit, else reports."""
     p = cfg.privacy
     epsilon = accounting.resolve_epsilon(p.epsilon)
     if epsilon is None:
         return None
-    n = dm.num_train
+    n = dm.num_units
     delta = float(p.delta) if p.get("delta") is not None else accounting.default_delta(n)
     accounting.check_delta(delta, n)
     if p.get("max_grad_norm") is None or float(p.max_grad_norm) <= 0:
@@ -87,14 +90,17 @@ def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int) -> Priv
     # the independent accountant must agree before any private data is touched, not after
     independent_check.cross_check(calibration.epsilon, str(p.accountant), calibration.noise_multiplier,
                                   dm.sample_rate, steps, delta, relation=relation)
-    log.info("privacy plan: ε=%g δ=%.3g (%s) σ=%.4g q=%.4g steps=%d C=%g", epsilon, delta,
-             relation.replace("_", "-"), calibration.noise_multiplier, dm.sample_rate, steps,
+    log.info("privacy plan: ε=%g δ=%.3g (%s, per %s) σ=%.4g q=%.4g steps=%d C=%g", epsilon, delta,
+             relation.replace("_", "-"), unit.name, calibration.noise_multiplier, dm.sample_rate, steps,
              float(p.max_grad_norm))
+    log.info("privacy unit: %s", unit.why)
     return PrivacyPlan(
         target_epsilon=epsilon, delta=delta, noise_multiplier=float(calibration.noise_multiplier),
         max_grad_norm=float(p.max_grad_norm), sample_rate=dm.sample_rate,
         expected_batch_size=int(p.expected_batch_size), planned_steps=steps,
         accountant=str(p.accountant), secure_mode=bool(p.get("secure_mode", False)), adjacency=relation,
+        unit=unit.name, unit_why=unit.why,
+        max_reports_per_patient=dm.max_reports_per_patient if unit.name == "patient" else None,
     )
 
 
@@ -155,16 +161,20 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     max_epochs = int(cfg.trainer.max_epochs)
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be ≥ 1")
+    private = accounting.resolve_epsilon(cfg.privacy.epsilon) is not None
+    unit, cap = privacy_unit(cfg.privacy, table)
     dm = ReportDataModule(
         table, tokenizer, max_length=int(cfg.data.max_length),
         batch_size=int(cfg.privacy.expected_batch_size),
         physical_batch_size=int(cfg.privacy.max_physical_batch_size),
         eval_batch_size=int(cfg.trainer.eval_batch_size), seed=seed,
-        padding=str(cfg.data.get("padding", "dynamic")),
+        padding=str(cfg.data.get("padding", "dynamic")), poisson=private,
+        # the unit shapes DP-SGD only: without DP there is no guarantee to hold per patient
+        unit=unit.name if private else "report",
+        max_reports_per_patient=cap,
     )
-    plan = plan_privacy(cfg, dm, max_epochs)
+    plan = plan_privacy(cfg, dm, max_epochs, unit)
     threshold_noise = plan_dp_thresholds(cfg, dm, plan)
-    dm.poisson = plan is not None
     dm.secure_sampling = plan is not None and plan.secure_mode
     # checked for every run (a bad value is a one-line error either way), used only without DP
     own = cfg.finetune.get("nonprivate_batch_size")  # a mode's own non-private batch (full: 32)
@@ -304,7 +314,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
                     logger.experiment.set_tag(logger.run_id, "radpriv.resumed_from", resume.run_id)
         params = mlflow_run.flatten(OmegaConf.to_container(cfg, resolve=True))
         if plan is not None:  # the guarantee's relation and unit, beside the config that set it
-            params.update({"privacy.adjacency": plan.adjacency, "privacy.unit": UNIT})
+            params.update({"privacy.adjacency": plan.adjacency, "privacy.unit_resolved": plan.unit})
         if resume is not None and resume.run_id == logger.run_id and trainer.is_global_zero:
             params = mlflow_run.join_resumed_run(logger, cfg, params)
         logger.log_hyperparams(params)

@@ -54,3 +54,26 @@ def reports_csv(tmp_path_factory) -> tuple[Path, list[str]]:
 
     path = tmp_path_factory.mktemp("data") / "reports.csv"
     return path, write_fabricated_ct_csv(path)
+
+
+@pytest.fixture
+def lightning_shims():
+    """`make(net, optimizer) -> (module, wrapped)`: what radpriv's step runners (DPStep, the DDP
+    runner) need of a LightningModule and of Lightning's optimizer wrapper, for a bare network."""
+    from radpriv.model.module import per_sample_loss
+
+    def make(net, opt):
+        class Module:
+            chunk_losses = staticmethod(
+                lambda c: per_sample_loss(net(c["input_ids"], c["attention_mask"]), c["labels"]))
+            manual_backward = staticmethod(lambda loss: loss.backward())
+
+        class Wrapped:
+            optimizer = opt
+            param_groups = opt.param_groups
+            step = staticmethod(opt.step)
+            zero_grad = staticmethod(opt.zero_grad)
+
+        return Module, Wrapped
+
+    return make

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,8 +19,12 @@ from radpriv.audit.canaries import make_canaries, public_words, with_canaries
 from radpriv.audit.one_run_bound import epsilon_lower_bound, guesses, p_value
 from radpriv.audit.run import EXIT_PRIVACY_BUG, privacy_bug
 from radpriv.cli import main
+from radpriv.config import compose
+from radpriv.data.patients import PatientIndex, training_units
 from radpriv.data.schemas import CT_RATE18
-from tests.synthetic import synthetic_table
+from radpriv.data.sources import load_table
+from radpriv.errors import ConfigError
+from tests.synthetic import CT_PATIENT_CSV, synthetic_table, write_ct_patient_csv
 from tests.test_train_e2e import TINY, all_files_text
 
 
@@ -238,3 +244,89 @@ def test_the_audit_catches_a_dp_implementation_that_forgets_the_noise(
     assert len(bug_lines) == 1
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["audit"]["epsilon_lower_bound"] > summary["audit"]["claimed_epsilon"]
+
+
+# ---- the patient unit: canaries are patients of several reports ----------------------------------
+
+@pytest.fixture
+def ct_patient_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("patients") / "patients.csv"
+    write_ct_patient_csv(path)
+    return path
+
+
+PATIENT_TINY = ["model=tiny_bert", *CT_PATIENT_CSV, "data.max_length=48", "trainer.progress_bar=false",
+                "privacy.expected_batch_size=8", "privacy.max_physical_batch_size=8", "trainer.eval_batch_size=64"]
+
+
+def test_a_canary_patient_is_copies_of_one_report_in_or_out_of_training_together(ct_patient_csv):
+    from radpriv.model.encoder import load_encoder, resolve_spec
+
+    _, tok = load_encoder(resolve_spec("tiny_bert"))
+    one = make_canaries(60, CT_RATE18, tok, seed=1, words_per_canary=6)
+    three = make_canaries(60, CT_RATE18, tok, seed=1, words_per_canary=6, reports_per_canary=3)
+    # the same canaries as the report-level audit of that seed, each now a patient of 3 reports
+    assert three.texts == one.texts and three.ids == one.ids and (three.member == one.member).all()
+    assert one.reports_per_canary == 1 and three.reports_per_canary == 3
+    reports = [rid for rids in three.report_ids for rid in rids]
+    assert len(set(reports)) == 180 and not set(reports) & set(three.ids)  # no report id names its patient
+    assert all(re.fullmatch(r"canary-[0-9a-f]{16}", rid) for rid in reports)
+
+    table = load_table(compose([*CT_PATIENT_CSV, f"data.path={ct_patient_csv}"]).data, 42)
+    audited = with_canaries(table, three)
+    train = audited.subset("train")
+    row = {rid: i for i, rid in enumerate(train.ids)}
+    for j, cid in enumerate(three.ids):
+        rows = [row[rid] for rid in three.report_ids[j] if rid in row]
+        assert len(rows) == (3 if three.member[j] else 0), "a canary patient is in training whole or not at all"
+        for i in rows:
+            assert train.patient_ids[i] == cid and train.texts[i] == three.texts[j]
+            assert (train.labels[i] == three.labels[j]).all()
+    n_members = int(three.member.sum())
+    assert len(PatientIndex.of(train)) == len(PatientIndex.of(table.subset("train"))) + n_members
+    assert training_units(audited, "patient") == training_units(table, "patient") + n_members
+    assert training_units(audited, "report") == training_units(table, "report") + 3 * n_members
+    assert audited.subset("test").ids == table.subset("test").ids
+    with pytest.raises(ConfigError, match="no patient ids"):
+        with_canaries(replace(synthetic_table(), patient_ids=None), three)
+
+
+def test_canaries_follow_the_runs_privacy_unit_or_fail_in_one_line(tracking_uri, ct_patient_csv, reports_csv,
+                                                                    capsys, tmp_path):
+    cases = [
+        # report unit: a canary is one report; several reports in or out together test group privacy
+        ([*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=1", "audit.reports_per_canary=2"],
+         "the privacy unit is the report"),
+        ([*PATIENT_TINY, f"data.path={ct_patient_csv}", "privacy.unit=report", "privacy.epsilon=1",
+          "audit.reports_per_canary=3"], "the privacy unit is the report"),
+        # patient unit: never more reports than a drawn patient brings to a step
+        ([*PATIENT_TINY, f"data.path={ct_patient_csv}", "privacy.epsilon=1", "privacy.max_reports_per_patient=4",
+          "audit.reports_per_canary=5"], "exceeds the run's reports per patient, 4"),
+        ([*PATIENT_TINY, f"data.path={ct_patient_csv}", "privacy.epsilon=1", "audit.reports_per_canary=0"],
+         "audit.reports_per_canary=0"),
+    ]
+    for overrides, message in cases:
+        code, captured = _audit(overrides, capsys)
+        lines = [ln for ln in captured.err.strip().splitlines() if ln.startswith("radpriv: error")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (overrides, captured.err[-500:])
+    assert not list(tmp_path.rglob("model")), "a bad setting must stop the audit before training"
+
+
+def test_a_patient_unit_audit_at_epsilon_one_finds_no_bug(tracking_uri, ct_patient_csv, capsys):
+    """Canary patients of 4 reports each (the run's cap), DP at ε = 1 per patient: the bound
+    stays at or below the add/remove ε the canary experiment tests, and the run says the unit."""
+    overrides = [*PATIENT_TINY, f"data.path={ct_patient_csv}", "privacy.epsilon=1", "privacy.max_grad_norm=1.0",
+                 "privacy.max_reports_per_patient=4", "finetune=full", "finetune.lr=1e-2",
+                 "finetune.warmup_ratio=0", "trainer.max_epochs=4", "audit.canaries=120",
+                 "audit.words_per_canary=4", "audit.k_plus=20", "audit.k_minus=20", "tracking.checkpoint_dir=null"]
+    code, captured = _audit(overrides, capsys)
+    assert code == 0, captured.err[-2000:]
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    result = summary["audit"]
+    assert (result["unit"], result["reports_per_canary"]) == ("patient", 4)
+    run = mlflow.MlflowClient(tracking_uri).get_run(summary["run_id"])
+    assert run.data.tags["radpriv.unit"] == "patient"
+    assert run.data.metrics["audit/reports_per_canary"] == 4
+    assert result["claimed_epsilon"] == pytest.approx(run.data.metrics["privacy/epsilon_add_remove"])
+    assert result["epsilon_lower_bound"] <= result["claimed_epsilon"] < 1.0
+    assert result["verdict"] == "consistent with the claimed ε"

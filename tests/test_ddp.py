@@ -93,6 +93,30 @@ def test_the_union_of_the_ranks_draws_is_a_poisson_sample_of_rate_q():
     assert abs(np.corrcoef(rank_sizes)[0, 1]) < 0.06
 
 
+def test_at_the_patient_unit_ranks_draw_whole_patients_and_the_union_is_poisson_over_patients():
+    """Patients, not reports, are dealt to the ranks: a patient's reports are on one rank, and over
+    the ranks' draws every patient joins a step with probability q."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 7, size=30)
+    members = tuple(np.arange(sum(sizes[:p]), sum(sizes[:p + 1])) for p in range(len(sizes)))
+    patient_of = np.concatenate([np.full(k, p) for p, k in enumerate(sizes)])
+    world, q, steps = 3, 0.25, 1500
+    per_rank = []
+    for rank in range(world):
+        s = DistributedPoissonBatchSampler(len(members), q, steps, 7, rank=rank, world_size=world,
+                                           randomness=PrivateRandomness(), groups=members)
+        per_rank.append(list(s))
+    joined = np.zeros(len(members))
+    for t in range(steps):
+        rows = [i for rank in range(world) for i in per_rank[rank][t]]
+        patients = set(patient_of[rows].tolist())
+        for p in patients:  # whole patients, each from exactly one rank
+            assert sorted(i for i in rows if patient_of[i] == p) == members[p].tolist()
+            assert sum(any(patient_of[i] == p for i in per_rank[r][t]) for r in range(world)) == 1
+            joined[p] += 1
+    assert np.all(np.abs(joined / steps - q) < 4.5 * np.sqrt(q * (1 - q) / steps))
+
+
 def test_non_private_batches_are_the_single_process_batches_dealt_out_to_the_ranks():
     n, b, world = 23, 5, 3
     samplers = [DistributedShuffledBatchSampler(n, b, 7, rank=r, world_size=world) for r in range(world)]
@@ -250,7 +274,6 @@ def _probe(out: Path) -> None:
 def _exactness(out: Path, rank: int, world: int) -> None:
     """σ = 0: one distributed step over the ranks' shards = one single-process step over their union."""
     from opacus.grad_sample import GradSampleHooks
-    from opacus.optimizers import DPOptimizer
 
     from radpriv.data.datamodule import LogicalBatch, pad_chunk
     from radpriv.data.tokens import tokenize_texts

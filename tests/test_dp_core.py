@@ -131,7 +131,7 @@ def test_dp_step_without_noise_or_clipping_equals_a_plain_step(name):
     assert any(not torch.allclose(plain[n], p) for n, p in init.named_parameters() if p.requires_grad)
 
 
-def test_clipping_bounds_each_report_and_noise_has_the_planned_scale():
+def test_clipping_bounds_each_report_and_noise_has_the_planned_scale(lightning_shims):
     """With one report per step and C tiny, the update is clip(g)/b + N(0, (σC/b)²)."""
     net, tok = tiny_net("tiny_bert")
     table = synthetic_table(12)
@@ -146,22 +146,14 @@ def test_clipping_bounds_each_report_and_noise_has_the_planned_scale():
     opt = DPOptimizer(torch.optim.SGD(params, lr=1.0), noise_multiplier=sigma, max_grad_norm=clip,
                       expected_batch_size=b)
 
-    class Shim:  # what DPStep needs of a LightningModule and of Lightning's optimizer wrapper
-        chunk_losses = staticmethod(lambda c: per_sample_loss(net(c["input_ids"], c["attention_mask"]), c["labels"]))
-        manual_backward = staticmethod(lambda loss: loss.backward())
-
-    class Wrapped:
-        optimizer = opt
-        step = staticmethod(opt.step)
-        zero_grad = staticmethod(opt.zero_grad)
-
+    module, wrapped = lightning_shims(net, opt)
     deltas = []
     torch.manual_seed(0)
     for _ in range(30):
         before = torch.cat([p.detach().flatten().clone() for p in params])
         items = [(i, ids[i], table.labels[i]) for i in range(3)]
         batch = LogicalBatch(chunks=[pad_chunk(items[:2], 0), pad_chunk(items[2:], 0)], size=3)
-        DPStep()(Shim, Wrapped, batch)
+        DPStep()(module, wrapped, batch)
         deltas.append(before - torch.cat([p.detach().flatten() for p in params]))
     hooks.cleanup()
     d = torch.stack(deltas)

@@ -14,7 +14,8 @@ from scipy import stats
 from radpriv.cli import run
 from radpriv.errors import ConfigError, DataError, PrivacyError
 from radpriv.teacher import pate
-from tests.synthetic import synthetic_table, write_unlabelled_csv
+from radpriv.teacher.provenance import add_teacher_guarantee
+from tests.synthetic import PATIENT_CSV, synthetic_table, write_patient_csv, write_unlabelled_csv
 
 TINY = ["model=tiny_bert", "data=ct_rate_text", "data.max_length=48", "trainer.max_epochs=1",
         "trainer.progress_bar=false", "trainer.eval_batch_size=16", "privacy.expected_batch_size=8"]
@@ -142,6 +143,53 @@ def test_partition_depends_on_the_patient_alone_within_one_invocation():
     assert pate.partition_of(patients[::-1], key, 5) == parts[::-1]
 
 
+def _neighbour_without(table, patient: str, new_reports: int):
+    """`table` with every report of `patient` replaced by `new_reports` training reports of a new
+    patient: neighbouring under replace-one-patient adjacency (same number of patients)."""
+    import dataclasses
+
+    keep = [i for i, p in enumerate(table.patient_ids) if p != patient]
+    return dataclasses.replace(
+        table, ids=tuple([table.ids[i] for i in keep] + [f"NEW-r{j}" for j in range(new_reports)]),
+        texts=tuple([table.texts[i] for i in keep] + ["new"] * new_reports),
+        labels=np.concatenate([table.labels[keep], np.ones((new_reports, table.num_labels), np.float32)]),
+        split=tuple([table.split[i] for i in keep] + ["train"] * new_reports),
+        patient_ids=tuple([table.patient_ids[i] for i in keep] + ["NEW"] * new_reports))
+
+
+def test_replacing_one_patient_with_all_their_reports_changes_at_most_two_teachers():
+    """The sensitivity argument at the patient unit, on the partition itself: whatever the number
+    of reports of the patient removed and of the one added, at most two teachers' training sets
+    differ, so each vote count moves by at most 2 (a teacher votes 0 or 1)."""
+    table = _patient_table(n=120, max_reports=5)
+    train_patients = sorted({p for p, s in zip(table.patient_ids, table.split) if s == "train"})
+    key = pate.partition_key()
+    before, _ = pate.teacher_tables(table, 5, key)
+    for patient, added in [(train_patients[0], 1), (train_patients[7], 9), (train_patients[-1], 3)]:
+        after, _ = pate.teacher_tables(_neighbour_without(table, patient, added), 5, key)
+        changed = [t for t in range(5) if _train_ids(before[t]) != _train_ids(after[t])]
+        assert 1 <= len(changed) <= 2
+        removed_from = pate.partition_of([patient], key, 5)[0]
+        assert set(changed) <= {removed_from, pate.partition_of(["NEW"], key, 5)[0]}
+    assert pate.vote_sensitivity(3) == pytest.approx(math.sqrt(sum(2 ** 2 for _ in range(3))))
+
+
+def _train_ids(table) -> frozenset:
+    return frozenset(i for i, s in zip(table.ids, table.split) if s == "train")
+
+
+def _patient_table(n: int = 40, max_reports: int = 6, seed: int = 0):
+    """A ReportTable of fabricated patients with several reports each (a patient in one split)."""
+    import dataclasses
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, max_reports + 1, size=n)
+    patients = [f"P{k}" for k, c in enumerate(counts) for _ in range(c)]
+    base = synthetic_table(len(patients), seed=seed)
+    split = tuple("test" if int(p[1:]) % 5 == 0 else "val" if int(p[1:]) % 5 == 1 else "train" for p in patients)
+    return dataclasses.replace(base, split=split, patient_ids=tuple(patients), patient_source="test patients")
+
+
 def test_two_invocations_draw_different_secret_partitions():
     """A fresh 256-bit key per invocation: two assignments of 300 patients to 5 teachers agree
     by chance with probability 5^-300."""
@@ -197,8 +245,9 @@ class FakeTeachers:
     1 on a label when its training set's size and the label index have the same parity (so the
     votes depend on the partition)."""
 
-    def __init__(self):
+    def __init__(self, n_labels: int = 18):
         self.train_ids: list[frozenset] = []
+        self.n_labels = n_labels
 
     def train(self, cfg, table):
         self.train_ids.append(frozenset(i for i, s in zip(table.ids, table.split) if s == "train"))
@@ -206,7 +255,7 @@ class FakeTeachers:
 
     def votes(self, run_id, uri, texts, batch_size):
         n = len(self.train_ids[int(run_id.removeprefix("teacher")) - 1])
-        return np.tile([(n + j) % 2 for j in range(18)], (len(texts), 1)).astype(np.int64)
+        return np.tile([(n + j) % 2 for j in range(self.n_labels)], (len(texts), 1)).astype(np.int64)
 
 
 @pytest.fixture
@@ -286,8 +335,12 @@ def test_a_pate_run_publishes_its_epsilon_and_no_count_of_the_expert_data(fake_p
     assert sha not in published and not any(f'"{key}"' in published for key in FORBIDDEN_KEYS)
     assert str(n_expert) not in params.values() and not any(str(n) in params.values() for n in sizes)
     assert {k for k, v in _leaves(artifact) if isinstance(v, int) and not isinstance(v, bool)} <= INTEGER_KEYS
-    assert set(params) == {f"pate.{k}" for k in ("k", "sigma", "delta", "n_queries", "relation", "noise_seeded",
-                                                  "data", "model")}
+    assert set(params) == {f"pate.{k}" for k in ("k", "sigma", "delta", "n_queries", "relation", "unit",
+                                                  "noise_seeded", "data", "model")}
+    # ct_rate_text names no patient: the guarantee is per report, as before
+    assert params["pate.unit"] == "report" and artifact["pate"]["unit"] == "report"
+    assert artifact["teacher_guarantee"]["unit"] == "report"
+    assert "each expert-labelled training report" in artifact["teacher_guarantee"]["statement"]
     # the local file beside the CSV keeps its counts but never the partition sizes
     assert local["n_labelled"] == 23 and '"partition_sizes"' not in json.dumps(local)
 
@@ -318,6 +371,67 @@ def test_a_seeded_run_claims_no_epsilon(fake_pate, tracking_uri, tmp_path, caplo
     # the seed reproduces partition and noise: the same labels again
     _, again, out_again = fake_pate("pate.seed=3", name="again.csv")
     assert again.train_ids == teachers.train_ids and out_again.read_text() == out.read_text()
+
+
+@pytest.mark.parametrize("unit", ["auto", "report"])
+def test_a_pate_run_on_patients_protects_each_patient(tracking_uri, tmp_path, monkeypatch, unit):
+    """Expert data that name patients: the guarantee is per expert training patient (δ from their
+    number; the same ε, sensitivity 2√L); privacy.unit=report asks for the report guarantee."""
+    import radpriv.train
+    from radpriv.config import compose
+    from radpriv.data.sources import load_table
+
+    path = tmp_path / "patients.csv"
+    reports = write_patient_csv(path, n_patients=40, seed=2)
+    data = [*PATIENT_CSV, f"data.path={path}", f"privacy.unit={unit}"]
+    table = load_table(compose(data).data, 42)
+    rows = [i for i, s in enumerate(table.split) if s == "train"]
+    n_patients, n_reports = len({table.patient_ids[i] for i in rows}), len(rows)
+    assert n_patients < n_reports
+    unlabelled = write_unlabelled_csv(tmp_path / "u.csv", [f"invented query {i}." for i in range(9)], 9)
+    teachers = FakeTeachers(n_labels=3)
+    monkeypatch.setattr(radpriv.train, "train", teachers.train)
+    monkeypatch.setattr(pate, "_teacher_votes", teachers.votes)
+    out = tmp_path / "labels.csv"
+    summary = pate.pate_command([*TINY[:1], "data.max_length=48", *data, "pate.k=3", "pate.sigma=30",
+                                 f"pate.input={unlabelled}", f"pate.output={out}", "pate.progress_bar=false"])
+    # every patient's training reports went to one teacher, whatever the unit
+    for ids in reports.values():
+        train_ids = {r for r in ids if r in {table.ids[i] for i in rows}}
+        assert sum(bool(train_ids & t) for t in teachers.train_ids) <= 1
+
+    by_patient = unit == "auto"
+    n = n_patients if by_patient else n_reports
+    expected = pate.pate_epsilon(30, 3, 9, 1 / n ** 1.1, "patient" if by_patient else "report")
+    assert expected["sensitivity"] == pytest.approx(2 * math.sqrt(3))  # per patient as per report
+    params, _, metrics, artifact = _published(tracking_uri, summary["run_id"], tmp_path)
+    g = artifact["teacher_guarantee"]
+    assert metrics["pate/delta"] == pytest.approx(1 / n ** 1.1) and g["epsilon"] == pytest.approx(expected["epsilon"])
+    assert summary["pate"]["unit"] == params["pate.unit"] == artifact["pate"]["unit"] == g["unit"]
+    if by_patient:
+        assert g["unit"] == "patient" and "each expert training patient of csv, with all their" in g["statement"]
+        assert "replace one expert training patient" in g["statement"]
+        assert "replace one expert training patient" in artifact["pate"]["neighbouring"]
+    else:
+        assert g["unit"] == "report" and "each expert-labelled training report" in g["statement"]
+    # neither count of the expert data is published (δ is a function of the unit's N, declared public)
+    published = json.dumps([params, metrics, artifact])
+    assert f'"{n_reports}"' not in published and f'"{n_patients}"' not in published
+    assert {k for k, v in _leaves(artifact) if isinstance(v, int) and not isinstance(v, bool)} <= INTEGER_KEYS
+    # a student trained on these labels states the teacher's unit beside its own
+    privacy = {"private": True, "guarantee": "student"}
+    add_teacher_guarantee(privacy, {"name": "csv", "path": str(out), "provenance": None})
+    assert privacy["teacher"]["unit"] == g["unit"]
+    assert privacy["guarantees"]["teacher_training_reports"] == g["statement"]
+
+
+def test_a_dp_teacher_at_the_patient_unit_says_patient():
+    from radpriv.teacher.provenance import single_teacher_guarantee
+
+    g = single_teacher_guarantee({"private": True, "epsilon": 1.0, "delta": 1e-5, "unit": "patient"})
+    assert g["unit"] == "patient" and "for each patient (with all their reports)" in g["statement"]
+    old = single_teacher_guarantee({"private": True, "epsilon": 1.0, "delta": 1e-5})  # facts with no unit
+    assert old["unit"] == "report" and "for each report of" in old["statement"]
 
 
 # --------------------------------------------------------------------------- end to end

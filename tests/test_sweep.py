@@ -22,7 +22,7 @@ from radpriv.process_memory import malloc_trim, peak_resident_bytes
 from radpriv.sweep import baselines, stats
 from radpriv.sweep.grid import Cell, build_grid, cell_overrides, training_overrides
 from radpriv.train import train
-from tests.synthetic import synthetic_table
+from tests.synthetic import PATIENT_CSV, synthetic_table, write_patient_csv
 from tests.test_train_e2e import TINY, error_lines
 
 # the tiny training settings, less the model (the grid sets it per cell)
@@ -100,6 +100,10 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
     assert by[("dp_lora", "tiny_bert", "1")]["run_ids"] == standalone[0].info.run_id
     assert float(by[("dp_lr", "", "10")]["epsilon_spent"]) == pytest.approx(10.0)
     assert "| DP-LoRA | tiny_albert | 10 |" in (local / "results.md").read_text()
+    # the unit each DP row's runs used (ct_rate_text names no patient: reports); none without DP
+    assert {m: r["privacy.unit"] for m, r in by.items()} == {
+        m: "report" if m[0] in ("dp_lora", "dp_lr") else "—" for m in by}
+    assert "| ε spent | unit |" in (local / "results.md").read_text()
     # nothing of a report's text in what the sweep wrote
     written = "\n".join(p.read_text(errors="ignore") for p in local.rglob("*") if p.suffix in (".csv", ".md", ".json"))
     assert "fabricated marker sentence" in texts[0] and "fabricated marker" not in written
@@ -130,6 +134,50 @@ def test_a_sweep_with_no_epsilon_trains_only_its_nonprivate_cell(tracking_uri, r
     rows = list(csv.DictReader(io.StringIO((local / "results.csv").read_text())))
     assert sorted(r["method"] for r in rows) == ["full", "tfidf_lr"]
     assert (local / "plots" / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sweep_on_patients_says_each_rows_unit(tracking_uri, capsys, tmp_path):
+    """Data that name patients: the DP-LoRA cell protects patients (its privacy.json), DP-LR reports."""
+    path = tmp_path / "patients.csv"
+    write_patient_csv(path, n_patients=40, seed=1)
+    grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[4]", "sweep.nonprivate=[lora]", "sweep.seeds=[42]",
+            "sweep.baselines=[dp_lr]"]
+    out, err = sweep(capsys, [*SMALL, *PATIENT_CSV, f"data.path={path}", "privacy.max_reports_per_patient=4",
+                              *grid])
+    assert (out["cells"], out["trained"]) == (2, 2) and "Traceback" not in err
+    local = Path(mlflow.artifacts.download_artifacts(run_id=out["run_id"], dst_path=str(tmp_path / "art")))
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO((local / "results.csv").read_text()))}
+    assert {m: r["privacy.unit"] for m, r in rows.items()} == {"dp_lora": "patient", "lora": "—", "dp_lr": "report"}
+    facts = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=rows["dp_lora"]["run_ids"], artifact_path="privacy.json", dst_path=str(tmp_path / "p"))).read_text())
+    assert facts["unit"] == "patient"
+    md = (local / "results.md").read_text()
+    assert "| DP-LoRA | tiny_bert | 4 |" in md and "| patient |" in md and "| report |" in md
+    assert json.loads((local / "sweep.json").read_text())["rows"][0]["privacy.unit"] is None  # LoRA first
+
+
+def test_a_runs_unit_comes_from_its_tag_else_its_privacy_json(tracking_uri, tmp_path):
+    """Runs logged before the `radpriv.unit` tag existed still name their unit in privacy.json."""
+    from radpriv.sweep.run import row_unit, run_unit
+
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.create_experiment("units")
+
+    def logged(tags: dict, privacy: dict | None):
+        run_id = client.create_run(exp, tags=tags).info.run_id
+        if privacy is not None:
+            facts = tmp_path / run_id / "privacy.json"
+            facts.parent.mkdir()
+            facts.write_text(json.dumps(privacy))
+            client.log_artifact(run_id, str(facts))
+        return client.get_run(run_id)
+
+    assert run_unit(client, logged({"radpriv.unit": "patient"}, None)) == "patient"
+    assert run_unit(client, logged({}, {"private": True, "unit": "report"})) == "report"
+    assert run_unit(client, logged({}, {"private": False, "unit": "none"})) is None
+    assert run_unit(client, logged({}, None)) is None
+    assert row_unit(["patient", "patient"], "x") == "patient" and row_unit([None], "x") is None
+    assert row_unit(["report", "patient"], "x") == "patient+report"  # never one unit for mixed runs
 
 
 def test_cells_are_found_whatever_the_threads_and_progress_bar_but_only_with_the_same_secret(

@@ -32,6 +32,7 @@ from radpriv.privacy.accounting import RDP_ORDERS, calibrate_noise_multiplier, d
 from radpriv.tune import ledger, privacy_cost, privacy_filter, study_record
 from radpriv.tune.privacy_cost import Mechanism
 from radpriv.tune.sampling import TrialSeededRandomSampler
+from tests.synthetic import PATIENT_CSV, write_patient_csv
 from tests.test_train_e2e import TINY, error_lines
 
 SMALL = [*TINY, "trainer.max_epochs=1"]
@@ -147,7 +148,7 @@ def _search(mode: str, seed=None, trials_seed=None, budget=None):
     cfg = OmegaConf.create({"tune": {"seed": seed, "trials_seed": trials_seed, "n_trials": 4, "shape": math.inf}})
     plan = {"noise_multiplier": 3.0, "sample_rate": 0.1, "steps": 20, "delta": 1e-4, "mean": 4.0,
             "shape": math.inf, "target_epsilon": 2.0}
-    return SimpleNamespace(cfg=cfg, mode=mode, delta=1e-4, n_private=1000, epsilon=2.0, budget=budget,
+    return SimpleNamespace(cfg=cfg, mode=mode, delta=1e-4, n_private=1000, unit="report", epsilon=2.0, budget=budget,
                            random_search=plan if mode == "random_search" else None,
                            planned=Mechanism(3.0, 0.1, 20))
 
@@ -551,3 +552,101 @@ def test_two_workers_share_one_study(tracking_uri, reports_csv, tmp_path):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert len({t.params["lr"] for t in study.trials}) == 4  # no worker repeated another's proposal
     assert [c.state for c in ledger.claims(study)] == ["admitted"] * 4
+
+
+# --------------------------------------------------------------------------------------------
+# the patient unit: the search plans per patient, as each run's own calibration counts
+# --------------------------------------------------------------------------------------------
+
+# tiny runs on fabricated patients holding 1–6 reports; a step takes up to 6 reports of a patient
+PATIENTS = ["model=tiny_bert", "data.max_length=32", "trainer.max_epochs=1", "trainer.progress_bar=false",
+            "privacy.expected_batch_size=4", "privacy.max_physical_batch_size=8",
+            "privacy.max_reports_per_patient=6", "trainer.eval_batch_size=32", "tracking.log_model=false",
+            "trainer.num_threads=1", *PATIENT_CSV]
+
+
+@pytest.fixture
+def patient_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("patients") / "patients.csv"
+    write_patient_csv(path, n_patients=40, seed=0)
+    return path
+
+
+def _train_split(args):
+    """(training patients, training reports) of the data these overrides name, counted here."""
+    from radpriv.data.sources import load_table
+
+    cfg = compose(["+tune=default", *args])
+    table = load_table(cfg.data, int(cfg.seed))
+    rows = [i for i, s in enumerate(table.split) if s == "train"]
+    return len({table.patient_ids[i] for i in rows}), len(rows)
+
+
+def test_the_search_plans_per_patient_where_training_does(patient_csv):
+    args = [*PATIENTS, f"data.path={patient_csv}", "privacy.epsilon=2"]
+    patients, reports = _train_split(args)
+    assert patients < reports  # patients with several reports: the two Ns differ
+    b, epochs = 4, 1
+    for mode in ("compose", "random_search"):
+        search = planned_search([*args, f"tune.accounting={mode}", "tune.n_trials=2"])
+        assert (search.unit, search.n_private) == ("patient", patients)
+        assert search.delta == pytest.approx(default_delta(patients), rel=1e-12)
+        q, steps = b / patients, epochs * math.ceil(patients / b)
+        assert (search.planned.sample_rate, search.planned.steps) == (q, steps)
+        if mode == "random_search":
+            assert (search.random_search["sample_rate"], search.random_search["steps"]) == (q, steps)
+    # the report unit asked for on the same data: N counts reports again
+    as_report = planned_search([*args, "privacy.unit=report"])
+    assert (as_report.unit, as_report.n_private) == ("report", reports)
+    assert as_report.planned.sample_rate == b / reports
+
+
+def test_a_study_keeps_the_unit_it_was_created_with(patient_csv):
+    args = [*PATIENTS, f"data.path={patient_csv}", "privacy.epsilon=2", "tune.n_trials=2"]
+    search = planned_search(args)
+    record = study_record.new_record(search)
+    assert record["unit"] == "patient" and record["n_private"] == search.n_private
+    study = study_with(record)
+    study_record.check_record(study, record, search)  # the same settings: accepted
+    with pytest.raises(ConfigError, match=r"privacy.unit \(resolved\)=patient, this command gives report"):
+        study_record.check_record(study, record, planned_search([*args, "privacy.unit=report"]))
+    # a record from before the patient unit is a report-unit study
+    old = {k: v for k, v in record.items() if k != "unit"}
+    assert ledger.record_unit(old) == "report"
+    assert ledger.search_privacy(study_with(old, name="o"), old)["unit"] == "report"
+
+
+@pytest.mark.parametrize("mode", ["random_search", "compose"])
+def test_a_search_at_the_patient_unit_runs_the_mechanism_it_planned(tracking_uri, patient_csv, capsys, tmp_path, mode):
+    """The trials' own calibration (radpriv.train) counts patients; the search's plan must too, or a
+    random search's trials are refused as another mechanism and the filter plans another run."""
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    extra = (["tune.accounting=random_search", "privacy.epsilon=8", "tune.shape=1"] if mode == "random_search"
+             else ["privacy.epsilon=4", "tune.retrain_best=false", "tune.pruning=false"])
+    args = [*PATIENTS, f"data.path={patient_csv}", f"tune.storage={storage}", "tune.n_trials=1", *extra]
+    patients, _ = _train_split(args)
+    search = planned_search(args)
+    out = tune(capsys, args)  # K = 1: a truncated geometric with mean 1
+    study, record = _study(out, storage)
+    assert record["unit"] == "patient" and out["privacy"]["unit"] == "patient"
+    assert "each patient of the private training split" in out["privacy"]["guarantee"]
+    client = mlflow.MlflowClient(tracking_uri)
+    assert client.get_run(out["run_id"]).data.tags["radpriv.unit"] == "patient"
+    runs = children(client, out["run_id"])
+    assert len(runs) == (2 if mode == "random_search" else 1)  # (the retrain), the trial
+    for child in runs:
+        m = child.data.metrics
+        assert (m["privacy/sample_rate"], int(m["privacy/steps"])) == (search.planned.sample_rate, search.planned.steps)
+        assert m["privacy/delta"] == pytest.approx(search.delta, rel=1e-12)
+        assert child.data.tags["radpriv.unit"] == "patient"
+        facts = json.loads(Path(mlflow.artifacts.download_artifacts(
+            run_id=child.info.run_id, artifact_path="privacy.json",
+            dst_path=str(tmp_path / child.info.run_id))).read_text())
+        assert facts["unit"] == "patient" and facts["n_train_patients"] == patients == search.n_private
+    (trial_claim,) = [c for c in ledger.claims(study) if c.kind == "trial"]
+    assert trial_claim.state == ledger.ADMITTED
+    if mode == "random_search":
+        planned = (search.planned.sample_rate, search.planned.steps)
+        assert (out["privacy"]["sample_rate"], out["privacy"]["steps"]) == planned
+    else:  # the recipe's trial is the filter's planned run, σ included
+        assert trial_claim.mechanism.as_list() == pytest.approx(record["filter"]["planned_mechanism"], rel=1e-9)

@@ -10,6 +10,11 @@ only add a second place to look.
 Scoring uses the model as *logged* (downloaded from MLflow and loaded with
 radpriv.model.bundle), not the in-process module: the audit then tests exactly what is released.
 
+The canaries are units of the audited run's privacy unit, resolved exactly as training resolves
+it (radpriv.data.patients.privacy_unit): one report each at the report unit; at the patient unit a
+patient of `audit.reports_per_canary` reports with one coin, so the audit tests the guarantee
+per patient that the run claims (radpriv/audit/canaries.py).
+
 What reaches MLflow, stdout and stderr: counts, the bound, AUCs and settings — never a canary
 text, a per-canary score or a per-canary membership bit (nor audit.seed, from which canaries
 could be regenerated: it stays on the user's command line).
@@ -34,13 +39,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from radpriv.audit.canaries import make_canaries, with_canaries
 from radpriv.audit.mia import loss_threshold_auc, model_losses
 from radpriv.audit.one_run_bound import epsilon_lower_bound, guesses
+from radpriv.data.patients import privacy_unit, resolve_unit, training_units
 from radpriv.errors import ConfigError, PrivacyError
 
 log = logging.getLogger(__name__)
 
 EXIT_PRIVACY_BUG = 3
 METHOD = ("one-run ε lower bound of Steinke, Nasr & Jagielski (NeurIPS 2023), canary score = "
-          "−BCE of its own labels; loss-threshold MIA AUC (Yeom et al. 2018) on train vs test reports")
+          "−BCE of its own labels (at the patient unit: of the text its reports share); "
+          "loss-threshold MIA AUC (Yeom et al. 2018) on train vs test reports")
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class Settings:
     delta: float | None
     words_per_canary: int
     seed: int
+    reports_per_canary: int | None  # None: by the privacy unit (reports_per_canary())
 
 
 def settings(cfg: DictConfig) -> Settings:
@@ -75,9 +83,32 @@ def settings(cfg: DictConfig) -> Settings:
         raise ConfigError(f"audit.delta={delta}: must be in [0, 1)")
     if int(a.words_per_canary) < 1:
         raise ConfigError(f"audit.words_per_canary={a.words_per_canary}: need at least 1 word")
+    per = a.get("reports_per_canary")
+    if per is not None and (isinstance(per, bool) or not isinstance(per, int) or per < 1):
+        raise ConfigError(f"audit.reports_per_canary={per!r}: must be a whole number ≥ 1, or null")
     if not cfg.tracking.get("log_model", True):
         raise ConfigError("tracking.log_model=false: the audit scores the logged model; drop that override")
-    return Settings(m, k_plus, k_minus, confidence, delta, int(a.words_per_canary), int(a.seed))
+    return Settings(m, k_plus, k_minus, confidence, delta, int(a.words_per_canary), int(a.seed), per)
+
+
+def reports_per_canary(s: Settings, unit, cap: int) -> int:
+    """Reports of one canary: 1 at the report unit; at the patient unit audit.reports_per_canary,
+    never above the run's reports-per-patient `cap`. null: `cap` itself — the largest patient
+    the run admits, on whom clipping reports one by one would leak the most."""
+    if unit.name == "report":
+        # several reports in or out together would be a group of units: a test of group privacy
+        # (about k·ε), which a correct report-level run fails
+        if s.reports_per_canary not in (None, 1):
+            raise ConfigError(f"audit.reports_per_canary={s.reports_per_canary}: the privacy unit is the "
+                              "report, so each canary is one report; leave it null")
+        return 1
+    if s.reports_per_canary is None:
+        return cap
+    if s.reports_per_canary > cap:
+        # a drawn patient brings a random `cap` of its reports: the rest would dilute the score
+        raise ConfigError(f"audit.reports_per_canary={s.reports_per_canary} exceeds "
+                          f"the run's reports per patient, {cap} (privacy.max_reports_per_patient)")
+    return s.reports_per_canary
 
 
 def require_claim(overrides: list[str]) -> None:
@@ -90,7 +121,8 @@ def require_claim(overrides: list[str]) -> None:
 
 def _audit_delta(s: Settings, cfg: DictConfig, private: bool, n_train: int) -> float:
     """δ of the null hypothesis. For a private run it is the run's own δ (or a larger one): a
-    smaller δ would test a claim the run never made and could raise a false alarm."""
+    smaller δ would test a claim the run never made and could raise a false alarm. `n_train`
+    counts training units (patients at the patient unit), as the run's default δ does."""
     from radpriv.privacy import accounting
 
     run_delta = (float(cfg.privacy.delta) if cfg.privacy.get("delta") is not None
@@ -117,14 +149,20 @@ def audit(cfg: DictConfig) -> dict:
     table = load_table(cfg.data, int(cfg.seed))
     if "test" not in table.split:
         raise ConfigError("audit: the dataset has no test split to compare training reports with")
+    unit, cap = privacy_unit(cfg.privacy, table)  # as training resolves them, from the same config and format
+    per = reports_per_canary(s, unit, cap)  # checked before the encoder loads or anything trains
     _, tokenizer = load_encoder(resolve_spec(cfg.model.source), seed=int(cfg.seed))
-    canaries = make_canaries(s.canaries, table.label_names, tokenizer, s.seed, s.words_per_canary)
+    canaries = make_canaries(s.canaries, table.label_names, tokenizer, s.seed, s.words_per_canary,
+                             reports_per_canary=per)
     audited = with_canaries(table, canaries)
-    n_train = audited.split.count("train")
+    if resolve_unit(cfg.privacy.get("unit"), audited).name != unit.name:  # with_canaries keeps the format
+        raise PrivacyError(f"audit: the canaries changed the privacy unit from {unit.name}")
+    n_train = training_units(audited, unit)
     delta = _audit_delta(s, cfg, private, n_train)
     n_in = int(canaries.member.sum())
-    log.info("audit: %d canaries, %d of them in training (N_train %d → %d); guesses fixed in advance: "
-             "k+=%d, k−=%d", s.canaries, n_in, table.split.count("train"), n_train, s.k_plus, s.k_minus)
+    log.info("audit: %d canaries (%s unit, %d report(s) each), %d of them in training (N_train %d → %d "
+             "%ss); guesses fixed in advance: k+=%d, k−=%d", s.canaries, unit.name, per, n_in,
+             training_units(table, unit), n_train, unit.name, s.k_plus, s.k_minus)
 
     train_cfg = cfg.copy()
     with open_dict(train_cfg):
@@ -145,6 +183,8 @@ def audit(cfg: DictConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = load_bundle(fetch_bundle(run_id, cfg.tracking.get("uri"), Path(tmp)))
     batch = int(cfg.trainer.eval_batch_size)
+    # one loss per canary: a canary patient's k reports are copies of one text with one label
+    # vector, so the loss of that text is the loss of each of them
     scores = -model_losses(model, canaries.texts, canaries.labels, batch, "audit: scoring canaries")
     r, v = guesses(scores, canaries.member, s.k_plus, s.k_minus)
     lower = epsilon_lower_bound(s.canaries, r, v, delta, s.confidence)
@@ -157,7 +197,8 @@ def audit(cfg: DictConfig) -> dict:
         model_losses(model, test_split.texts, test_split.labels, batch, "audit: scoring test reports"))
 
     result = {
-        "canaries": s.canaries, "canaries_in_training": n_in, "k_plus": s.k_plus, "k_minus": s.k_minus,
+        "canaries": s.canaries, "canaries_in_training": n_in, "unit": unit.name, "reports_per_canary": per,
+        "k_plus": s.k_plus, "k_minus": s.k_minus,
         "guesses": r, "correct_guesses": v, "confidence": s.confidence, "delta": delta,
         "epsilon_lower_bound": lower, "claimed_epsilon": claimed, "canary_auc": canary_auc,
         "mia_auc": auc, "mia_members": len(train_split), "mia_nonmembers": len(test_split),
@@ -181,6 +222,7 @@ def _log(cfg: DictConfig, run_id: str, result: dict) -> None:
     metrics = {"audit/epsilon_lower_bound": result["epsilon_lower_bound"], "audit/mia_auc": result["mia_auc"],
                "audit/canary_auc": result["canary_auc"], "audit/canaries": result["canaries"],
                "audit/canaries_in_training": result["canaries_in_training"],
+               "audit/reports_per_canary": result["reports_per_canary"],
                "audit/guesses": result["guesses"], "audit/correct_guesses": result["correct_guesses"],
                "audit/k_plus": result["k_plus"], "audit/k_minus": result["k_minus"],
                "audit/delta": result["delta"], "audit/confidence": result["confidence"]}

@@ -1,16 +1,20 @@
 """`radpriv data check`: can this dataset be trained on, and what does it look like?
 
 `check_data(cfg)` reads the dataset a config names (through the same reader `radpriv train`
-uses) and returns a summary made of counts only: reports and patients per split, rows excluded
-and why, label prevalence per split (positives, negatives, masked), token-length percentiles
-for the tokenizer of `cfg.model` and the share truncated at `data.max_length`, and a list of
-problems. It never returns or prints a word of report text: the only strings in it are
-paths, label names, split names, exclusion reasons and messages built from counts.
+uses) and returns a summary made of counts only: reports and patients per split, reports per
+patient (min / median / max, per split and overall), the privacy unit the config's
+`privacy.unit` resolves to on this data and why (radpriv/data/patients.py), rows excluded and
+why, label prevalence per split (positives, negatives, masked), token-length percentiles for the
+tokenizer of `cfg.model` and the share truncated at `data.max_length`, and a list of problems.
+It never returns or prints a word of report text: the only strings in it are paths, label
+names, split names, exclusion reasons, the unit's reason (the format's patient source) and
+messages built from counts.
 
 Problems are `error` (the data cannot be trained on with this config: no usable rows, an
 empty train split, an empty validation split when thresholds are chosen on it, an empty test
-split, which `radpriv train` scores) or `warning` (a label never positive, or with no known
-value, in train; many reports truncated; the tokenizer could not be loaded). With an error,
+split, which `radpriv train` scores, a `privacy.unit` the data cannot have) or `warning` (a
+label never positive, or with no known value, in train; many reports truncated; patients with
+reports in more than one split; the tokenizer could not be loaded). With an error,
 `check_data` raises `DataCheckFailed` carrying the summary; `radpriv data check` prints the
 summary and exits 1 with the first error as a one-line reason. A reader's DataError (missing
 file, bad column, bad value, ...) also exits 1 there, before any summary.
@@ -26,12 +30,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
+from radpriv.data.patients import UNITS, PatientIndex, privacy_unit, resolve_unit
 from radpriv.data.table import MASKED, SPLITS, ReportTable
-from radpriv.errors import DataError, RadprivError
+from radpriv.errors import ConfigError, DataError, RadprivError
 
 logger = logging.getLogger(__name__)
 
 PERCENTILES = (50, 90, 95, 99)
+ALL = "all"  # the whole table, beside the splits
 TRUNCATION_WARNING_SHARE = 0.05  # warn when more than this share of reports is truncated
 _UNTRUNCATED = 1_000_000  # a "max_length" no report reaches: lengths before truncation
 
@@ -77,6 +83,61 @@ def token_lengths(texts: Sequence[str], tokenizer, max_length: int) -> dict:
     return out
 
 
+def _spread(sizes: np.ndarray) -> dict | None:
+    """min / median / max of reports per patient (None: no patient)."""
+    if not sizes.size:
+        return None
+    return {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}
+
+
+def patient_counts(table: ReportTable) -> tuple[dict | None, dict | None, dict | None]:
+    """(patients, reports per patient, training reports of each patient) per split and `all`,
+    the last as an array for the unit's cap; Nones when the table names no patient at all."""
+    if table.patient_ids is None:
+        return None, None, None
+    # PatientIndex is what training counts with: a patient is its id, whatever its splits
+    sizes = {s: PatientIndex.of(table.subset(s)).sizes() for s in SPLITS}
+    sizes[ALL] = PatientIndex.of(table).sizes()
+    return ({k: int(v.size) for k, v in sizes.items()}, {k: _spread(v) for k, v in sizes.items()}, sizes["train"])
+
+
+def patients_in_several_splits(table: ReportTable) -> int:
+    """Patients with reports in more than one split (a CSV's split column can do that)."""
+    if table.patient_ids is None:
+        return 0
+    splits: dict[str, set] = {}
+    for p, s in zip(table.patient_ids, table.split):
+        splits.setdefault(p, set()).add(s)
+    return sum(len(v) > 1 for v in splits.values())
+
+
+def unit_summary(table: ReportTable, cfg: DictConfig, train_sizes: np.ndarray | None) -> tuple[dict, str | None]:
+    """({setting, name, why, ...}, error or None): the unit `privacy.unit` gives on this table, as
+    `radpriv train` resolves it; at the patient unit, how many training patients exceed the cap."""
+    privacy = cfg.get("privacy") or {}
+    setting = privacy.get("unit")
+    shown = "auto" if setting is None else str(setting).strip().lower()
+    if shown not in ("auto", *UNITS):
+        resolve_unit(setting, table)  # a bad value is a bad command (exit 2), not a data problem
+    try:
+        unit, cap = _training_unit(cfg, table)
+    except ConfigError as e:
+        if table.patient_ids is not None:  # a bad cap: a bad command too
+            raise
+        # privacy.unit=patient on data without patient ids: this data cannot be trained so
+        return {"setting": shown, "name": None, "why": str(e)}, str(e)
+    out = {"setting": shown, "name": unit.name, "why": unit.why}
+    if unit.name == "patient" and train_sizes is not None:
+        # not a problem: each step uses a random `cap` of such a patient's reports, by design
+        out.update(max_reports_per_patient=cap, train_patients_over_cap=int((train_sizes > cap).sum()))
+    return out, None
+
+
+def _training_unit(cfg: DictConfig, table: ReportTable):
+    """(unit, reports-per-patient cap) exactly as `radpriv train` resolves and checks them."""
+    return privacy_unit(cfg.privacy, table)
+
+
 def _load_tokenizer(cfg: DictConfig):
     from radpriv.model.encoder import load_encoder, resolve_spec
 
@@ -93,9 +154,8 @@ def summarize(table: ReportTable, cfg: DictConfig, tokenizer=None, tokenizer_err
         problems.append({"level": level, "message": message})
 
     counts = {s: table.split.count(s) for s in SPLITS}
-    patients = None
-    if table.patient_ids is not None:
-        patients = {s: len({p for p, x in zip(table.patient_ids, table.split) if x == s}) for s in SPLITS}
+    patients, per_patient, train_sizes = patient_counts(table)
+    unit, unit_error = unit_summary(table, cfg, train_sizes)
     prevalence = label_prevalence(table)
     max_length = int(cfg.data.get("max_length", 512))
 
@@ -121,6 +181,12 @@ def summarize(table: ReportTable, cfg: DictConfig, tokenizer=None, tokenizer_err
         problem("warning", "the validation split is empty")
     if counts["test"] == 0:
         problem("error", "the test split is empty; radpriv train scores the model on it")
+    if unit_error:
+        problem("error", unit_error)
+    mixed = patients_in_several_splits(table)
+    if mixed:
+        problem("warning", f"{mixed} patient(s) have reports in more than one split: the validation and test "
+                           "metrics see patients the model was trained on")
     if counts["train"]:
         train = prevalence["train"]
         never = [n for n, v in train.items() if v["positives"] == 0]
@@ -139,6 +205,8 @@ def summarize(table: ReportTable, cfg: DictConfig, tokenizer=None, tokenizer_err
         "n_reports": len(table),
         "reports": counts,
         "patients": patients,
+        "reports_per_patient": per_patient,
+        "unit": unit,
         "excluded": dict(table.excluded),
         "labels": list(table.label_names),
         "masked": {s: sum(v["masked"] for v in prevalence[s].values()) for s in SPLITS},
@@ -171,6 +239,40 @@ def check_data(cfg: DictConfig, load_tokenizer: Callable | None = None) -> dict:
 
 # --------------------------------------------------------------------------- printing
 
+def _spread_text(spread: dict | None) -> str:
+    return "-" if spread is None else f"{spread['min']}/{spread['median']:g}/{spread['max']}"
+
+
+def _split_rows(summary: dict) -> list[str]:
+    """reports, patients, reports per patient (min/median/max) and masked entries, per split and all."""
+    pats, per = summary.get("patients"), summary.get("reports_per_patient")
+    reports = {**summary["reports"], ALL: summary["n_reports"]}
+    masked = {**summary["masked"], ALL: sum(summary["masked"].values())}
+    lines = [f"{'split':<8}{'reports':>9}" + (f"{'patients':>10}{'reports/patient min/med/max':>29}" if pats else "")
+             + f"{'masked':>9}"]
+    for s in (*SPLITS, ALL):
+        row = f"{s:<8}{reports[s]:>9}"
+        if pats:
+            row += f"{pats.get(s, '-'):>10}{_spread_text(per.get(s)):>29}"
+        lines.append(row + f"{masked[s]:>9}")
+    return lines
+
+
+def _unit_lines(unit: dict | None) -> list[str]:
+    """The privacy unit the config gives on this data, and why (older summaries have none)."""
+    if not unit:
+        return []
+    if unit["name"] is None:
+        return ["", f"unit      none (privacy.unit={unit['setting']}): {unit['why']}"]
+    lines = ["", f"unit      {unit['name']} (privacy.unit={unit['setting']}): {unit['why']}"]
+    over = unit.get("train_patients_over_cap")
+    if over:
+        cap = unit["max_reports_per_patient"]
+        lines.append(f"          {over} training patient(s) have more than privacy.max_reports_per_patient={cap} "
+                     f"reports: each step uses a random {cap} of theirs")
+    return lines
+
+
 def format_summary(summary: dict) -> str:
     """The summary as a human-readable table (counts only)."""
     lines = [f"dataset   {summary['dataset']}: {summary['n_reports']} usable reports",
@@ -178,12 +280,8 @@ def format_summary(summary: dict) -> str:
     excl = summary["excluded"]
     lines.append("excluded  " + (", ".join(f"{k}={v}" for k, v in excl.items()) if excl else "none"))
     lines.append("")
-    pats = summary.get("patients")
-    head = f"{'split':<8}{'reports':>9}" + (f"{'patients':>10}" if pats else "") + f"{'masked':>9}"
-    lines.append(head)
-    for s in SPLITS:
-        row = f"{s:<8}{summary['reports'][s]:>9}" + (f"{pats[s]:>10}" if pats else "")
-        lines.append(row + f"{summary['masked'][s]:>9}")
+    lines += _split_rows(summary)
+    lines += _unit_lines(summary.get("unit"))
     lines.append("")
     names = summary["labels"]
     width = max([len("label")] + [len(n) for n in names]) + 2
@@ -215,8 +313,9 @@ def format_summary(summary: dict) -> str:
 
 DATA_USAGE = """usage: radpriv data check data=<name> [data.path=<...>] [model=<name>] [key=value ...]
 
-  prints a summary of the dataset (reports per split, exclusions, label prevalence, token lengths
-  for model=<name>'s tokenizer; never any report text), then one JSON line.
+  prints a summary of the dataset (reports and patients per split, reports per patient, the
+  privacy unit privacy.unit gives and why, exclusions, label prevalence, token lengths for
+  model=<name>'s tokenizer; never any report text), then one JSON line.
   exit 0: it can be trained on; 1: it cannot (the reason on stderr); 2: a bad command or override.
 """
 

@@ -242,6 +242,7 @@ def load_ct_rate(cfg: Mapping, seed: int) -> ReportTable:
         label_names=label_names,
         split=tuple(split),
         patient_ids=patients,
+        patient_source="the patient of the CT-RATE volume name (<split>_<patient>_<scan>_<reconstruction>)",
         excluded=dict(excluded),
         source=f"ct_rate {folder}; text {'+'.join(text_fields)}; {how}",
     )

@@ -5,6 +5,11 @@ cut into *physical* chunks that fit in memory. Within a logical batch the report
 by length before chunking, so each chunk is padded only to its own longest report; this
 reorders reports inside a batch already drawn and so leaves the sampling, and the privacy
 analysis, unchanged.
+
+At the patient unit (`unit="patient"`, radpriv/data/patients.py) a private batch is a Poisson
+draw of *patients*, each bringing its training reports (at most `max_reports_per_patient`).
+A patient's reports always share one physical chunk, and each chunk carries `patient`, the
+chunk-local patient of every row, so that DP-SGD clips one summed gradient per patient.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from radpriv.data.patients import PatientIndex
 from radpriv.data.sampling import PoissonBatchSampler, ShuffledBatchSampler
 from radpriv.data.table import ReportTable
 from radpriv.data.tokens import tokenize_cached
@@ -64,16 +70,45 @@ class LogicalBatch:
 
 
 class LogicalBatchCollator:
-    def __init__(self, pad_id: int, physical_batch_size: int, pad_to: int | None = None):
+    """Chunks of at most `physical_batch_size` reports, longest first; with `patient_of` (row →
+    patient) a patient's reports stay in one chunk, whose `patient` tensor numbers them."""
+
+    def __init__(self, pad_id: int, physical_batch_size: int, pad_to: int | None = None,
+                 patient_of: np.ndarray | None = None):
         self.pad_id = pad_id
         self.physical_batch_size = physical_batch_size
         self.pad_to = pad_to
+        self.patient_of = patient_of
 
     def __call__(self, items) -> LogicalBatch:
+        if self.patient_of is not None:
+            return self._by_patient(items)
         items = sorted(items, key=lambda it: len(it[1]), reverse=True)
         p = self.physical_batch_size
         chunks = [pad_chunk(items[s:s + p], self.pad_id, self.pad_to) for s in range(0, len(items), p)]
         return LogicalBatch(chunks=chunks, size=len(items))
+
+    def _by_patient(self, items) -> LogicalBatch:
+        groups: dict[int, list] = {}
+        for it in items:
+            groups.setdefault(int(self.patient_of[it[0]]), []).append(it)
+        # patients with the longest report first; each chunk is filled with whole patients
+        ordered = sorted(groups.values(), key=lambda g: max(len(it[1]) for it in g), reverse=True)
+        chunks, current, rows = [], [], 0
+        for group in ordered:
+            if current and rows + len(group) > self.physical_batch_size:
+                chunks.append(self._chunk(current))
+                current, rows = [], 0
+            current.append(group)
+            rows += len(group)
+        if current:
+            chunks.append(self._chunk(current))
+        return LogicalBatch(chunks=chunks, size=len(items))
+
+    def _chunk(self, patients: list[list]) -> dict[str, torch.Tensor]:
+        chunk = pad_chunk([it for group in patients for it in group], self.pad_id, self.pad_to)
+        chunk["patient"] = torch.tensor([k for k, group in enumerate(patients) for _ in group], dtype=torch.long)
+        return chunk
 
 
 class EvalCollator:
@@ -94,7 +129,8 @@ def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
 class ReportDataModule(L.LightningDataModule):
     def __init__(self, table: ReportTable, tokenizer, *, max_length: int, batch_size: int,
                  physical_batch_size: int, eval_batch_size: int = 64, poisson: bool = False,
-                 seed: int = 0, cache_dir=None, padding: str = "dynamic"):
+                 seed: int = 0, cache_dir=None, padding: str = "dynamic", unit: str = "report",
+                 max_reports_per_patient: int | None = None):
         super().__init__()
         self.table = table
         self.tokenizer = tokenizer
@@ -118,19 +154,32 @@ class ReportDataModule(L.LightningDataModule):
         if len(self.splits["train"]) == 0:
             from radpriv.errors import DataError
             raise DataError(f"{table.source or table.name}: the training split is empty")
+        # the privacy unit: patients (a PatientIndex of the training split) or reports (None)
+        self.unit = unit
+        self.patients = PatientIndex.of(self.splits["train"]) if unit == "patient" else None
+        self.max_reports_per_patient = max_reports_per_patient
 
     # -- sizes the privacy analysis depends on (public: derived from N and config only) --
     @property
     def num_train(self) -> int:
+        """Training reports."""
         return len(self.splits["train"])
 
     @property
+    def num_units(self) -> int:
+        """Training units: N of the privacy analysis (patients at the patient unit, else reports)."""
+        return len(self.patients) if self.patients is not None else self.num_train
+
+    @property
     def sample_rate(self) -> float:
-        return min(1.0, self.batch_size / self.num_train)
+        """q = b / N_units under DP (b: expected units per batch); reports without DP."""
+        n = self.num_units if self.poisson else self.num_train
+        return min(1.0, self.batch_size / n)
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.num_train / self.batch_size)
+        n = self.num_units if self.poisson else self.num_train
+        return math.ceil(n / self.batch_size)
 
     @property
     def pad_id(self) -> int:
@@ -147,19 +196,24 @@ class ReportDataModule(L.LightningDataModule):
         trainer = self.trainer
         # fresh per fit (i.e. per invocation): a resumed run never replays earlier batches
         randomness = PrivateRandomness(self.secure_sampling) if self.poisson else None
+        by_patient = self.poisson and self.patients is not None
+        groups = self.patients.members if by_patient else None
+        cap = self.max_reports_per_patient if by_patient else None
+        units = self.num_units if self.poisson else n
         if trainer is not None and trainer.world_size > 1:  # DDP: each rank draws from its own shard
             from radpriv.data.distributed_sampling import distributed_batch_sampler
 
             sampler = distributed_batch_sampler(
-                n, poisson=self.poisson, sample_rate=self.sample_rate, batch_size=self.batch_size,
+                units, poisson=self.poisson, sample_rate=self.sample_rate, batch_size=self.batch_size,
                 steps=self.steps_per_epoch, seed=self.seed, rank=trainer.global_rank,
-                world_size=trainer.world_size, randomness=randomness)
+                world_size=trainer.world_size, randomness=randomness, groups=groups, cap=cap)
         elif self.poisson:
-            sampler = PoissonBatchSampler(n, self.sample_rate, self.steps_per_epoch, randomness)
+            sampler = PoissonBatchSampler(units, self.sample_rate, self.steps_per_epoch, randomness, groups, cap)
         else:
             sampler = ShuffledBatchSampler(n, self.batch_size, self.seed)
-        return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=0,
-                          collate_fn=LogicalBatchCollator(self.pad_id, self.physical_batch_size, self.pad_to))
+        collate = LogicalBatchCollator(self.pad_id, self.physical_batch_size, self.pad_to,
+                                       self.patients.patient_of if by_patient else None)
+        return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=0, collate_fn=collate)
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.datasets[split]

@@ -49,12 +49,13 @@ def _check(rank: int, world_size: int) -> None:
 
 
 class DistributedPoissonBatchSampler(PoissonBatchSampler):
-    """This rank's part of a Poisson draw of rate `sample_rate` over `num_samples` reports."""
+    """This rank's part of a Poisson draw of rate `sample_rate` over `num_samples` units (reports,
+    or patients with `groups`: a patient and all of its reports belong to one rank)."""
 
     def __init__(self, num_samples: int, sample_rate: float, steps: int, seed: int, *,
-                 rank: int, world_size: int, randomness: PrivateRandomness):
+                 rank: int, world_size: int, randomness: PrivateRandomness, groups=None, cap: int | None = None):
         _check(rank, world_size)
-        super().__init__(num_samples, sample_rate, steps, randomness)
+        super().__init__(num_samples, sample_rate, steps, randomness, groups, cap)
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -64,15 +65,12 @@ class DistributedPoissonBatchSampler(PoissonBatchSampler):
         self.epoch = epoch
 
     def shard(self) -> torch.Tensor:
-        """The report indices this rank draws from in the current epoch."""
+        """The units this rank draws from in the current epoch."""
         perm = torch.randperm(self.num_samples, generator=_generator(self.seed, self.epoch))
         return perm[self.rank::self.world_size]
 
-    def __iter__(self):
-        shard = self.shard()
-        for _ in range(self.steps):
-            mask = self.randomness.bernoulli(len(shard), self.sample_rate)
-            yield shard[mask].tolist()  # possibly empty: still a step
+    def units(self) -> torch.Tensor:
+        return self.shard()  # possibly empty draws: still a step
 
 
 class DistributedShuffledBatchSampler(ShuffledBatchSampler):
@@ -91,9 +89,11 @@ class DistributedShuffledBatchSampler(ShuffledBatchSampler):
 
 def distributed_batch_sampler(num_samples: int, *, poisson: bool, sample_rate: float, batch_size: int,
                               steps: int, seed: int, rank: int, world_size: int,
-                              randomness: PrivateRandomness | None = None) -> Sampler[list[int]]:
-    """The training sampler of one rank: Poisson under DP (`randomness` required), shuffled batches otherwise."""
+                              randomness: PrivateRandomness | None = None, groups=None,
+                              cap: int | None = None) -> Sampler[list[int]]:
+    """The training sampler of one rank: Poisson under DP (`randomness` required; `num_samples`
+    units, patients with `groups`), shuffled batches of reports otherwise."""
     if poisson:
         return DistributedPoissonBatchSampler(num_samples, sample_rate, steps, seed, rank=rank,
-                                              world_size=world_size, randomness=randomness)
+                                              world_size=world_size, randomness=randomness, groups=groups, cap=cap)
     return DistributedShuffledBatchSampler(num_samples, batch_size, seed, rank=rank, world_size=world_size)

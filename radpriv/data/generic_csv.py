@@ -173,6 +173,7 @@ def load_generic_csv(cfg: Mapping, seed: int) -> ReportTable:
         label_names=label_columns,
         split=tuple(split),
         patient_ids=patients,
+        patient_source=f"column {patient_column!r} (data.patient_column)" if patient_column else None,
         excluded=dict(excluded),
         source=f"csv {path}; text {'+'.join(text_columns)}; uncertain={policy}; {how}",
     )

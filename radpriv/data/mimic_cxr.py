@@ -435,6 +435,7 @@ def load_mimic_cxr(cfg: Mapping, seed: int) -> ReportTable:
         label_names=label_names,
         split=split,
         patient_ids=patients,
+        patient_source="subject_id",
         excluded=dict(excluded),
         source=(f"mimic_cxr reports {kind} {reports_path}; labels {labels_path} ({labeler}, "
                 f"uncertain={policy}); {split_source}; sections {'+'.join(sections)} "

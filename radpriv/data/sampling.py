@@ -25,21 +25,31 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class PoissonBatchSampler(Sampler[list[int]]):
-    """`steps` Poisson draws per epoch: each report joins each batch with probability q.
+    """`steps` Poisson draws per epoch: each unit joins each batch with probability q.
+
+    A unit is a report, or with `groups` a patient: `groups[u]` are the row indices of patient
+    u, and a drawn patient brings all of its reports, at most `cap` of them (a uniformly random
+    subset, from the private randomness: a fixed, data-independent cap keeps a patient with
+    hundreds of reports within one physical chunk and one clipped contribution).
 
     Opacus' `UniformWithReplacementSampler` draws the same masks from a torch generator; this
     one takes them from `PrivateRandomness`, so that `privacy.secure_mode` can give them a
     cryptographically secure source. An empty draw is still a batch (a noisy step).
     """
 
-    def __init__(self, num_samples: int, sample_rate: float, steps: int, randomness: PrivateRandomness):
+    def __init__(self, num_samples: int, sample_rate: float, steps: int, randomness: PrivateRandomness,
+                 groups=None, cap: int | None = None):
         if num_samples < 1 or not 0 < sample_rate <= 1 or steps < 1:
             raise ConfigError(f"Poisson sampling needs N ≥ 1, 0 < q ≤ 1 and steps ≥ 1 "
                               f"(got N={num_samples}, q={sample_rate}, steps={steps})")
+        if groups is not None and len(groups) != num_samples:
+            raise ConfigError(f"{len(groups)} patients for N={num_samples} sampling units")
         self.num_samples = num_samples
         self.sample_rate = sample_rate
         self.steps = steps
         self.randomness = randomness
+        self.groups = groups
+        self.cap = cap
 
     def set_epoch(self, epoch: int) -> None:
         pass  # every draw is fresh: nothing to reseed
@@ -47,10 +57,26 @@ class PoissonBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.steps
 
+    def units(self) -> torch.Tensor:
+        """The units this sampler draws from (all of them; a DDP rank: its shard)."""
+        return torch.arange(self.num_samples)
+
+    def rows(self, drawn: torch.Tensor) -> list[int]:
+        """The row indices of the drawn units: the units themselves, or their patients' reports."""
+        if self.groups is None:
+            return drawn.tolist()
+        out: list[int] = []
+        for u in drawn.tolist():
+            members = self.groups[u]
+            if self.cap is not None and len(members) > self.cap:
+                members = members[self.randomness.subset(len(members), self.cap).numpy()]
+            out.extend(int(i) for i in members)
+        return out
+
     def __iter__(self):
+        units = self.units()
         for _ in range(self.steps):
-            mask = self.randomness.bernoulli(self.num_samples, self.sample_rate)
-            yield mask.nonzero(as_tuple=True)[0].tolist()
+            yield self.rows(units[self.randomness.bernoulli(len(units), self.sample_rate)])
 
 
 class ShuffledBatchSampler(Sampler[list[int]]):

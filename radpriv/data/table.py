@@ -31,6 +31,10 @@ class ReportTable:
     patient_ids: tuple[str, ...] | None = None
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> number of rows dropped
     source: str = ""  # where it was read from (paths only, never text)
+    # where patient_ids come from when the source format names patients (e.g. MIMIC-CXR's
+    # subject_id); None when each report is its own patient. Decided by the format and the
+    # config, never by the data, since it picks the privacy unit (radpriv/data/patients.py).
+    patient_source: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -66,6 +70,7 @@ class ReportTable:
             patient_ids=None if self.patient_ids is None else tuple(self.patient_ids[i] for i in idx),
             excluded=dict(self.excluded),
             source=self.source,
+            patient_source=self.patient_source,
         )
 
     def fingerprint(self) -> str:

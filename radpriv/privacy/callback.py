@@ -48,6 +48,10 @@ class PrivacyPlan:
     secure_mode: bool = False
     # the neighbouring relation σ was calibrated and ε is reported under (accounting.RELATIONS)
     adjacency: str = "replace_one"
+    # what one record is: a report, or a patient with all its training reports (data/patients.py)
+    unit: str = "report"
+    unit_why: str = ""
+    max_reports_per_patient: int | None = None  # patient unit: reports of a patient per step
 
 
 class DPCallback(L.Callback):

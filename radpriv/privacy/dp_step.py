@@ -18,6 +18,17 @@ default generator, which `seed_everything` seeds from the logged seed.
 
 An empty Poisson draw is still a step: the update is pure noise and the accountant counts it,
 exactly as the analysis assumes.
+
+At the patient unit (radpriv/data/patients.py) the sampled units are patients and
+
+    g = ( Σ_{patients P in B} clip_C( Σ_{i∈P} ∇ℓ_i ) + N(0, σ²C² I) ) / b
+
+with b the expected number of patients: each chunk carries `patient` (the chunk-local patient
+of every row; a patient's reports never span two chunks), and :func:`per_patient` sums the
+per-report gradients of each patient before Opacus clips them — one clipped contribution per
+patient, so one patient moves the sum by at most C (2C when replaced), whatever its number of
+reports. The sum, not the mean: a patient's loss is the sum of its reports' losses, so every
+report weighs the same in what is optimised until clipping binds.
 """
 
 from __future__ import annotations
@@ -53,6 +64,17 @@ class NoisyDistributedDPOptimizer(DistributedDPOptimizer, NoisyDPOptimizer):
     """
 
 
+def per_patient(params, patient: torch.Tensor) -> None:
+    """Replace each parameter's per-report `grad_sample` rows by per-patient sums (in place)."""
+    n = int(patient.max()) + 1 if len(patient) else 0
+    for p in params:
+        rows = p.grad_sample
+        if isinstance(rows, list):  # Opacus keeps a list after several backward calls
+            rows = torch.cat(rows, dim=0)
+        summed = torch.zeros((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        p.grad_sample = summed.index_add_(0, patient.to(rows.device), rows)
+
+
 class DPStep:
     def __call__(self, module, optimizer, batch) -> float:
         dp_optimizer = optimizer.optimizer  # the raw DPOptimizer under Lightning's wrapper
@@ -65,6 +87,8 @@ class DPStep:
             losses = module.chunk_losses(chunk)
             module.manual_backward(losses.sum())
             total += float(losses.detach().sum())
+            if "patient" in chunk:  # patient unit: one gradient per patient before clipping
+                per_patient(dp_optimizer.params, chunk["patient"])
             if k < last:
                 # clip and accumulate this chunk's per-sample gradients; no noise, no update
                 dp_optimizer.signal_skip_step(do_skip=True)

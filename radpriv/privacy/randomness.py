@@ -75,7 +75,8 @@ class ChaCha20Stream:
 class PrivateRandomness:
     """The randomness of one private mechanism in one invocation (see the module docstring).
 
-    ``bernoulli(n, p)`` draws Poisson-sampling masks, ``gaussian_like(reference, std)`` DP noise
+    ``bernoulli(n, p)`` draws Poisson-sampling masks, ``subset(n, k)`` which k of a patient's n
+    reports a step uses, ``gaussian_like(reference, std)`` DP noise
     shaped like ``reference`` (on its device, in its dtype; computed in float64 in secure mode).
     """
 
@@ -95,6 +96,14 @@ class PrivateRandomness:
         if self.secure:
             return torch.from_numpy(self._stream.uniform(n) < p)
         return torch.rand(n, generator=self._torch_generator(torch.device("cpu"))) < p
+
+    def subset(self, n: int, k: int) -> torch.Tensor:
+        """k of range(n) uniformly at random without replacement (all of them when k ≥ n)."""
+        if k >= n:
+            return torch.arange(n)
+        if self.secure:
+            return torch.from_numpy(np.argsort(self._stream.uniform(n), kind="stable")[:k].copy())
+        return torch.randperm(n, generator=self._torch_generator(torch.device("cpu")))[:k]
 
     def gaussian_like(self, reference: torch.Tensor, std: float) -> torch.Tensor:
         """N(0, std²) noise with `reference`'s shape, dtype and device (zeros when std = 0)."""

@@ -10,14 +10,15 @@ as such.
 
 from __future__ import annotations
 
-UNIT = "report"  # one report is one record (docs/PRIVACY.md, "Unit")
 RANDOMNESS = {
     False: "fresh OS entropy at every invocation (PyTorch generators seeded from the OS CSPRNG); never the seed",
     True: "ChaCha20 CSPRNG keyed from the OS (PyCA cryptography), Opacus' floating-point mitigation for the noise",
 }
-_RELATION_TEXT = {"replace_one": "replace-one (neighbouring training sets have the same size and differ in one "
-                                 "report; N is published)",
-                  "add_remove": "add/remove one report"}
+_RELATION_TEXT = {"replace_one": "replace-one (neighbouring training sets have the same number of {units} and "
+                                 "differ in one {unit}; that number is published)",
+                  "add_remove": "add/remove one {unit}"}
+_UNIT_TEXT = {"report": ("report", "reports"),
+              "patient": ("patient (with all their training reports)", "patients")}
 
 
 def validation_use(thresholds: str, threshold_privacy: dict | None = None) -> dict:
@@ -45,6 +46,7 @@ def privacy_statement(plan, dp, n_train: int, dataset: str, *, thresholds: str =
                       threshold_privacy: dict | None = None) -> dict:
     """privacy.json of a run (`plan`/`dp` None: non-private). Raises if the independent check fails.
 
+    `n_train`: the training units N (patients at the patient unit, else reports).
     `threshold_privacy`: {"epsilon", "delta", "mechanism", "epsilon_total", …} when the
     thresholds were chosen by a DP mechanism (trainer.thresholds=dp).
     """
@@ -53,22 +55,25 @@ def privacy_statement(plan, dp, n_train: int, dataset: str, *, thresholds: str =
         record_sets["training"] = {"n": n_train, "guarantee": "none: trained without differential privacy",
                                    "dp": False}
         return {"private": False, "epsilon": None, "delta": None, "dataset": dataset, "n_train": n_train,
-                "unit": UNIT, "guarantee": "none: trained without differential privacy",
+                "unit": "none", "guarantee": "none: trained without differential privacy",
                 "record_sets": record_sets}
     eps = dp.epsilon()
     relation = plan.adjacency
+    unit, units = _UNIT_TEXT[plan.unit]
     check = dp.accountant.cross_check()  # dp-accounting recomputation; raises on under-reporting
     eps_add_remove = check.get("privacy/epsilon_add_remove", eps if relation == "add_remove" else None)
-    statement = (f"({eps:.4g}, {plan.delta:.3g})-DP for each report of the training split under "
-                 f"{_RELATION_TEXT[relation]}, covering the LoRA/head weights and every artifact derived "
-                 "from them")
-    record_sets["training"] = {"n": n_train, "guarantee": statement, "dp": True}
+    statement = (f"({eps:.4g}, {plan.delta:.3g})-DP for each {unit} of the training split under "
+                 f"{_RELATION_TEXT[relation].format(unit=plan.unit, units=units)}, covering the LoRA/head "
+                 "weights and every artifact derived from them")
+    count = "n_train" if plan.unit == "report" else "n_train_patients"
+    record_sets["training"] = {count: n_train, "unit": plan.unit, "guarantee": statement, "dp": True}
     report = {
         "private": True,
         "epsilon": eps,
         "delta": plan.delta,
         "adjacency": relation,
-        "unit": UNIT,
+        "unit": plan.unit,
+        "unit_why": plan.unit_why,
         "epsilon_add_remove": eps_add_remove,
         "epsilon_add_remove_note": ("the same steps under add/remove adjacency, as papers report it: for "
                                     "comparison only, not this run's guarantee (N is published)"),
@@ -77,6 +82,7 @@ def privacy_statement(plan, dp, n_train: int, dataset: str, *, thresholds: str =
         "sample_rate": plan.sample_rate,
         "steps": dp.steps,
         "planned_steps": plan.planned_steps,
+        **({"max_reports_per_patient": plan.max_reports_per_patient} if plan.unit == "patient" else {}),
         "max_grad_norm": plan.max_grad_norm,
         "expected_batch_size": plan.expected_batch_size,
         "accountant": plan.accountant,
@@ -86,8 +92,12 @@ def privacy_statement(plan, dp, n_train: int, dataset: str, *, thresholds: str =
         "sampling": "poisson",
         "randomness": RANDOMNESS[bool(plan.secure_mode)],
         "dataset": dataset,
-        "n_train": n_train,
-        "public_facts": ["N_train (sets q, the step count and the default δ)", "the label schema",
+        # N of the analysis, declared public (q, the steps and δ give it): at the patient unit the
+        # number of patients; the number of training reports is then not published (replacing a
+        # patient may change it)
+        count: n_train,
+        "public_facts": [f"the number of training {units.split(' ')[0]} (sets q, the step count and the "
+                         "default δ)", "the label schema",
                          "the config, including seed (no private mechanism draws from it)"],
         "guarantee": statement,
         "record_sets": record_sets,

@@ -1,6 +1,8 @@
 """The sweep's results table: one row per (method, model, ε), as CSV and markdown.
 
 Rows hold aggregates only (means, sds, CIs, test statistics, run ids): nothing per report.
+`privacy.unit` is what a DP row's ε protects (patient or report, from its runs' privacy.json or
+`radpriv.unit` tag; DP-LR protects reports); "—" for a non-private row.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ METHOD_LABELS = {
     "dp_lr": "DP-LR (hashed n-grams)",
 }
 METHOD_ORDER = ("lora", "full", "dp_lora", "tfidf_lr", "dp_lr")
-COLUMNS = ("method", "model", "epsilon", "epsilon_spent", "n_seeds",
+NO_UNIT = "—"  # a non-private row protects nothing
+COLUMNS = ("method", "model", "epsilon", "epsilon_spent", "privacy.unit", "n_seeds",
            "f1_weighted_mean", "f1_weighted_sd", "f1_weighted_ci_low", "f1_weighted_ci_high",
            "f1_micro_mean", "f1_micro_sd", "f1_micro_ci_low", "f1_micro_ci_high",
            "f1_macro_mean", "f1_macro_sd", "f1_macro_ci_low", "f1_macro_ci_high",
@@ -56,6 +59,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
         for r in rows:
             out = {c: _csv_value(r.get(c)) for c in COLUMNS}
             out["epsilon"] = "inf" if r.get("epsilon") is None else _csv_value(float(r["epsilon"]))
+            out["privacy.unit"] = r.get("privacy.unit") or NO_UNIT
             w.writerow(out)
     return Path(path)
 
@@ -80,9 +84,9 @@ def _p(v) -> str:
 def markdown(rows: list[dict], alpha: float = 0.05) -> str:
     level = f"{100 * (1 - alpha):g}%"
     lines = [
-        f"| method | model | ε | ε spent | seeds | F1 weighted, mean ± sd [{level} CI] | micro | macro "
+        f"| method | model | ε | ε spent | unit | seeds | F1 weighted, mean ± sd [{level} CI] | micro | macro "
         f"| Δ weighted vs LoRA [{level} CI] | p | p (Holm) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         eps = "∞" if r.get("epsilon") is None else f"{float(r['epsilon']):g}"
@@ -90,7 +94,8 @@ def markdown(rows: list[dict], alpha: float = 0.05) -> str:
                 f"{r['diff_vs_lora']:+.3f} [{r['diff_ci_low']:+.3f}, {r['diff_ci_high']:+.3f}]")
         lines.append(
             f"| {METHOD_LABELS[r['method']]} | {r.get('model') or '—'} | {eps} | "
-            f"{_fmt(r.get('epsilon_spent'), 4)} | {r['n_seeds']} | {_metric_cell(r, 'f1_weighted')} | "
+            f"{_fmt(r.get('epsilon_spent'), 4)} | {r.get('privacy.unit') or NO_UNIT} | {r['n_seeds']} | "
+            f"{_metric_cell(r, 'f1_weighted')} | "
             f"{_metric_cell(r, 'f1_micro')} | {_metric_cell(r, 'f1_macro')} | {diff} | "
             f"{_p(r.get('p_vs_lora'))} | {_p(r.get('p_holm'))} |")
     return "\n".join(lines) + "\n"

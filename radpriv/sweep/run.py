@@ -55,12 +55,27 @@ class CellResult:
     predictions: stats.SeedPredictions
     train_seconds: float | None = None  # the training run's own time, whenever it ran (run_train_seconds)
     peak_resident_gb: float | None = None  # the training run's peak resident memory (None: not logged)
+    unit: str | None = None  # what the run's ε protects: patient | report (None: non-private)
 
 
 def run_train_seconds(metrics: dict) -> float | None:
     """A training run's own time: every invocation it took (killed ones up to their last
     checkpoint), or, for runs logged before that was recorded, the one that finished it."""
     return metrics.get("time/cumulative_s", metrics.get("time/total_s"))
+
+
+def run_unit(client, run) -> str | None:
+    """The privacy unit a private run used: its `radpriv.unit` tag, else its privacy.json (a run
+    logged before the tag existed); None for a run without DP."""
+    unit = run.data.tags.get("radpriv.unit")
+    if unit:
+        return unit
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            facts = json.loads(Path(client.download_artifacts(run.info.run_id, "privacy.json", tmp)).read_text())
+        except Exception:  # noqa: BLE001 - no privacy.json: nothing is known of its unit
+            return None
+    return facts.get("unit") if facts.get("private") else None
 
 
 def sweep_command(overrides: list[str]) -> dict:
@@ -227,7 +242,9 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
             else:
                 log.info("sweep: [%d/%d] %s: training (elapsed %s)", i, n, cell.name, hms(time.perf_counter() - t0))
                 run_id, reused = train(cfg, table=table)["run_id"], False
-            metrics = client.get_run(run_id).data.metrics
+            run = client.get_run(run_id)
+            metrics = run.data.metrics
+            unit = run_unit(client, run) if cell.kind == DP_KIND else None
             test = _test_part(table)
             probs, thresholds = logged_model_predictions(run_id, uri, test, batch_size)
             preds = stats.SeedPredictions(cell.seed, stats.test_key(test.ids), binarize(probs, thresholds), test.labels)
@@ -237,7 +254,7 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                 log.warning("sweep: %s: the reloaded model scores test F1 %.4f, the run logged %.4f", cell.name, f1, logged)
             seconds = time.perf_counter() - t_cell
             results.append(CellResult(cell, run_id, reused, seconds, metrics.get("privacy/epsilon"), preds,
-                                      run_train_seconds(metrics), metrics.get(PEAK_RESIDENT_METRIC)))
+                                      run_train_seconds(metrics), metrics.get(PEAK_RESIDENT_METRIC), unit))
             done_trained = sum(not r.reused for r in results)
             log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
                      "elapsed %s%s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,
@@ -276,22 +293,35 @@ def run_baselines(cfg: DictConfig, seeds: list[int], tables, progress: bool) -> 
     return out
 
 
+#: what each baseline's ε protects: DP-LR's rows are reports, whatever patients the data name
+BASELINE_UNITS = {"dp_lr": "report", "tfidf_lr": None}
+
+
+def row_unit(units: list[str | None], name: str) -> str | None:
+    """One row's privacy unit (its seeds' runs agree unless runs from another config were reused)."""
+    named = sorted({u for u in units if u})
+    if len(named) > 1:
+        log.warning("sweep: the runs of %s used different privacy units %s", name, named)
+    return "+".join(named) or None
+
+
 def build_rows(results: list[CellResult], baseline_out: dict, boot: stats.Bootstrap, alpha: float):
     """The table's rows, the per-label F1 of the neural cells, and the paired comparisons."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in results:
-        groups[r.cell.group].append((r.predictions, r.epsilon_spent, r.run_id))
+        groups[r.cell.group].append((r.predictions, r.epsilon_spent, r.run_id, r.unit))
     for key, items in baseline_out.items():
-        groups[key] += [(p, e, None) for p, e in items]
+        groups[key] += [(p, e, None, BASELINE_UNITS[key[0]]) for p, e in items]
     rows, per_label = [], {}
     for (method, model, eps), items in groups.items():
-        seeds = [p for p, _, _ in items]
-        spent = [e for _, e, _ in items if e is not None]
+        seeds = [p for p, _, _, _ in items]
+        spent = [e for _, e, _, _ in items if e is not None]
         row = {"method": method, "model": model, "epsilon": eps, **stats.summarize(boot, seeds, alpha),
                "epsilon_spent": float(np.mean(spent)) if spent else None,
-               "run_ids": ";".join(r for _, _, r in items if r)}
+               "privacy.unit": row_unit([u for _, _, _, u in items], f"{method} {model} ε={eps}"),
+               "run_ids": ";".join(r for _, _, r, _ in items if r)}
         if method == DP_KIND and ("lora", model, None) in groups:
-            test = stats.paired_test(boot, seeds, [p for p, _, _ in groups[("lora", model, None)]],
+            test = stats.paired_test(boot, seeds, [p for p, _, _, _ in groups[("lora", model, None)]],
                                      "f1_weighted", alpha)
             if test is not None:
                 row.update(diff_vs_lora=test["diff"], diff_ci_low=test["diff_ci_low"],
@@ -398,7 +428,8 @@ def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, resul
               ". Test metrics: mean ± sd over seeds, "
               f"{100 * (1 - alpha):g}% percentile bootstrap CI over test reports "
               f"({int(cfg.sweep.bootstrap.n_resamples)} redraws); Δ and p: paired bootstrap against "
-              "non-private LoRA of the same model and seeds, Holm-adjusted over all ε × models.")
+              "non-private LoRA of the same model and seeds, Holm-adjusted over all ε × models. "
+              "unit: what a DP row's ε protects (privacy.unit), a patient with all their reports or one report.")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "plots").mkdir()

@@ -16,12 +16,21 @@ Learning with PATE", ICLR 2018, with Gaussian noise (their GNMax) on each label'
    1 iff n₁ + N(0, σ²) > k/2 (`noisy_vote`), the noise from a generator seeded with fresh OS
    entropy. The noisy vote share (n₁ + noise)/k, clipped to [0, 1], is written as prob_<label>:
    it is the mechanism's own output, so it costs nothing more.
-4. Privacy of the expert training reports (`pate_epsilon`), under replace-one adjacency (the
-   number of expert training reports is public: the default δ is a function of it): replacing
-   one report by another takes it out of its patient's teacher and puts the new one into its
-   own patient's teacher, two teachers that may differ. Each moves each of the L counts of a
-   query by at most 1, so the L2 sensitivity of a query is Δ = 2√L (`vote_sensitivity`). A
-   query is a Gaussian mechanism with noise multiplier σ/Δ; Q answered queries compose to
+4. Privacy of the expert training data (`pate_epsilon`), under replace-one adjacency, per unit
+   (`expert_units`): `privacy.unit` resolved on the expert table as `radpriv train` does
+   (radpriv/data/patients.py; auto is `patient` when the format names patients). At the patient
+   unit the guarantee is per expert training patient, with all their reports, and the number
+   of expert training patients is public (the default δ = 1/N^1.1 counts them; the number of
+   reports is not published); at the report unit, per report, with the number of reports
+   public. Either way replacing one unit changes at most two teachers: the partition is a
+   function of the patient alone, so replacing patient A (every report of A) by patient B
+   changes only A's teacher and B's; replacing one report changes only the teacher of its
+   patient and that of the new report's patient. Each changed teacher moves each of the L
+   counts of a query by at most 1 (a vote is 0 or 1 however many reports are behind it), so
+   the L2 sensitivity of a query is Δ = 2√L (`vote_sensitivity`) at either unit, and so is ε.
+   The expert validation/test reports do not influence the labels (fixed thresholds), so a
+   patient's reports there cost nothing. A query is a Gaussian mechanism with noise
+   multiplier σ/Δ; Q answered queries compose to
    SelfComposed(Gaussian(σ/Δ), Q), a plain Gaussian pair at distance 1 in units of the noise,
    accounted with dp-accounting's PLD and RDP accountants (ADD_OR_REMOVE_ONE semantics, which
    for a Gaussian event is exactly that pair) and the exact Gaussian-DP profile (μ = Δ·√Q/σ;
@@ -53,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from radpriv.data.patients import Unit, resolve_unit, training_units
 from radpriv.errors import ConfigError, DataError, PrivacyError
 from radpriv.privacy import randomness
 from radpriv.tracking.mlflow_run import without_env
@@ -64,7 +74,10 @@ KEYS = ("k", "sigma", "input", "output", "delta", "seed", "text_column", "id_col
 FORCED = ("privacy.epsilon=null", "trainer.thresholds=fixed", "tracking.log_model=true")
 #: The neighbouring relation of the guarantee (radpriv.privacy.accounting.GUARANTEE_RELATION).
 RELATION = "replace_one"
-NEIGHBOURING = "replace one expert training report (their number is public)"
+#: the neighbouring datasets, per privacy unit
+NEIGHBOURS = {"report": "replace one expert training report (their number is public)",
+              "patient": "replace one expert training patient, with all their reports (the number of "
+                         "patients is public)"}
 KEY_BYTES = 32  # 256-bit partition key
 EPSILON_KEYS = ("epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact")
 
@@ -89,22 +102,26 @@ def gaussian_dp_epsilon(mu: float, delta: float) -> float:
 
 
 def vote_sensitivity(n_labels: int) -> float:
-    """L2 sensitivity of one query's L vote counts under replace-one adjacency: 2√L.
+    """L2 sensitivity of one query's L vote counts under replace-one adjacency: 2√L, per report
+    and per patient alike.
 
-    Replacing one expert training report by another removes it from its patient's teacher and
-    adds the new report to its own patient's teacher; the two may differ. Each changed teacher
-    moves each count by at most 1, so each count moves by at most 2 and ‖Δcounts‖₂ ≤ 2√L,
-    reached when both teachers flip every label in the same direction.
+    A teacher's training set is the reports of the patients hashed to it. Replacing one expert
+    training patient (all their reports) by another changes the removed patient's teacher and
+    the added patient's teacher, and no other; replacing one report changes its patient's
+    teacher and the new report's patient's teacher. Either way at most two teachers change, each
+    moving each count by at most 1 (a vote is 0 or 1, whatever the number of reports behind
+    it), so each count moves by at most 2 and ‖Δcounts‖₂ ≤ 2√L, reached when both teachers flip
+    every label in the same direction.
     """
     return 2.0 * math.sqrt(n_labels)
 
 
-def pate_epsilon(sigma: float, n_labels: int, n_queries: int, delta: float) -> dict:
+def pate_epsilon(sigma: float, n_labels: int, n_queries: int, delta: float, unit: str = "report") -> dict:
     """ε at δ for Q answered PATE queries of L labels each, Gaussian vote noise σ, under
-    replace-one adjacency (see module doc).
+    replace-one adjacency of `unit` (patient | report; the same ε: see vote_sensitivity).
 
     Returns {"epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact", "sensitivity",
-    "noise_multiplier", "mu", …}; "epsilon" = max(epsilon_pld, epsilon_exact).
+    "noise_multiplier", "mu", "unit", …}; "epsilon" = max(epsilon_pld, epsilon_exact).
     """
     import dp_accounting
     from dp_accounting import NeighboringRelation
@@ -116,9 +133,11 @@ def pate_epsilon(sigma: float, n_labels: int, n_queries: int, delta: float) -> d
                            f"(got σ={sigma}, L={n_labels}, Q={n_queries}, δ={delta})")
     sensitivity = vote_sensitivity(n_labels)
     z = float(sigma) / sensitivity  # noise multiplier of one query
+    if unit not in NEIGHBOURS:
+        raise PrivacyError(f"PATE accounting: unit {unit!r} is not one of {', '.join(NEIGHBOURS)}")
     out = {"noise_multiplier": z, "sensitivity": sensitivity, "sigma": float(sigma), "n_labels": int(n_labels),
-           "n_queries": int(n_queries), "delta": float(delta), "relation": RELATION,
-           "neighbouring": NEIGHBOURING, "bound": "data-independent"}
+           "n_queries": int(n_queries), "delta": float(delta), "relation": RELATION, "unit": unit,
+           "neighbouring": NEIGHBOURS[unit], "bound": "data-independent"}
     if n_queries == 0:
         return {**out, "epsilon": 0.0, "epsilon_pld": 0.0, "epsilon_rdp": 0.0, "epsilon_exact": 0.0, "mu": 0.0}
     # Gaussian(z) under ADD_OR_REMOVE_ONE is the plain pair N(0, z²) vs N(1, z²): the query's
@@ -164,6 +183,14 @@ def partition_of(patients: Sequence[str], key: bytes, k: int) -> list[int]:
     """Teacher index of each patient: HMAC-SHA256(key, patient) mod k — a function of the patient
     alone within one invocation, so one report replaced changes at most two partitions."""
     return [int.from_bytes(hmac.new(key, str(p).encode(), hashlib.sha256).digest(), "big") % k for p in patients]
+
+
+def expert_units(setting, table) -> tuple[Unit, int]:
+    """(unit, N): the unit of PATE's guarantee — `privacy.unit` resolved on the expert table as
+    `radpriv train` resolves it — and N, the expert training units (patients, counted as the
+    partition counts them, or reports): the default δ and its check count these."""
+    unit = resolve_unit(setting, table)
+    return unit, training_units(table, unit)
 
 
 def teacher_tables(table, k: int, key: bytes):
@@ -292,21 +319,29 @@ def _teacher_votes(run_id: str, tracking_uri: str, texts: list[str], batch_size:
     return (probs >= torch.as_tensor(model.thresholds, dtype=probs.dtype)).numpy().astype(np.int64)
 
 
+#: what one protected unit is, in the guarantee's words: (who, what comes with them)
+PROTECTED = {"report": ("each expert-labelled training report", ""),
+             "patient": ("each expert training patient", ", with all their expert-labelled reports")}
+
+
 def pate_guarantee(cost: dict, options: PateOptions, data_name: str) -> dict:
-    """The labels' teacher guarantee: PATE's (ε, δ), or NOT PROTECTED when pate.seed fixed the
-    randomness (whoever knows the seed can subtract the noise: no ε holds for them)."""
+    """The labels' teacher guarantee: PATE's (ε, δ) per unit (cost["unit"]), or NOT PROTECTED when
+    pate.seed fixed the randomness (whoever knows the seed can subtract the noise: no ε holds)."""
     from radpriv.teacher.provenance import NOT_PROTECTED
 
+    unit = cost.get("unit", "report")
+    who, with_them = PROTECTED[unit]
     mechanism = f"PATE, Gaussian noisy vote (σ={options.sigma:g}) of {options.k} non-private teachers"
     if options.seed is not None:
-        return {"protected": False, "epsilon": None, "delta": None, "mechanism": f"{mechanism}, seeded noise",
+        return {"protected": False, "epsilon": None, "delta": None, "unit": unit,
+                "mechanism": f"{mechanism}, seeded noise",
                 "statement": (f"{NOT_PROTECTED}: pate.seed={options.seed} fixed the vote noise and the partition, "
                               "so anyone who knows the seed can remove the noise; these labels claim no ε for the "
                               f"expert reports of {data_name} (pate.seed is for tests only)")}
     return {
-        "protected": True, "epsilon": cost["epsilon"], "delta": cost["delta"], "mechanism": mechanism,
-        "statement": (f"({cost['epsilon']:.4g}, {cost['delta']:.3g})-DP for each expert-labelled training report "
-                      f"of {data_name} ({NEIGHBOURING}; PATE with {options.k} teachers, Gaussian vote noise "
+        "protected": True, "epsilon": cost["epsilon"], "delta": cost["delta"], "unit": unit, "mechanism": mechanism,
+        "statement": (f"({cost['epsilon']:.4g}, {cost['delta']:.3g})-DP for {who} of {data_name}{with_them} "
+                      f"({NEIGHBOURS[unit]}; PATE with {options.k} teachers, Gaussian vote noise "
                       f"σ={options.sigma:g}, {cost['n_queries']} queries of {cost['n_labels']} labels, "
                       "data-independent bound); the teachers use fixed thresholds, so the expert validation/test "
                       "reports do not influence the labels. The teachers and their MLflow runs are NOT "
@@ -346,23 +381,26 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
     reports = read_input(options.input, options.text_columns, options.id_column)
     table = load_table(cfg.data, int(cfg.seed))
     check_columns(reports.extra_columns, table.label_names, options.input)
+    # the teachers train without DP, so privacy.unit only names what the vote protects
+    unit, n_expert = expert_units(cfg.privacy.get("unit"), table)
     # the partition key is never written, logged or returned (partition_key)
-    tables, n_expert = teacher_tables(table, options.k, partition_key(options.seed))
+    tables, _ = teacher_tables(table, options.k, partition_key(options.seed))
     delta = options.delta if options.delta is not None else accounting.default_delta(n_expert)
     accounting.check_delta(delta, n_expert)
     keep = [i for i, t in enumerate(reports.texts) if t.strip()]
     n_labels = len(table.label_names)
-    cost = pate_epsilon(options.sigma, n_labels, len(keep), delta)
+    cost = pate_epsilon(options.sigma, n_labels, len(keep), delta, unit.name)
     guarantee = pate_guarantee(cost, options, cfg.data.name)
     if seeded:
         log.warning("pate.seed=%d: the partition and the vote noise are reproducible from the seed; these labels "
                     "claim NO ε for the expert reports (%s). Use pate.seed for tests only", options.seed,
                     provenance.NOT_PROTECTED)
     else:
-        log.info("PATE plan: k=%d teachers on %d expert training reports, σ=%g on each of %d vote counts, "
-                 "%d queries → ε=%.4g at δ=%.3g (PLD %.4g, RDP %.4g, exact %.4g; replace-one, data-independent)",
-                 options.k, n_expert, options.sigma, n_labels, len(keep), cost["epsilon"], delta,
-                 cost["epsilon_pld"], cost["epsilon_rdp"], cost["epsilon_exact"])
+        log.info("PATE plan: k=%d teachers on %d expert training %ss, σ=%g on each of %d vote counts, "
+                 "%d queries → ε=%.4g at δ=%.3g per %s (PLD %.4g, RDP %.4g, exact %.4g; replace-one, "
+                 "data-independent)", options.k, n_expert, unit.name, options.sigma, n_labels, len(keep),
+                 cost["epsilon"], delta, unit.name, cost["epsilon_pld"], cost["epsilon_rdp"], cost["epsilon_exact"])
+        log.info("PATE unit: %s", unit.why)
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
     uri = resolve_uri(cfg.tracking.get("uri"))
@@ -375,8 +413,8 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
             # public, data-independent facts only: no count or size of the expert data
             client.log_batch(parent, params=[Param(f"pate.{k}", str(v)) for k, v in (
                 ("k", options.k), ("sigma", options.sigma), ("delta", delta), ("n_queries", len(keep)),
-                ("relation", RELATION), ("noise_seeded", str(seeded).lower()), ("data", cfg.data.name),
-                ("model", cfg.model.name))])
+                ("relation", RELATION), ("unit", unit.name), ("noise_seeded", str(seeded).lower()),
+                ("data", cfg.data.name), ("model", cfg.model.name))])
             client.set_tag(parent, "radpriv.pate.protected", str(guarantee["protected"]).lower())
             for t in tqdm(range(options.k), desc="PATE teachers", unit="teacher", disable=not options.progress_bar):
                 tcfg = compose([*overrides, *FORCED, f"tracking.parent_run_id={parent}",
@@ -422,7 +460,7 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
              provenance.NOT_PROTECTED + " (seeded)" if seeded else f"ε={cost['epsilon']:.4g} at δ={delta:.3g}")
     return {"output": str(options.output), "provenance": str(prov), "run_id": parent, "teacher_runs": teacher_runs,
             "n_reports": len(reports.ids), "n_labelled": len(keep), "labels": list(table.label_names),
-            "pate": {**claimed, "protected": guarantee["protected"], "relation": RELATION,
+            "pate": {**claimed, "protected": guarantee["protected"], "relation": RELATION, "unit": unit.name,
                      **{k: cost[k] for k in ("sigma", "sensitivity", "noise_multiplier", "n_queries")}},
             "student": f"radpriv train data=csv data.path={options.output} data.id_column=id"}
 

@@ -43,11 +43,12 @@ NOT_PROTECTED = "NOT PROTECTED"
 PUBLIC_FIELDS = ("format", "version", "mode", "label_source", "labels", "teacher", "teacher_resolved",
                  "teacher_encoder", "teacher_guarantee", "created", "pate")
 PUBLIC_TEACHER_FIELDS = ("kind", "k", "teacher_model", "expert_data", "parent_run_id", "teacher_runs")
-PUBLIC_GUARANTEE_FIELDS = ("protected", "epsilon", "delta", "mechanism", "statement")
-# PATE's accounting: functions of σ, k, L, Q (the unlabelled queries) and δ, nothing of the expert data
+PUBLIC_GUARANTEE_FIELDS = ("protected", "epsilon", "delta", "unit", "mechanism", "statement")
+# PATE's accounting: functions of σ, k, L, Q (the unlabelled queries), δ and the unit (chosen by the
+# data's format and the config), nothing of the expert data
 PUBLIC_PATE_FIELDS = ("k", "sigma", "n_labels", "n_queries", "delta", "sensitivity", "noise_multiplier", "mu",
-                      "epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact", "relation", "neighbouring",
-                      "bound", "noise_seeded", "prob_columns")
+                      "epsilon", "epsilon_pld", "epsilon_rdp", "epsilon_exact", "relation", "unit",
+                      "neighbouring", "bound", "noise_seeded", "prob_columns")
 
 
 def provenance_path(output: Path) -> Path:
@@ -73,10 +74,13 @@ def single_teacher_guarantee(facts: Mapping) -> dict:
     eps = facts.get("epsilon")
     if facts.get("private") is True and eps is not None and float(eps) < float("inf"):
         delta = facts.get("delta")
+        # the teacher's own unit (its privacy facts); facts from before the patient unit: report
+        unit = "patient" if facts.get("unit") == "patient" else "report"
+        each = "each patient (with all their reports)" if unit == "patient" else "each report"
         return {
             "protected": True, "epsilon": float(eps), "delta": None if delta is None else float(delta),
-            "mechanism": "DP teacher; labels are post-processing of the teacher",
-            "statement": (f"({float(eps):.4g}, {float(delta or 0):.3g})-DP for each report of the teacher's "
+            "unit": unit, "mechanism": "DP teacher; labels are post-processing of the teacher",
+            "statement": (f"({float(eps):.4g}, {float(delta or 0):.3g})-DP for {each} of the teacher's "
                           "training split: the teacher is DP, so its labels and any model trained on "
                           "them are post-processing; the teacher's validation split (its thresholds) "
                           "is released as usual"),
@@ -184,7 +188,7 @@ def teacher_section(record: Mapping, path: Path) -> dict:
     return {  # privacy.json is published: the teacher as public_view has it
         "provenance_file": Path(path).name, "mode": record.get("mode"), "teacher": public_view(record).get("teacher"),
         "protected": bool(g.get("protected")), "epsilon": g.get("epsilon"), "delta": g.get("delta"),
-        "mechanism": g.get("mechanism"), "guarantee": g.get("statement"),
+        "unit": g.get("unit"), "mechanism": g.get("mechanism"), "guarantee": g.get("statement"),
         "labelled_on": record.get("created"),
     }
 

@@ -27,7 +27,7 @@ from radpriv.tracking.pyfunc import log_pyfunc
 def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, test_metrics) -> dict:
     client = logger.experiment
     run_id = logger.run_id
-    privacy = privacy_statement(plan, dp, dm.num_train, table.name, thresholds=str(cfg.trainer.thresholds),
+    privacy = privacy_statement(plan, dp, dm.num_units, table.name, thresholds=str(cfg.trainer.thresholds),
                                 threshold_privacy=getattr(module, "threshold_privacy", None))
     folder = release.private_folder(cfg)
     folder.keep(run_id, release.local_records(dm, table))  # ids and counts: local, never logged
@@ -49,6 +49,7 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
             logger.log_metrics({"privacy/teacher_epsilon": float(privacy["teacher"]["epsilon"])})
     if privacy["private"]:
         client.set_tag(run_id, "radpriv.adjacency", privacy["adjacency"])
+        client.set_tag(run_id, "radpriv.unit", privacy["unit"])
         logger.log_metrics({
             "privacy/epsilon": privacy["epsilon"], "privacy/delta": privacy["delta"],
             "privacy/noise_multiplier": privacy["noise_multiplier"],

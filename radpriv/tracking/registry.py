@@ -31,7 +31,8 @@ TAG_PREFIX = "radpriv."
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 # the privacy facts, in the order they are shown: key in privacy.json -> tag suffix
 _PRIVACY_KEYS = ("private", "epsilon", "delta", "adjacency", "unit", "epsilon_add_remove", "epsilon_total",
-                 "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "dataset", "n_train")
+                 "accountant", "noise_multiplier", "sample_rate", "steps", "max_grad_norm", "dataset", "n_train",
+                 "n_train_patients")
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def facts_from_tags(tags: Mapping[str, str]) -> dict:
             out[name] = json.loads(value)
         elif name in ("private", "teacher_protected", "validation_dp"):
             out[name] = value == "true"
-        elif name in ("steps", "n_train", "n_labels"):
+        elif name in ("steps", "n_train", "n_train_patients", "n_labels"):
             out[name] = int(value)
         elif name in ("epsilon", "delta", "noise_multiplier", "sample_rate", "max_grad_norm",
                       "epsilon_pld", "teacher_epsilon", "epsilon_add_remove", "epsilon_total"):
@@ -169,7 +170,8 @@ def describe_facts(facts: Mapping) -> str:
         if facts.get("steps") is not None:
             parts.append(f"steps={facts['steps']}")
         relation = str(facts.get("adjacency") or "add_remove").replace("_", "-")
-        head = f"({', '.join(parts)})-DP for each training report ({relation})"
+        unit = "patient" if facts.get("unit") == "patient" else "report"
+        head = f"({', '.join(parts)})-DP for each training {unit} ({relation})"
         if facts.get("epsilon_add_remove") is not None and relation != "add-remove":
             head += f"; add/remove figure for comparison ε={facts['epsilon_add_remove']:.4g}"
         if facts.get("epsilon_total") is not None:

@@ -4,9 +4,10 @@ Everything lives in the storage itself (so it covers every worker and every invo
 study user attributes:
 
 - ``radpriv.study``: written once, by the worker that created the study, before any trial:
-  the accounting mode, δ, the adjacency (replace-one), the privacy filter (compose/public: ε
-  budget, order α, B(α)), the random search's calibration, and the secrets a random search's
-  guarantee needs: the proposals' seed and K (never logged to MLflow);
+  the accounting mode, δ, the adjacency (replace-one), the privacy unit (patient or report),
+  the privacy filter (compose/public: ε budget, order α, B(α)), the random search's
+  calibration, and the secrets a random search's guarantee needs: the proposals' seed and K
+  (never logged to MLflow);
 - ``radpriv.claim.trial.<number>`` and ``radpriv.claim.retrain.<parent run id>``: one claim per
   run on the private data, written at the run's fit start — after σ is calibrated, before its
   first private batch — with its mechanism [σ, q, planned steps] (null: no DP), its cost ρ(α)
@@ -170,6 +171,19 @@ def _random_search_total(trials: list[Claim], finals: list[Mechanism], plan: dic
                                                   float(plan["shape"]), finals)
 
 
+def record_unit(record: dict) -> str:
+    """The study's privacy unit: what its N counts and its guarantee protects (a record from
+    before the patient unit has none: report)."""
+    return str(record.get("unit") or "report")
+
+
+def protects(unit: str) -> str:
+    """What ε_total protects, in words, for the guarantee line."""
+    if unit == "patient":
+        return "it protects each patient of the private training split, with all their reports (replace one patient)"
+    return "it protects each report of the private training split (replace one report)"
+
+
 def _counts(study, live: list[Claim], all_claims: list[Claim]) -> dict:
     public = sum(t.user_attrs.get("data") == "public" and "mechanism" in t.user_attrs
                  for t in study.get_trials(deepcopy=False))
@@ -183,8 +197,8 @@ def search_privacy(study, record: dict) -> dict:
     mode = record["accounting"]
     every = claims(study)
     live = [c for c in every if c.live]
-    out = {"accounting": mode, "adjacency": record["adjacency"], "delta": float(record["delta"]),
-           **_counts(study, live, every)}
+    out = {"accounting": mode, "adjacency": record["adjacency"], "unit": record_unit(record),
+           "delta": float(record["delta"]), **_counts(study, live, every)}
     if mode == "random_search":
         return _random_search(live, record, out)
     flt = record.get("filter")
@@ -205,13 +219,13 @@ def search_privacy(study, record: dict) -> dict:
     if mode == "public":
         out["guarantee"] = ("the trials trained on public data only; every run on the private data (the "
                             "retrains of every invocation) passed the study's privacy filter: ε_total is its "
-                            "budget, fixed when the study was created")
+                            f"budget, fixed when the study was created; {protects(out['unit'])}")
     else:
         out["guarantee"] = ("every run that trained on the private data (trials of every invocation and worker, "
                             "pruned and failed ones with their planned steps, and every retrain) passed the "
                             "study's privacy filter, however adaptively it was chosen: ε_total is its budget, "
                             "fixed when the study was created, and covers releasing all of them, the child "
-                            "runs included")
+                            f"runs included; {protects(out['unit'])}")
     return out
 
 
@@ -235,7 +249,8 @@ def _random_search(live: list[Claim], record: dict, out: dict) -> dict:
                       "converted by dp_accounting's compute_epsilon",
                guarantee="covers releasing the selected trial's parameters, score and model, and the "
                          "retrained model(s); the other trials, their number and the child runs are internal "
-                         "records of the search and must not be published (Papernot & Steinke 2022)")
+                         "records of the search and must not be published (Papernot & Steinke 2022); "
+                         f"{protects(out['unit'])}")
     seeded = record.get("public_randomness")
     if seeded:
         out.update(epsilon_total=math.inf, epsilon_if_secret=total,

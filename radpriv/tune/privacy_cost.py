@@ -49,9 +49,11 @@ class Mechanism:
         return [float(self.noise_multiplier), float(self.sample_rate), int(self.steps)]
 
 
-def trial_rate_and_steps(n_train: int, expected_batch_size: int, max_epochs: int) -> tuple[float, int]:
-    """q and the number of steps of a run (as radpriv/data/datamodule.py and train.py plan them)."""
-    return min(1.0, expected_batch_size / n_train), max_epochs * math.ceil(n_train / expected_batch_size)
+def trial_rate_and_steps(n_units: int, expected_batch_size: int, max_epochs: int) -> tuple[float, int]:
+    """q and the number of steps of a private run on N = `n_units` training units (patients at the
+    patient unit, else reports; the batch counts units too), as radpriv/data/datamodule.py and
+    train.py plan them."""
+    return min(1.0, expected_batch_size / n_units), max_epochs * math.ceil(n_units / expected_batch_size)
 
 
 def run_rdp(mech: Mechanism | None, orders: Sequence[float] = ORDERS) -> np.ndarray:

@@ -3,8 +3,8 @@
 The parent run holds the resolved config (params), the best parameters (`best.<name>`) and value
 (`tune/best_value`), the final model's test metrics (`final/...`), `privacy/epsilon_total` (and,
 under the privacy filter, `privacy/budget_used` and `privacy/budget_remaining`: fractions of the
-filter's RDP budget B(α)), the tag `radpriv.tune.guarantee`, and the artifacts
-`tune_privacy.json`, `trials.csv` and Optuna's plots (`plots/*.png`).
+filter's RDP budget B(α)), the tags `radpriv.tune.guarantee` and (with DP) `radpriv.unit`, and
+the artifacts `tune_privacy.json`, `trials.csv` and Optuna's plots (`plots/*.png`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def log_privacy(search, study, client, parent_id: str) -> dict:
             client.log_metric(parent_id, f"privacy/{key}", float(flt[key]))
         client.log_metric(parent_id, "privacy/filter_order", float(flt["order"]))
     client.set_tag(parent_id, "radpriv.tune.guarantee", str(privacy.get("guarantee", ""))[:4000])
+    if not search.record.get("nonprivate"):  # as a private training run is tagged: what ε_total protects
+        client.set_tag(parent_id, "radpriv.unit", privacy["unit"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tune_privacy.json"
         path.write_text(json.dumps(_json_safe(privacy), indent=2))

@@ -10,6 +10,11 @@ storage, and proposals depend on the trial number: see sampling.py).
 What is fixed when the study is created (its privacy filter, a random search's calibration and
 secrets) is its record (study_record.py); what each run on the private data claims is in the
 ledger (ledger.py). The parent run logs `privacy/epsilon_total` and `tune_privacy.json`.
+
+The search plans its runs from N, the private training *units* under `privacy.unit`: patients
+at the patient unit (radpriv/data/patients.py), else reports — counted exactly as each run's own
+calibration in radpriv.train counts them, so that the plan (a random search's calibration, the
+filter's planned run, δ) is the mechanism the runs then use.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from radpriv.config import compose
+from radpriv.data.patients import Unit, privacy_unit, training_units
 from radpriv.data.sources import load_table
+from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError
 from radpriv.privacy import accounting
 from radpriv.tune import privacy_cost
@@ -51,7 +58,8 @@ class Search:
     delta: float
     base: list[str]  # training overrides of the retrain (the user's, minus tune.*)
     trial_base: list[str]  # training overrides every trial starts from
-    n_private: int = 0  # N, the private training reports: it fixes q, the steps and δ (public)
+    n_private: int = 0  # N, the private training units: it fixes q, the steps and δ (public)
+    unit: str = "report"  # what N counts and the guarantee protects: patient | report
     budget: float | None = None  # tune.budget (compose, public); None: the planned cost
     trial_table: object = None  # the ReportTable every trial trains on (split by `seed`)
     random_search: dict | None = None  # the calibration (random_search only)
@@ -59,8 +67,8 @@ class Search:
 
     @functools.cached_property
     def planned(self) -> Mechanism:
-        """The recipe's run on the private data (q, steps from N, the batch and the epochs; σ
-        calibrated to the per-run ε under replace-one, as train does): data-independent."""
+        """The recipe's run on the private data (q, steps from N units, the batch and the epochs;
+        σ calibrated to the per-run ε under replace-one, as train does): data-independent."""
         p = self.cfg.privacy
         q, steps = privacy_cost.trial_rate_and_steps(self.n_private, int(p.expected_batch_size),
                                                      int(self.cfg.trainer.max_epochs))
@@ -185,17 +193,28 @@ def safe_url(url: str) -> str:
         return url.rsplit("@", 1)[-1]
 
 
+def private_units(cfg: DictConfig, table: ReportTable) -> tuple[Unit, int]:
+    """(the privacy unit, N): the unit `privacy.unit` gives on the private data and its number of
+    training units, as a private run of radpriv.train resolves and counts them."""
+    unit, _ = privacy_unit(cfg.privacy, table)  # (the cap it also checks limits reports, never N)
+    return unit, training_units(table, unit)
+
+
 def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
     """Read the private data's size (δ, q, steps) and decide each mode's trial settings."""
     t = cfg.tune
     mode = str(t.accounting)
     table = load_table(cfg.data, int(cfg.seed))
-    n_private = table.split.count("train")
+    unit, n_private = private_units(cfg, table)
     delta = accounting.resolve_delta(cfg.privacy.get("delta"), n_private)
     epsilon = accounting.resolve_epsilon(cfg.privacy.epsilon)
     base = strip_tune_overrides(overrides)
     budget = None if t.get("budget") is None else float(t.budget)
-    search = Search(cfg, mode, epsilon, delta, base, base, n_private=n_private, budget=budget, trial_table=table)
+    search = Search(cfg, mode, epsilon, delta, base, base, n_private=n_private, unit=unit.name, budget=budget,
+                    trial_table=table)
+    if epsilon is not None:
+        log.info("tune: the search plans its runs per %s: N=%d training %ss (%s)", unit.name, n_private,
+                 unit.name, unit.why)
     if mode == "public":
         search.trial_base = replace_data(base, str(t.public_data), t.get("public_data_path"),
                                          list(t.get("public_overrides") or []))
@@ -226,8 +245,8 @@ def _calibrate_random_search(search: Search) -> None:
                             "planned_final_runs": finals}
     search.trial_base = [*search.base, f"privacy.epsilon={per_run!r}", f"privacy.delta={search.delta!r}"]
     log.info("tune: random search, %g trials on average: every run gets σ ≥ %.4g (ε %.4g alone, q=%.4g, "
-             "%d steps) so that the whole search spends ε=%g (δ=%.3g, replace-one)", mean, sigma, per_run, q,
-             steps, search.epsilon, search.delta)
+             "%d steps) so that the whole search spends ε=%g (δ=%.3g, replace-one %s)", mean, sigma, per_run, q,
+             steps, search.epsilon, search.delta, search.unit)
 
 
 def enqueue_recipe(study, cfg: DictConfig, mode: str) -> None:

@@ -1,7 +1,8 @@
 """A study's record (`radpriv.study` in the Optuna storage): what is fixed when the study is created.
 
 The worker that creates the study (Optuna's unique study name decides which one) writes the
-record once, before any trial: accounting mode, δ, adjacency, the privacy filter (compose and
+record once, before any trial: accounting mode, δ, adjacency, the privacy unit (patient or
+report: what N counts and what every run's guarantee protects), the privacy filter (compose and
 public: ε budget, α, B(α)), the random search's calibration, and the secrets a random search's
 guarantee needs — the proposals' seed and K, drawn from OS entropy (radpriv.privacy.randomness)
 and kept only in the storage, never in MLflow. Every other worker and every later invocation
@@ -62,7 +63,7 @@ def new_record(search) -> dict:
     cfg, mode = search.cfg, search.mode
     seed, trials_seed = _explicit(cfg.tune.get("seed")), _explicit(cfg.tune.get("trials_seed"))
     record = {"version": RECORD_VERSION, "accounting": mode, "adjacency": GUARANTEE_RELATION,
-              "delta": float(search.delta), "n_private": int(search.n_private),
+              "delta": float(search.delta), "unit": search.unit, "n_private": int(search.n_private),
               "nonprivate": search.epsilon is None,
               "proposal_seed": randomness.fresh_seed() if seed is None else seed,
               "seeds": {"seed": seed, "trials_seed": trials_seed},
@@ -92,6 +93,9 @@ def check_record(study, record: dict, search) -> None:
                           f"{record.get('version')}): start a new study (tune.study_name=...)")
     if record["accounting"] != search.mode:
         _refuse(study, "tune.accounting", record["accounting"], search.mode)
+    # before δ: a changed unit changes N and so δ, and the unit is the reason to name
+    if ledger.record_unit(record) != search.unit:
+        _refuse(study, "privacy.unit (resolved)", ledger.record_unit(record), search.unit)
     if not math.isclose(float(record["delta"]), float(search.delta), rel_tol=1e-9):
         _refuse(study, "δ", record["delta"], search.delta)
     if bool(record["nonprivate"]) != (search.epsilon is None):
