@@ -61,19 +61,10 @@ def lightning_shims():
     """`make(net, optimizer) -> (module, wrapped)`: what radpriv's step runners (DPStep, the DDP
     runner) need of a LightningModule and of Lightning's optimizer wrapper, for a bare network."""
     from radpriv.model.module import per_sample_loss
+    from radpriv.privacy.dp_step import without_lightning
 
     def make(net, opt):
-        class Module:
-            chunk_losses = staticmethod(
-                lambda c: per_sample_loss(net(c["input_ids"], c["attention_mask"]), c["labels"]))
-            manual_backward = staticmethod(lambda loss: loss.backward())
-
-        class Wrapped:
-            optimizer = opt
-            param_groups = opt.param_groups
-            step = staticmethod(opt.step)
-            zero_grad = staticmethod(opt.zero_grad)
-
-        return Module, Wrapped
+        return without_lightning(
+            lambda c: per_sample_loss(net(c["input_ids"], c["attention_mask"]), c["labels"]), opt)
 
     return make

@@ -330,3 +330,56 @@ def test_a_patient_unit_audit_at_epsilon_one_finds_no_bug(tracking_uri, ct_patie
     assert result["claimed_epsilon"] == pytest.approx(run.data.metrics["privacy/epsilon_add_remove"])
     assert result["epsilon_lower_bound"] <= result["claimed_epsilon"] < 1.0
     assert result["verdict"] == "consistent with the claimed ε"
+
+
+# ---- the white-box audit: gradient canaries through the DP-SGD step --------------------------------
+
+WHITE_BOX = [*PATIENT_TINY, "audit.mode=white_box", "privacy.epsilon=1", "privacy.delta=1e-5",
+             "trainer.max_epochs=8", "audit.canaries=500"]
+
+
+def test_the_white_box_audit_catches_per_report_clipping_at_the_patient_unit(tracking_uri, ct_patient_csv,
+                                                                             capsys, monkeypatch):
+    """The planted bug: a patient's reports clipped one by one while the accountant counts one
+    clipped gradient per patient. Canary patients of k reports then weigh k·C: caught, exit 3."""
+    import radpriv.privacy.dp_step as dp_step
+
+    monkeypatch.setattr(dp_step, "per_patient", lambda params, patient: None)
+    code, captured = _audit([*WHITE_BOX, f"data.path={ct_patient_csv}"], capsys)
+    assert code == EXIT_PRIVACY_BUG, captured.err[-1500:]
+    assert len([ln for ln in captured.err.splitlines() if "PRIVACY BUG" in ln]) == 1
+    result = json.loads(captured.out.strip().splitlines()[-1])["audit"]
+    assert (result["mode"], result["unit"], result["reports_per_canary"]) == ("white_box", "patient", 8)
+    assert result["epsilon_lower_bound"] > result["claimed_epsilon"]
+
+
+def test_a_white_box_audit_of_the_patient_unit_finds_no_bug_and_logs_nothing(tracking_uri, ct_patient_csv,
+                                                                               capsys, tmp_path):
+    """The same audit of the correct step: the bound stays below the add/remove ε of the σ that
+    `radpriv train` would calibrate, and nothing reaches MLflow (no run is created)."""
+    from radpriv.privacy import accounting
+
+    code, captured = _audit([*WHITE_BOX, f"data.path={ct_patient_csv}", "audit.confidence=0.99"], capsys)
+    assert code == 0, captured.err[-1500:]
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    result = summary["audit"]
+    assert summary["run_id"] is None and result["verdict"] == "consistent with the claimed ε"
+    assert result["epsilon_lower_bound"] <= result["claimed_epsilon"]
+    sigma, q, steps = result["noise_multiplier"], result["sample_rate"], result["steps"]
+    assert accounting.epsilon_spent("prv", (sigma, q, steps), 1e-5, "replace_one") == pytest.approx(1.0, rel=0.01)
+    assert result["claimed_epsilon"] == pytest.approx(accounting.epsilon_spent("prv", (sigma, q, steps), 1e-5))
+    client = mlflow.MlflowClient(tracking_uri)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_the_white_box_audit_catches_a_step_without_noise_at_the_report_unit(tracking_uri, reports_csv, capsys,
+                                                                             monkeypatch):
+    from radpriv.privacy.dp_step import NoisyDPOptimizer
+
+    monkeypatch.setattr(NoisyDPOptimizer, "add_noise", lambda self: [
+        setattr(p, "grad", p.summed_grad.view_as(p)) for p in self.params])
+    code, captured = _audit([*TINY, f"data.path={reports_csv[0]}", "audit.mode=white_box", "privacy.epsilon=1",
+                             "privacy.delta=1e-5", "audit.canaries=200"], capsys)
+    assert code == EXIT_PRIVACY_BUG, captured.err[-1500:]
+    result = json.loads(captured.out.strip().splitlines()[-1])["audit"]
+    assert (result["unit"], result["reports_per_canary"]) == ("report", 1)

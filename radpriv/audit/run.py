@@ -15,6 +15,9 @@ it (radpriv.data.patients.privacy_unit): one report each at the report unit; at 
 patient of `audit.reports_per_canary` reports with one coin, so the audit tests the guarantee
 per patient that the run claims (radpriv/audit/canaries.py).
 
+`audit.mode=white_box` audits the DP-SGD step instead, with gradient canaries and no training on
+reports (radpriv/audit/white_box.py); it logs nothing to MLflow.
+
 What reaches MLflow, stdout and stderr: counts, the bound, AUCs and settings — never a canary
 text, a per-canary score or a per-canary membership bit (nor audit.seed, from which canaries
 could be regenerated: it stays on the user's command line).
@@ -61,6 +64,7 @@ class Settings:
     words_per_canary: int
     seed: int
     reports_per_canary: int | None  # None: by the privacy unit (reports_per_canary())
+    mode: str = "black_box"  # black_box: the trained model's losses; white_box: gradient canaries
 
 
 def settings(cfg: DictConfig) -> Settings:
@@ -88,7 +92,10 @@ def settings(cfg: DictConfig) -> Settings:
         raise ConfigError(f"audit.reports_per_canary={per!r}: must be a whole number ≥ 1, or null")
     if not cfg.tracking.get("log_model", True):
         raise ConfigError("tracking.log_model=false: the audit scores the logged model; drop that override")
-    return Settings(m, k_plus, k_minus, confidence, delta, int(a.words_per_canary), int(a.seed), per)
+    mode = str(a.get("mode", "black_box"))
+    if mode not in ("black_box", "white_box"):
+        raise ConfigError(f"audit.mode={mode!r}: expected black_box or white_box")
+    return Settings(m, k_plus, k_minus, confidence, delta, int(a.words_per_canary), int(a.seed), per, mode)
 
 
 def reports_per_canary(s: Settings, unit, cap: int) -> int:
@@ -146,14 +153,18 @@ def audit(cfg: DictConfig) -> dict:
 
     s = settings(cfg)
     private = accounting.resolve_epsilon(cfg.privacy.epsilon) is not None
+    if s.mode == "white_box" and not private:
+        raise ConfigError("audit.mode=white_box audits a DP-SGD claim: set privacy.epsilon")
     table = load_table(cfg.data, int(cfg.seed))
-    if "test" not in table.split:
+    if s.mode == "black_box" and "test" not in table.split:
         raise ConfigError("audit: the dataset has no test split to compare training reports with")
     unit, cap = privacy_unit(cfg.privacy, table)  # as training resolves them, from the same config and format
     per = reports_per_canary(s, unit, cap)  # checked before the encoder loads or anything trains
     _, tokenizer = load_encoder(resolve_spec(cfg.model.source), seed=int(cfg.seed))
     canaries = make_canaries(s.canaries, table.label_names, tokenizer, s.seed, s.words_per_canary,
                              reports_per_canary=per)
+    if s.mode == "white_box":
+        return _white_box(cfg, table, canaries, s)
     audited = with_canaries(table, canaries)
     if resolve_unit(cfg.privacy.get("unit"), audited).name != unit.name:  # with_canaries keeps the format
         raise PrivacyError(f"audit: the canaries changed the privacy unit from {unit.name}")
@@ -214,6 +225,20 @@ def audit(cfg: DictConfig) -> dict:
     return {"run_id": run_id, "audit": result, "metrics": summary["metrics"]}
 
 
+def _white_box(cfg: DictConfig, table, canaries, s: Settings) -> dict:
+    """The white-box audit (radpriv/audit/white_box.py): nothing trains on report text and
+    nothing reaches MLflow; the summary goes to stdout."""
+    from radpriv.audit.white_box import white_box_audit
+
+    result = white_box_audit(cfg, table, canaries, s)
+    log.info("audit (white box): ε lower bound %.3g at %.0f%% confidence (%d of %d guesses correct, δ=%.3g); "
+             "claimed ε %.4g (add/remove; replace-one %.4g); canary AUC %s", result["epsilon_lower_bound"],
+             100 * s.confidence, result["correct_guesses"], result["guesses"], result["delta"],
+             result["claimed_epsilon"], result["claimed_epsilon_replace_one"],
+             "n/a" if result["canary_auc"] is None else f"{result['canary_auc']:.3f}")
+    return {"run_id": None, "audit": result}
+
+
 def _log(cfg: DictConfig, run_id: str, result: dict) -> None:
     """Metrics `audit/*`, a verdict tag and `audit.json` (aggregates only) on the training run."""
     from radpriv.tracking.mlflow_run import client as tracking_client
@@ -247,7 +272,8 @@ def privacy_bug(summary: dict) -> str | None:
     claimed, lower = a["claimed_epsilon"], a["epsilon_lower_bound"]
     if claimed is None or not lower > claimed:
         return None
-    return (f"PRIVACY BUG: run {summary['run_id']}: the audited ε lower bound {lower:.4g} "
+    what = f"run {summary['run_id']}" if summary.get("run_id") else "the white-box DP-SGD step"
+    return (f"PRIVACY BUG: {what}: the audited ε lower bound {lower:.4g} "
             f"({100 * a['confidence']:.0f}% confidence, {a['correct_guesses']}/{a['guesses']} canary guesses "
             f"correct) exceeds the claimed ε {claimed:.4g}: the DP implementation leaks more than its "
             "accountant says")

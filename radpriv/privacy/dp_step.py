@@ -99,3 +99,22 @@ class DPStep:
         optimizer.step()
         optimizer.zero_grad()
         return total
+
+
+def without_lightning(chunk_losses, optimizer):
+    """(module, wrapped): what DPStep needs of a LightningModule (`chunk_losses`, a backward)
+    and of Lightning's optimizer wrapper, for running the step without Lightning (the
+    white-box audit, tests)."""
+
+    class Module:
+        manual_backward = staticmethod(lambda loss: loss.backward())
+
+    Module.chunk_losses = staticmethod(chunk_losses)
+
+    class Wrapped:
+        param_groups = optimizer.param_groups
+        step = staticmethod(optimizer.step)
+        zero_grad = staticmethod(optimizer.zero_grad)
+
+    Wrapped.optimizer = optimizer
+    return Module, Wrapped
