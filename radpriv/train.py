@@ -68,7 +68,6 @@ def nonprivate_batch_size(n_train: int, batch_size: int, min_steps_per_epoch) ->
     return batch_size
 
 
-
 def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int, unit: Unit) -> PrivacyPlan | None:
     """Calibrate σ so that exactly the planned steps spend the target ε (None: non-private).
 

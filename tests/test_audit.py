@@ -356,14 +356,17 @@ def test_the_white_box_audit_catches_per_report_clipping_at_the_patient_unit(tra
 def test_a_white_box_audit_of_the_patient_unit_finds_no_bug_and_logs_nothing(tracking_uri, ct_patient_csv,
                                                                                capsys, tmp_path):
     """The same audit of the correct step: the bound stays below the add/remove ε of the σ that
-    `radpriv train` would calibrate, and nothing reaches MLflow (no run is created)."""
+    `radpriv train` would calibrate (at the run's δ, even when the bound is taken at a larger
+    audit.delta), and nothing reaches MLflow (no run is created)."""
     from radpriv.privacy import accounting
 
-    code, captured = _audit([*WHITE_BOX, f"data.path={ct_patient_csv}", "audit.confidence=0.99"], capsys)
+    code, captured = _audit([*WHITE_BOX, f"data.path={ct_patient_csv}", "audit.confidence=0.99",
+                             "audit.delta=1e-4"], capsys)
     assert code == 0, captured.err[-1500:]
     summary = json.loads(captured.out.strip().splitlines()[-1])
     result = summary["audit"]
     assert summary["run_id"] is None and result["verdict"] == "consistent with the claimed ε"
+    assert result["delta"] == 1e-4
     assert result["epsilon_lower_bound"] <= result["claimed_epsilon"]
     sigma, q, steps = result["noise_multiplier"], result["sample_rate"], result["steps"]
     assert accounting.epsilon_spent("prv", (sigma, q, steps), 1e-5, "replace_one") == pytest.approx(1.0, rel=0.01)

@@ -37,6 +37,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from radpriv.audit.canaries import make_canaries, with_canaries
@@ -199,8 +200,7 @@ def audit(cfg: DictConfig) -> dict:
     scores = -model_losses(model, canaries.texts, canaries.labels, batch, "audit: scoring canaries")
     r, v = guesses(scores, canaries.member, s.k_plus, s.k_minus)
     lower = epsilon_lower_bound(s.canaries, r, v, delta, s.confidence)
-    canary_auc = (loss_threshold_auc(-scores[canaries.member], -scores[~canaries.member])
-                  if 0 < n_in < s.canaries else None)
+    canary_auc = _canary_auc(scores, canaries.member)
 
     train_split, test_split = table.subset("train"), table.subset("test")
     auc = loss_threshold_auc(
@@ -228,15 +228,37 @@ def audit(cfg: DictConfig) -> dict:
 def _white_box(cfg: DictConfig, table, canaries, s: Settings) -> dict:
     """The white-box audit (radpriv/audit/white_box.py): nothing trains on report text and
     nothing reaches MLflow; the summary goes to stdout."""
-    from radpriv.audit.white_box import white_box_audit
+    from radpriv.audit.white_box import METHOD as WHITE_BOX_METHOD
+    from radpriv.audit.white_box import noisy_update_sums
+    from radpriv.privacy import accounting
 
-    result = white_box_audit(cfg, table, canaries, s)
+    scores, plan, n_units = noisy_update_sums(cfg, table, canaries)
+    # canaries are added or left out: the claim tested is the add/remove ε of the run's own
+    # (σ, q, steps) at its own δ, as in the black-box audit
+    claimed = accounting.epsilon_spent(plan.accountant, (plan.noise_multiplier, plan.sample_rate,
+                                                         plan.planned_steps), plan.delta, "add_remove")
+    delta = _audit_delta(s, cfg, True, n_units)
+    r, v = guesses(scores, canaries.member, s.k_plus, s.k_minus)
+    lower = epsilon_lower_bound(s.canaries, r, v, delta, s.confidence)
+    canary_auc = _canary_auc(scores, canaries.member)
+    result = {
+        "mode": "white_box", "canaries": s.canaries, "canaries_in_training": int(canaries.member.sum()),
+        "unit": plan.unit, "reports_per_canary": canaries.reports_per_canary, "k_plus": s.k_plus,
+        "k_minus": s.k_minus, "guesses": r, "correct_guesses": v, "confidence": s.confidence, "delta": delta,
+        "epsilon_lower_bound": lower, "claimed_epsilon": claimed, "claimed_epsilon_replace_one": plan.target_epsilon,
+        "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": plan.planned_steps,
+        "canary_auc": canary_auc, "method": WHITE_BOX_METHOD,
+        "verdict": "PRIVACY BUG" if lower > claimed else "consistent with the claimed ε",
+    }
     log.info("audit (white box): ε lower bound %.3g at %.0f%% confidence (%d of %d guesses correct, δ=%.3g); "
-             "claimed ε %.4g (add/remove; replace-one %.4g); canary AUC %s", result["epsilon_lower_bound"],
-             100 * s.confidence, result["correct_guesses"], result["guesses"], result["delta"],
-             result["claimed_epsilon"], result["claimed_epsilon_replace_one"],
-             "n/a" if result["canary_auc"] is None else f"{result['canary_auc']:.3f}")
+             "claimed ε %.4g (add/remove; replace-one %.4g); canary AUC %s", lower, 100 * s.confidence, v, r,
+             delta, claimed, plan.target_epsilon, "n/a" if canary_auc is None else f"{canary_auc:.3f}")
     return {"run_id": None, "audit": result}
+
+
+def _canary_auc(scores: np.ndarray, member: np.ndarray) -> float | None:
+    """AUC of the canary scores, members against the others (None: all in or all out)."""
+    return loss_threshold_auc(-scores[member], -scores[~member]) if 0 < member.sum() < len(member) else None
 
 
 def _log(cfg: DictConfig, run_id: str, result: dict) -> None:

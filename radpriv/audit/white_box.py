@@ -23,14 +23,13 @@ in its weights, so with SGD at lr 1 its final weights are minus the sum of the n
 from __future__ import annotations
 
 import logging
-import math
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from radpriv.audit.one_run_bound import epsilon_lower_bound, guesses
 from radpriv.data.patients import PatientIndex, privacy_unit
 from radpriv.errors import ConfigError
 
@@ -54,27 +53,23 @@ def _dirac_losses(layer: torch.nn.Linear, canary_of_row: torch.Tensor, m: int, c
     return losses
 
 
-def white_box_audit(cfg: DictConfig, table, canaries, s) -> dict:
-    """Run the mechanism with the member canaries added, score every canary, bound ε.
+def noisy_update_sums(cfg: DictConfig, table, canaries) -> tuple[np.ndarray, object, int]:
+    """Run the mechanism with the member canaries added; returns (each canary's sum of the noisy
+    updates on its coordinate, the run's PrivacyPlan, N training units).
 
-    `canaries` are radpriv.audit.canaries.Canaries (only their coins and report counts are
-    used: a canary's "report" is its gradient); `s` the audit Settings.
+    `canaries` are radpriv.audit.canaries.Canaries: only their coins and report counts are used
+    (a canary's "report" is its gradient). N, q, the steps, δ and σ come from
+    radpriv.train.plan_privacy, on the units the audited run would have.
     """
     from opacus.grad_sample import GradSampleHooks
 
-    from radpriv.data.datamodule import LogicalBatch, LogicalBatchCollator
-    from radpriv.data.sampling import PoissonBatchSampler
-    from radpriv.privacy import accounting
+    from radpriv.data.datamodule import LogicalBatchCollator
+    from radpriv.data.sampling import PoissonBatchSampler, poisson_rate_and_steps
     from radpriv.privacy.dp_step import DPStep, NoisyDPOptimizer, without_lightning
     from radpriv.privacy.randomness import PrivateRandomness
+    from radpriv.train import plan_privacy
 
-    p = cfg.privacy
-    epsilon = accounting.resolve_epsilon(p.epsilon)
-    if epsilon is None:
-        raise ConfigError("audit.mode=white_box audits a DP-SGD claim: set privacy.epsilon")
-    if p.get("max_grad_norm") is None or float(p.max_grad_norm) <= 0:
-        raise ConfigError(f"privacy.max_grad_norm={p.get('max_grad_norm')}: must be > 0")
-    unit, cap = privacy_unit(p, table)
+    unit, cap = privacy_unit(cfg.privacy, table)
     train = table.subset("train")
     real = PatientIndex.of(train) if unit.name == "patient" else None
     n_real_rows = len(train)
@@ -91,49 +86,35 @@ def white_box_audit(cfg: DictConfig, table, canaries, s) -> dict:
         groups, patient_of = None, None
     n_units = len(groups) if groups is not None else len(canary_of_row)
 
-    b = int(p.expected_batch_size)
-    q = min(1.0, b / n_units)
-    per_epoch = math.ceil(n_units / b)
-    steps = int(cfg.trainer.max_epochs) * per_epoch
-    delta = float(p.delta) if p.get("delta") is not None else accounting.default_delta(n_units)
-    if s.delta is not None:
-        delta = max(delta, float(s.delta))
-    sigma = float(accounting.calibrate_noise_multiplier(epsilon, delta, q, steps, accountant=p.accountant,
-                                                        relation=accounting.GUARANTEE_RELATION))
-    claimed = accounting.epsilon_spent(p.accountant, (sigma, q, steps), delta, "add_remove")
-    clip = float(p.max_grad_norm)
-    log.info("audit (white box): %d gradient canaries (%s unit, %d report(s) each), %d in; N %d %ss, q=%.4g, "
-             "%d steps, σ=%.4g, C=%g", m, unit.name, k, len(members), n_units, unit.name, q, steps, sigma, clip)
+    max_epochs = int(cfg.trainer.max_epochs)
+    q, per_epoch = poisson_rate_and_steps(n_units, int(cfg.privacy.expected_batch_size))
+    shape = SimpleNamespace(num_units=n_units, sample_rate=q, steps_per_epoch=per_epoch,
+                            max_reports_per_patient=cap)  # what plan_privacy reads of a DataModule
+    plan = plan_privacy(cfg, shape, max_epochs, unit)
+    if plan is None:
+        raise ConfigError("audit.mode=white_box audits a DP-SGD claim: set privacy.epsilon")
+    log.info("audit (white box): %d gradient canaries (%s unit, %d report(s) each), %d in; N %d %ss",
+             m, unit.name, k, len(members), n_units, unit.name)
 
     layer = torch.nn.Linear(m, 1, bias=False)
     torch.nn.init.zeros_(layer.weight)
     hooks = GradSampleHooks(layer, batch_first=True, loss_reduction="sum")
-    randomness = PrivateRandomness(bool(p.get("secure_mode", False)))
+    randomness = PrivateRandomness(plan.secure_mode)
     opt = NoisyDPOptimizer(torch.optim.SGD(layer.parameters(), lr=1.0), randomness=randomness,
-                           noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=b)
-    module, wrapped = without_lightning(_dirac_losses(layer, canary_of_row, m, clip), opt)
-    collate = LogicalBatchCollator(0, int(p.max_physical_batch_size), None, patient_of)
+                           noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                           expected_batch_size=plan.expected_batch_size)
+    module, wrapped = without_lightning(_dirac_losses(layer, canary_of_row, m, plan.max_grad_norm), opt)
+    collate = LogicalBatchCollator(0, int(cfg.privacy.max_physical_batch_size), None, patient_of)
     item = (np.ones(1, dtype=np.int64), np.zeros(1, dtype=np.float32))
     step = DPStep()
-    with tqdm(total=steps, desc="audit: white-box steps", unit="step", leave=False, disable=None) as bar:
-        for _ in range(int(cfg.trainer.max_epochs)):
-            sampler = PoissonBatchSampler(n_units, q, per_epoch, randomness, groups, cap if groups else None)
+    steps_per_epoch = plan.planned_steps // max_epochs
+    with tqdm(total=plan.planned_steps, desc="audit: white-box steps", unit="step", leave=False,
+              disable=None) as bar:
+        for _ in range(max_epochs):
+            sampler = PoissonBatchSampler(n_units, plan.sample_rate, steps_per_epoch, randomness, groups,
+                                          cap if groups is not None else None)
             for rows in sampler:
-                batch = collate([(i, *item) for i in rows]) if len(rows) else LogicalBatch(chunks=[], size=0)
-                step(module, wrapped, batch)
+                step(module, wrapped, collate([(i, *item) for i in rows]))  # an empty draw is still a step
                 bar.update(1)
     hooks.cleanup()
-
-    scores = -layer.weight.detach().squeeze(0).numpy().astype(np.float64)  # Σ of the noisy updates
-    r, v = guesses(scores, canaries.member, s.k_plus, s.k_minus)
-    lower = epsilon_lower_bound(m, r, v, delta, s.confidence)
-    from radpriv.audit.mia import loss_threshold_auc
-
-    canary_auc = (loss_threshold_auc(-scores[canaries.member], -scores[~canaries.member])
-                  if 0 < canaries.member.sum() < m else None)
-    return {"mode": "white_box", "canaries": m, "canaries_in_training": int(len(members)), "unit": unit.name,
-            "reports_per_canary": k, "k_plus": s.k_plus, "k_minus": s.k_minus, "guesses": r, "correct_guesses": v,
-            "confidence": s.confidence, "delta": delta, "epsilon_lower_bound": lower, "claimed_epsilon": claimed,
-            "claimed_epsilon_replace_one": epsilon, "noise_multiplier": sigma, "sample_rate": q, "steps": steps,
-            "canary_auc": canary_auc, "method": METHOD,
-            "verdict": "PRIVACY BUG" if lower > claimed else "consistent with the claimed ε"}
+    return -layer.weight.detach().squeeze(0).numpy().astype(np.float64), plan, n_units

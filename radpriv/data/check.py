@@ -120,7 +120,7 @@ def unit_summary(table: ReportTable, cfg: DictConfig, train_sizes: np.ndarray | 
     if shown not in ("auto", *UNITS):
         resolve_unit(setting, table)  # a bad value is a bad command (exit 2), not a data problem
     try:
-        unit, cap = _training_unit(cfg, table)
+        unit, cap = privacy_unit(cfg.privacy, table)  # exactly as `radpriv train` resolves and checks them
     except ConfigError as e:
         if table.patient_ids is not None:  # a bad cap: a bad command too
             raise
@@ -131,11 +131,6 @@ def unit_summary(table: ReportTable, cfg: DictConfig, train_sizes: np.ndarray | 
         # not a problem: each step uses a random `cap` of such a patient's reports, by design
         out.update(max_reports_per_patient=cap, train_patients_over_cap=int((train_sizes > cap).sum()))
     return out, None
-
-
-def _training_unit(cfg: DictConfig, table: ReportTable):
-    """(unit, reports-per-patient cap) exactly as `radpriv train` resolves and checks them."""
-    return privacy_unit(cfg.privacy, table)
 
 
 def _load_tokenizer(cfg: DictConfig):

@@ -14,7 +14,6 @@ chunk-local patient of every row, so that DP-SGD clips one summed gradient per p
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -23,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from radpriv.data.patients import PatientIndex
-from radpriv.data.sampling import PoissonBatchSampler, ShuffledBatchSampler
+from radpriv.data.sampling import PoissonBatchSampler, ShuffledBatchSampler, poisson_rate_and_steps
 from radpriv.data.table import ReportTable
 from radpriv.data.tokens import tokenize_cached
 from radpriv.privacy.randomness import PrivateRandomness
@@ -173,13 +172,11 @@ class ReportDataModule(L.LightningDataModule):
     @property
     def sample_rate(self) -> float:
         """q = b / N_units under DP (b: expected units per batch); reports without DP."""
-        n = self.num_units if self.poisson else self.num_train
-        return min(1.0, self.batch_size / n)
+        return poisson_rate_and_steps(self.num_units if self.poisson else self.num_train, self.batch_size)[0]
 
     @property
     def steps_per_epoch(self) -> int:
-        n = self.num_units if self.poisson else self.num_train
-        return math.ceil(n / self.batch_size)
+        return poisson_rate_and_steps(self.num_units if self.poisson else self.num_train, self.batch_size)[1]
 
     @property
     def pad_id(self) -> int:

@@ -13,6 +13,8 @@ at an epoch boundary draws exactly the batches of an uninterrupted run.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import Sampler
 
@@ -22,6 +24,12 @@ from radpriv.privacy.randomness import PrivateRandomness
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+
+
+def poisson_rate_and_steps(n_units: int, expected_batch_size: int) -> tuple[float, int]:
+    """q = b/N (at most 1) and the steps of one epoch, ⌈N/b⌉, for N units and b expected units
+    per batch: what a private run's sampling and its accountant both use."""
+    return min(1.0, expected_batch_size / n_units), math.ceil(n_units / expected_batch_size)
 
 
 class PoissonBatchSampler(Sampler[list[int]]):

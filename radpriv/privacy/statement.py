@@ -96,7 +96,7 @@ def privacy_statement(plan, dp, n_train: int, dataset: str, *, thresholds: str =
         # number of patients; the number of training reports is then not published (replacing a
         # patient may change it)
         count: n_train,
-        "public_facts": [f"the number of training {units.split(' ')[0]} (sets q, the step count and the "
+        "public_facts": [f"the number of training {units} (sets q, the step count and the "
                          "default δ)", "the label schema",
                          "the config, including seed (no private mechanism draws from it)"],
         "guarantee": statement,

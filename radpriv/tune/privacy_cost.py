@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from radpriv.data.sampling import poisson_rate_and_steps
 from radpriv.errors import ConfigError, PrivacyError
 from radpriv.privacy import replace_one_rdp
 from radpriv.privacy.accounting import RDP_ORDERS
@@ -53,7 +54,8 @@ def trial_rate_and_steps(n_units: int, expected_batch_size: int, max_epochs: int
     """q and the number of steps of a private run on N = `n_units` training units (patients at the
     patient unit, else reports; the batch counts units too), as radpriv/data/datamodule.py and
     train.py plan them."""
-    return min(1.0, expected_batch_size / n_units), max_epochs * math.ceil(n_units / expected_batch_size)
+    q, per_epoch = poisson_rate_and_steps(n_units, expected_batch_size)
+    return q, max_epochs * per_epoch
 
 
 def run_rdp(mech: Mechanism | None, orders: Sequence[float] = ORDERS) -> np.ndarray:
