@@ -38,7 +38,18 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"bad override in {' '.join(overrides) or '(none)'}: {first}") from None
     apply_epsilon_recipe(cfg)
+    resolve_auto_thresholds(cfg)
     return cfg
+
+
+def resolve_auto_thresholds(cfg: DictConfig) -> None:
+    """`trainer.thresholds=auto`: public from a public start (finetune.init_from=public), else
+    validation; resolved here so that run keys and params show the choice."""
+    trainer, finetune = cfg.get("trainer"), cfg.get("finetune")
+    if trainer is None or trainer.get("thresholds") != "auto":
+        return
+    public = finetune is not None and str(finetune.get("init_from")) == "public"
+    trainer.thresholds = "public" if public else "validation"
 
 
 def recipe_row(table, epsilon) -> dict:

@@ -6,6 +6,7 @@ before an MLflow run is opened, so a rejected run leaves nothing half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -13,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from radpriv import process_memory
 from radpriv.data.datamodule import ReportDataModule
@@ -26,7 +28,9 @@ from radpriv.model import prefix_cache
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.head_init import HEAD_INITS, init_head_from_label_names
+from radpriv.model.interpolation import WarmSource, check_lambdas
 from radpriv.model.module import ReportClassifierModule
+from radpriv.model.public_start import PUBLIC
 from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import accounting, distributed, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
@@ -142,6 +146,80 @@ def choose_dp_thresholds(module: ReportClassifierModule, dp: DPCallback) -> None
         "epsilon_total": dp_thresholds.composed_epsilon(dp.accountant.history, noise, n_labels, plan.delta)}
 
 
+THRESHOLDS = ("validation", "fixed", "dp", "public")
+
+
+def resolve_thresholds(cfg: DictConfig) -> str:
+    """`trainer.thresholds`; `auto` is public from a public start, else validation (also resolved
+    at compose time, so that run keys and params show the choice)."""
+    value = str(cfg.trainer.thresholds)
+    if value == "auto":
+        value = "public" if str(cfg.finetune.get("init_from")) == PUBLIC else "validation"
+        with open_dict(cfg):
+            cfg.trainer.thresholds = value
+    if value not in THRESHOLDS:
+        raise ConfigError(f"trainer.thresholds={value!r}: expected one of {', '.join(THRESHOLDS)} or auto")
+    return value
+
+
+def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):
+    """`finetune.init_from=public` and `trainer.thresholds=public`: read the public corpus, refuse an
+    overlap with the private training reports, find or train the public model, and take the public
+    validation split. Returns (table, public record or None, public model run id or None)."""
+    from_public = str(cfg.finetune.get("init_from")) == PUBLIC
+    if not from_public and thresholds != "public":
+        return table, None, None
+    from radpriv.data.overlap import check_no_overlap
+    from radpriv.model.public_start import (find_or_train_public_model, load_public_corpus,
+                                            with_public_validation)
+
+    corpus = load_public_corpus(cfg, table)
+    check = check_no_overlap(table, corpus.table, same_dataset=corpus.same_dataset)
+    ref = find_or_train_public_model(cfg, corpus) if from_public else None
+    if thresholds == "public":
+        table = with_public_validation(table, corpus)
+    return table, corpus.record(check), ref
+
+
+def freeze_below_top_layers(net, top: int) -> None:
+    """Freeze every trainable encoder weight below the top `top` layers that have one."""
+    from radpriv.model.prefix_cache import _layer_index
+
+    def layer(name: str) -> int:
+        return _layer_index(name.removeprefix("base_model.model."))
+
+    trainable = [(n, p) for n, p in net.encoder.named_parameters() if p.requires_grad]
+    layers = sorted({layer(n) for n, _ in trainable} - {1 << 30})
+    if top < 1 or not layers:
+        raise ConfigError(f"finetune.warm.top_layers={top}: must be ≥ 1, with trainable encoder layers")
+    for n, p in trainable:
+        if layer(n) not in layers[-top:]:
+            p.requires_grad_(False)
+
+
+def adapt_from_warm_start(cfg: DictConfig, net) -> WarmSource | None:
+    """`finetune.warm`: what DP-SGD trains from the warm start (trainable=all|head), and the
+    starting weights to interpolate against afterwards (interpolate=true)."""
+    warm_cfg = cfg.finetune.get("warm") or {}
+    trainable = str(warm_cfg.get("trainable", "all"))
+    if trainable not in ("all", "head"):
+        raise ConfigError(f"finetune.warm.trainable={trainable!r}: expected all (what finetune.mode trains) or head")
+    if trainable == "head":  # fewer noisy coordinates: the public encoder (and adapter) frozen
+        for p in net.encoder.parameters():
+            p.requires_grad_(False)
+    top = warm_cfg.get("top_layers")
+    if top is not None and trainable == "all":  # only the adapters of the top `top` layers train
+        freeze_below_top_layers(net, int(top))
+    if not warm_cfg.get("interpolate", False):
+        return None
+    if cfg.trainer.thresholds == "dp":
+        log.info("warm start: not interpolating (λ is chosen on the validation split, which "
+                 "trainer.thresholds=dp keeps for its DP release; trainer.thresholds=public allows it)")
+        return None
+    check_lambdas(warm_cfg.get("lambdas", [1.0]))
+    return WarmSource(net)
+
+
 def build(cfg: DictConfig, table: ReportTable | None = None):
     """Data, model and privacy plan: every input check happens here, before MLflow.
 
@@ -151,12 +229,13 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     L.seed_everything(seed, workers=True, verbose=False)
     if table is None:
         table = load_table(cfg.data, seed)
+    thresholds = resolve_thresholds(cfg)
+    table, public, public_ref = use_public_corpus(cfg, table, thresholds)
+    L.seed_everything(seed, workers=True, verbose=False)  # the same start whether or not the public model was trained now
     spec = resolve_spec(cfg.model.source)
     encoder, tokenizer = load_encoder(spec, seed=seed)
     if int(cfg.privacy.expected_batch_size) < 1 or int(cfg.privacy.max_physical_batch_size) < 1:
         raise ConfigError("privacy.expected_batch_size and privacy.max_physical_batch_size must be ≥ 1")
-    if cfg.trainer.thresholds not in ("validation", "fixed", "dp"):
-        raise ConfigError(f"trainer.thresholds={cfg.trainer.thresholds!r}: expected validation, fixed or dp")
     max_epochs = int(cfg.trainer.max_epochs)
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be ≥ 1")
@@ -189,14 +268,19 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         raise ConfigError(f"finetune.head_init={head_init!r}: expected one of {', '.join(HEAD_INITS)}")
     if head_init == "label_names":
         init_head_from_label_names(net, tokenizer, table.label_names, float(cfg.finetune.head_init_scale))
-    warm = None
+    warm, warm_source = None, None
     if cfg.finetune.get("init_from"):
         train_split = dm.splits["train"]
-        warm = apply_warm_start(net, str(cfg.finetune.init_from), label_names=table.label_names,
+        warm = apply_warm_start(net, public_ref or str(cfg.finetune.init_from), label_names=table.label_names,
                                 spec=spec, mode=str(cfg.finetune.mode), dataset=table.name,
                                 train_fingerprints=(train_digest(private_folder(cfg), train_split),
                                                     train_split.fingerprint()),
-                                tracking_uri=cfg.tracking.get("uri"))
+                                tracking_uri=cfg.tracking.get("uri"), verified_disjoint=public_ref is not None)
+        if public is not None and public_ref is not None:
+            warm = dataclasses.replace(warm, public=public)
+        warm_source = adapt_from_warm_start(cfg, net)
+    elif public is not None:
+        public = None  # thresholds=public alone: recorded by the statement, not as a warm start
     if cfg.finetune.get("lr") is None:
         raise ConfigError("finetune.lr is null and no privacy.recipe_by_epsilon row sets it: give finetune.lr=<value>")
     total_steps = max_epochs * steps_per_epoch(cfg, dm)
@@ -211,8 +295,42 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         log_validation_metrics=threshold_noise is None,
     )
     module.warm_start = warm  # recorded in privacy.json; never part of the privacy plan
+    module.warm_source = warm_source  # finetune.warm.interpolate: the start to interpolate against
     module.threshold_noise = threshold_noise
     return table, spec, tokenizer, dm, module, plan
+
+
+def choose_interpolation(cfg: DictConfig, trainer: L.Trainer, module: ReportClassifierModule,
+                         dm: ReportDataModule) -> None:
+    """`finetune.warm.interpolate`: the λ of θ_start + λ(θ_DP − θ_start) chosen on the validation
+    split (each λ with its own F1-optimal thresholds; a λ > 0 only when it beats the start with
+    `finetune.warm.confidence`: interpolation.confident_lambda), then that model."""
+    from radpriv.model.interpolation import confident_lambda
+    from radpriv.model.metrics import DEFAULT_THRESHOLD, fit_thresholds
+
+    source = module.warm_source
+    source.keep_trained()
+    lambdas = check_lambdas(cfg.finetune.warm.lambdas)
+    preds, labels = {}, None
+    for lam in lambdas:
+        source.apply(lam)
+        trainer.validate(module, datamodule=dm, verbose=False)
+        _, probs, labels = module.collected("val")
+        thr = (DEFAULT_THRESHOLD if cfg.trainer.thresholds == "fixed"
+               else fit_thresholds(probs.numpy(), labels.numpy()))
+        preds[lam] = (probs.numpy() >= thr).astype(np.int8)
+    confidence = float(cfg.finetune.warm.get("confidence", 0.0))
+    chosen, scores, wins = confident_lambda(preds, labels.numpy(), confidence)
+    source.apply(chosen)
+    if chosen != lambdas[-1]:  # the last validation pass must be the chosen model's
+        trainer.validate(module, datamodule=dm, verbose=False)
+    log.info("warm start: λ = %g chosen on the validation split (weighted F1 %s)", chosen,
+             ", ".join(f"{lam:g}: {v:.3f}" + (f" (beats λ=0 in {wins[lam]:.0%})" if lam in wins and lam else "")
+                       for lam, v in scores.items()))
+    module.interpolation = {"lambda": chosen, "chosen_on": f"{cfg.trainer.thresholds} validation split",
+                            "confidence": confidence,
+                            "val_f1_weighted": {f"{lam:g}": round(v, 4) for lam, v in scores.items()},
+                            "beats_start": {f"{lam:g}": round(v, 3) for lam, v in wins.items()}}
 
 
 def attach_prefix_cache(cfg: DictConfig, dm: ReportDataModule, module: ReportClassifierModule) -> None:
@@ -328,8 +446,10 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
             raise KeyboardInterrupt
         # thresholds from the trained model's validation pass (run again only if the last
         # epoch skipped validation), then the test split
-        if cfg.trainer.thresholds in ("validation", "dp"):
-            if int(cfg.trainer.max_epochs) % val_every(cfg):
+        if module.warm_source is not None:  # ends with the chosen model's validation pass
+            choose_interpolation(cfg, trainer, module, dm)
+        if cfg.trainer.thresholds in ("validation", "dp", "public"):
+            if module.warm_source is None and int(cfg.trainer.max_epochs) % val_every(cfg):
                 trainer.validate(module, datamodule=dm, verbose=False)
             if cfg.trainer.thresholds == "dp":
                 choose_dp_thresholds(module, callbacks[0])

@@ -492,6 +492,19 @@ def test_default_grid_and_cell_overrides():
     assert "finetune.lr=0.02" in cell_overrides(base, cells[0])
 
 
+def test_init_from_public_adds_a_warm_twin_per_dp_cell_and_leaves_the_cold_cells_alone():
+    from radpriv.config import compose
+
+    cold = build_grid(compose(["+sweep=default"]).sweep)
+    both = build_grid(compose(["+sweep=default", "sweep.init_from=public"]).sweep)
+    warm = [c for c in both if c not in cold]
+    assert [c for c in both if c in cold] == cold
+    assert [(c.model, c.epsilon, c.seed) for c in warm] == [(c.model, c.epsilon, c.seed) for c in cold
+                                                             if c.kind == "dp_lora"]
+    assert warm[0].name == "minilm-eps0.01-public-seed42" and warm[0].group == ("dp_lora_public", "minilm", 0.01)
+    assert warm[0].overrides() == ["model=minilm", "seed=42", "finetune.init_from=public", "privacy.epsilon=0.01"]
+
+
 def test_an_unavailable_model_is_skipped_in_one_line(monkeypatch, caplog):
     from radpriv.model import encoder
     from radpriv.sweep.run import available_models
@@ -527,6 +540,7 @@ def test_an_unavailable_model_is_skipped_in_one_line(monkeypatch, caplog):
     ("sweep.nonprivate=[lora,dp]", "sweep.nonprivate"),
     ("sweep.baselines=[svm]", "sweep.baselines"),
     ("sweep.bootstrap.alpha=1.5", "sweep.bootstrap.alpha"),
+    ("sweep.init_from=private", "sweep.init_from"),
 ])
 def test_bad_sweep_settings_are_one_line_errors(tracking_uri, reports_csv, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -542,3 +556,42 @@ def test_bad_sweep_settings_are_one_line_errors(tracking_uri, reports_csv, capsy
 def test_build_grid_rejects_a_non_list():
     with pytest.raises(ConfigError, match="expected a list"):
         build_grid({"models": "minilm", "epsilons": [1], "seeds": [1], "nonprivate": []})
+
+
+# --------------------------------------------------------------------------------------------
+# sweep.init_from=public: 1 model × 1 ε × 1 seed, cold and from the public model, on two shards
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_public_start_sweep_has_cold_warm_and_public_alone_rows(tracking_uri, reports_csv, capsys, tmp_path):
+    csv_path, _ = reports_csv
+    # the private cells train on shard 1/2 of the CSV; the public model on shard 0/2 of the same CSV
+    base = [*SMALL, "data=ct_rate_text", f"data.path={csv_path}", "data.train_shard=1/2",
+            f"finetune.public.data={{name:ct_rate_text,path:{csv_path}}}", "finetune.public.max_epochs=1"]
+    grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[1]", "sweep.seeds=[42]", "sweep.nonprivate=[]",
+            "sweep.baselines=[]", "sweep.init_from=public"]
+    plan, _ = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    assert [s["cell"] for s in plan["states"]] == ["tiny_bert-eps1-seed42", "tiny_bert-eps1-public-seed42"]
+    assert plan["to_train"] == 2
+
+    out, err = sweep(capsys, [*base, *grid])
+    assert (out["cells"], out["trained"]) == (2, 2) and "the run logged" not in err
+    local = Path(mlflow.artifacts.download_artifacts(run_id=out["run_id"], dst_path=str(tmp_path / "art")))
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO((local / "results.csv").read_text()))}
+    assert set(rows) == {"dp_lora", "dp_lora_public", "public"}
+    assert rows["dp_lora_public"]["epsilon"] == "1" and rows["dp_lora_public"]["privacy.unit"] == "report"
+    assert (rows["public"]["epsilon"], rows["public"]["epsilon_spent"], rows["public"]["privacy.unit"]) == ("0", "0", "—")
+    md = (local / "results.md").read_text()
+    assert "| DP-LoRA (public start) | tiny_bert | 1 |" in md
+    assert "| public model alone (no private data) | tiny_bert | 0 |" in md
+    client = mlflow.MlflowClient(tracking_uri)
+    warm_id = rows["dp_lora_public"]["run_ids"]
+    privacy = json.loads(Path(client.download_artifacts(warm_id, "privacy.json", str(tmp_path))).read_text())
+    assert privacy["warm_start"]["public"]
+    # the public row is the model the warm cell started from, and it never saw a private report
+    assert privacy["warm_start"]["source"] == rows["public"]["run_ids"] != warm_id
+    assert rows["dp_lora"]["run_ids"] not in (warm_id, rows["public"]["run_ids"])
+
+    # both cells are found again (the warm one under the key of its public validation split)
+    again, _ = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    assert (again["finished"], again["to_train"]) == (2, 0)

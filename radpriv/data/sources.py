@@ -53,9 +53,14 @@ def load_table(data_cfg: Mapping, seed: int) -> ReportTable:
 
 
 def keep_train_shard(table: ReportTable, spec: str, seed: int) -> ReportTable:
-    shard, shards = parse_shard(spec)
+    """`i/k`: shard i of k of the training patients; `~i/k`: every shard but i (the public half
+    of a simulation whose private half is `i/k`)."""
+    complement = spec.startswith("~")
+    shard, shards = parse_shard(spec[1:] if complement else spec)
     patients = table.patient_ids or table.ids
     keep = train_shard_members(patients, table.split, seed, shard, shards)
+    if complement:
+        keep = [s != "train" or not k for k, s in zip(keep, table.split)]
     idx = [i for i, k in enumerate(keep) if k]
     dropped = len(table) - len(idx)
     return replace(
@@ -63,5 +68,5 @@ def keep_train_shard(table: ReportTable, spec: str, seed: int) -> ReportTable:
         ids=tuple(table.ids[i] for i in idx), texts=tuple(table.texts[i] for i in idx),
         labels=table.labels[idx], split=tuple(table.split[i] for i in idx),
         patient_ids=None if table.patient_ids is None else tuple(table.patient_ids[i] for i in idx),
-        excluded={**table.excluded, f"training reports outside train_shard {shard}/{shards}": dropped},
+        excluded={**table.excluded, f"training reports outside train_shard {spec}": dropped},
     )

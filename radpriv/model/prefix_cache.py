@@ -54,24 +54,23 @@ def supports_prefix(encoder: nn.Module) -> bool:
 
 
 def frozen_prefix_layers(encoder: nn.Module, finetune: Mapping) -> int:
-    """How many bottom layers can be cached: those below the first LoRA layer (0: none)."""
+    """How many bottom layers can be cached: those below the lowest layer with a trainable weight
+    (the first LoRA layer, or a higher one when a warm start freezes the lower adapters), or every
+    layer when nothing of the encoder trains (0: none)."""
     if finetune.get("mode", "lora") != "lora" or not finetune.get("cache_frozen_prefix", True):
         return 0
-    config = getattr(peft_config(encoder), "layers_to_transform", None)
-    layers = config if config is not None else None
-    if not layers:
-        return 0
+    base = base_encoder(encoder)
+    trainable = [n for n, p in base.named_parameters() if p.requires_grad]
     if not supports_prefix(encoder):
-        log.info("frozen-prefix cache: not available for %s; every step runs the whole encoder",
-                 type(base_encoder(encoder)).__name__)
+        if trainable and peft_config(encoder) is not None and getattr(peft_config(encoder), "layers_to_transform", None):
+            log.info("frozen-prefix cache: not available for %s; every step runs the whole encoder",
+                     type(base).__name__)
         return 0
-    k = min(int(i) for i in layers)
-    frozen = [n for n, p in base_encoder(encoder).named_parameters()
-              if p.requires_grad and (n.startswith("embeddings.") or _layer_index(n) < k)]
-    if frozen:  # a trainable weight below layer k: caching it would freeze it silently
-        log.info("frozen-prefix cache: %s is trainable below layer %d; not caching", frozen[0], k)
+    if not trainable:
+        return len(base.encoder.layer)  # nothing of the encoder trains (finetune.warm.trainable=head)
+    if any(n.startswith("embeddings.") for n in trainable):
         return 0
-    return k
+    return min(_layer_index(n) for n in trainable) if all(_layer_index(n) < 1 << 30 for n in trainable) else 0
 
 
 def _layer_index(name: str) -> int:

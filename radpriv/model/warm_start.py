@@ -2,8 +2,10 @@
 
 `finetune.init_from=<run id | runs:/… | models:/… | bundle dir>` loads that model's trainable
 weights — the LoRA matrices (or, for `finetune=full`, the encoder) and the classifier head —
-into the freshly built classifier before training. Decision thresholds are not taken over:
-they are fitted again on this run's validation split.
+into the freshly built classifier before training (`init_from=public` first finds or trains the
+public model of the run's label schema: public_start.py). Head rows are matched by label name: a
+label the source lacks keeps its fresh row, and the run records which. Decision thresholds are
+not taken over: they are fitted again on this run's validation split (or the public one).
 
 Privacy: the starting point is an input of the training algorithm that does not depend on this
 run's private reports, so DP-SGD's guarantee for them is unchanged and the warm start costs
@@ -28,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from radpriv.errors import ConfigError, ModelError, PrivacyError
@@ -49,6 +52,9 @@ class WarmStart:
     source_private: bool | None
     source_epsilon: float | None
     same_dataset_other_reports: bool
+    labels_from_source: tuple[str, ...] = ()
+    labels_fresh: tuple[str, ...] = ()  # labels the source lacks: their head rows start fresh
+    public: dict | None = None  # init_from=public: the corpus, the overlap guard's counts
     privacy_cost: str = ("none to this run's training reports: the source model was trained on "
                          "other (public) reports; its own guarantee, if any, is the source's")
 
@@ -79,9 +85,9 @@ def fetch_bundle(ref: str, tracking_uri: str | None, dst: Path) -> Path:
 
 
 def _check_compatible(meta: Mapping, label_names, spec: EncoderSpec, mode: str, ref: str) -> None:
-    if list(meta["label_names"]) != list(label_names):
-        raise ModelError(f"finetune.init_from={ref}: its labels {meta['label_names']} differ from this "
-                         f"run's {list(label_names)}; warm-start from a model with the same label schema")
+    if not set(meta["label_names"]) & set(label_names):
+        raise ModelError(f"finetune.init_from={ref}: its labels {meta['label_names']} share no name with "
+                         f"this run's {list(label_names)}; warm-start from a model of the same label schema")
     if meta["encoder"]["name"] != spec.name:
         raise ModelError(f"finetune.init_from={ref}: it was trained on encoder {meta['encoder']['name']!r}, "
                          f"this run uses {spec.name!r}")
@@ -90,7 +96,8 @@ def _check_compatible(meta: Mapping, label_names, spec: EncoderSpec, mode: str, 
                          f"finetune={mode} run")
 
 
-def _check_source_data(meta: Mapping, dataset: str, train_fingerprints: tuple[str, str], ref: str) -> bool:
+def _check_source_data(meta: Mapping, dataset: str, train_fingerprints: tuple[str, str], ref: str,
+                       verified_disjoint: bool = False) -> bool:
     """Refuse a source trained on this run's training reports; True: same dataset, other reports.
 
     `train_fingerprints`: this run's training split as (keyed digest, plain content hash). A
@@ -106,7 +113,7 @@ def _check_source_data(meta: Mapping, dataset: str, train_fingerprints: tuple[st
             "it would spend their privacy outside this run's accounting. Warm-start from a model "
             "trained on public reports (e.g. another dataset, or data.train_shard=0/2 vs 1/2)")
     same = source.get("dataset") == dataset
-    if same:
+    if same and not verified_disjoint:
         log.warning("warm start: %s was trained on other reports of %s; their being disjoint from "
                     "this run's training reports is what makes the warm start free", ref, dataset)
     return same
@@ -142,23 +149,42 @@ def _load_full(net: ReportClassifier, encoder_dir: Path, ref: str) -> None:
 
 
 def apply_warm_start(net: ReportClassifier, ref: str, *, label_names, spec: EncoderSpec, mode: str,
-                     dataset: str, train_fingerprints: tuple[str, str], tracking_uri: str | None = None
-                     ) -> WarmStart:
-    """Load the source's trainable weights into `net` (in place) and say where they came from."""
+                     dataset: str, train_fingerprints: tuple[str, str], tracking_uri: str | None = None,
+                     verified_disjoint: bool = False) -> WarmStart:
+    """Load the source's trainable weights into `net` (in place) and say where they came from.
+
+    `verified_disjoint`: the overlap guard has checked the source's reports against this run's
+    training reports (init_from=public), so a same-dataset source needs no warning."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = fetch_bundle(str(ref), tracking_uri, Path(tmp))
         meta = load_meta(bundle)
         _check_compatible(meta, label_names, spec, mode, ref)
-        same_dataset = _check_source_data(meta, dataset, train_fingerprints, ref)
+        same_dataset = _check_source_data(meta, dataset, train_fingerprints, ref, verified_disjoint)
         if mode == "lora":
             _load_lora(net, bundle / "adapter", ref)
         else:
             _load_full(net, bundle / "encoder", ref)
-        net.head.load_state_dict(load_file(str(bundle / HEAD)))
+        shared = _load_head_by_name(net, load_file(str(bundle / HEAD)), list(meta["label_names"]), label_names)
+    fresh = tuple(n for n in label_names if n not in shared)
+    if fresh:
+        log.warning("warm start: %d of %d labels are not in %s and start fresh: %s", len(fresh),
+                    len(label_names), ref, ", ".join(fresh))
     privacy = meta.get("privacy") or {}
     log.info("warm start: trainable weights from %s (trained on %s, %s)", ref,
              privacy.get("dataset", "an unrecorded dataset"),
              f"ε={privacy['epsilon']:.3g}" if privacy.get("private") else "non-private")
     return WarmStart(source=str(ref), source_dataset=privacy.get("dataset"),
                      source_private=privacy.get("private"), source_epsilon=privacy.get("epsilon"),
-                     same_dataset_other_reports=same_dataset)
+                     same_dataset_other_reports=same_dataset, labels_from_source=shared,
+                     labels_fresh=fresh)
+
+
+def _load_head_by_name(net: ReportClassifier, state: Mapping, source_labels: list, label_names) -> tuple[str, ...]:
+    """Copy the source head's row (weight and bias) of every label this run shares, by name."""
+    shared = tuple(n for n in label_names if n in source_labels)
+    with torch.no_grad():
+        for name in shared:
+            j, i = list(label_names).index(name), source_labels.index(name)
+            net.head.weight[j].copy_(state["weight"][i])
+            net.head.bias[j].copy_(state["bias"][i])
+    return shared

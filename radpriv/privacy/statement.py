@@ -29,6 +29,12 @@ def validation_use(thresholds: str, threshold_privacy: dict | None = None) -> di
                 "guarantee": (f"({threshold_privacy['epsilon']:.4g}, {threshold_privacy['delta']:.3g})-DP "
                               "for each validation report (replace-one)"),
                 "dp": True}
+    if thresholds == "public":
+        return {"use": "none: the private validation reports were not used. Thresholds (and the warm start's "
+                       "interpolation weight) were chosen, and the per-epoch val/* metrics computed, on the "
+                       "public corpus' validation split",
+                "guarantee": "not needed: nothing published depends on the private validation reports",
+                "dp": True}
     if thresholds == "fixed":
         return {"use": "per-epoch val/* metrics only (thresholds fixed at 0.5: the model does not depend on "
                        "the validation reports)",

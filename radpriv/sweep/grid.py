@@ -1,4 +1,5 @@
-"""The sweep's cells: models × ε × seeds, plus non-private LoRA and full fine-tuning.
+"""The sweep's cells: models × ε × seeds, plus non-private LoRA and full fine-tuning, and with
+`sweep.init_from=public` a public-start twin of every DP-LoRA cell.
 
 A cell is one ordinary training run (`radpriv train` with a few overrides). Every check of the
 user's grid happens here, before anything is trained, so a typo costs nothing.
@@ -15,6 +16,11 @@ from radpriv.errors import ConfigError
 
 NONPRIVATE_KINDS = ("lora", "full")  # privacy.epsilon=null, with finetune=lora or finetune=full
 DP_KIND = "dp_lora"
+# a DP-LoRA cell plus finetune.init_from=public: its own kind, so that it is its own row and its
+# cold twin keeps the overrides (and run key) it always had
+WARM_KIND = "dp_lora_public"
+PUBLIC_KIND = "public"  # a results row, not a cell: the public model alone, no private data
+INIT_FROM = ("public",)
 # the grid sets these per cell; a user override of them would be silently replaced
 GRID_KEYS = ("model", "seed", "privacy.epsilon", "finetune")
 
@@ -24,15 +30,17 @@ class Cell:
     """One training run of the sweep."""
 
     model: str
-    kind: str  # dp_lora | lora | full
+    kind: str  # dp_lora | dp_lora_public | lora | full
     epsilon: float | None  # None: non-private
     seed: int
 
     @property
     def name(self) -> str:
-        """Readable and a valid Hydra value (no '='): minilm-eps0.1-seed42, minilm-full-seed42."""
-        what = f"eps{self.epsilon:g}" if self.kind == DP_KIND else self.kind
-        return f"{self.model}-{what}-seed{self.seed}"
+        """Readable and a valid Hydra value (no '='): minilm-eps0.1-seed42, minilm-full-seed42,
+        minilm-eps0.1-public-seed42."""
+        what = self.kind if self.epsilon is None else f"eps{self.epsilon:g}"
+        start = "-public" if self.kind == WARM_KIND else ""
+        return f"{self.model}-{what}{start}-seed{self.seed}"
 
     @property
     def group(self) -> tuple[str, str, float | None]:
@@ -44,6 +52,8 @@ class Cell:
         out = [f"model={self.model}", f"seed={self.seed}"]
         if self.kind == "full":
             out.append("finetune=full")
+        if self.kind == WARM_KIND:
+            out.append("finetune.init_from=public")
         eps = "null" if self.epsilon is None else (epsilon_spelling or repr(float(self.epsilon)))
         return [*out, f"privacy.epsilon={eps}"]
 
@@ -121,13 +131,22 @@ def check_nonprivate(kinds) -> list[str]:
     return [k for k in NONPRIVATE_KINDS if k in kinds]
 
 
+def check_init_from(value) -> str | None:
+    if value is not None and str(value) not in INIT_FROM:
+        raise ConfigError(f"sweep.init_from={value!r}: expected null (cold cells only) or public "
+                          "(every DP-LoRA cell also from the public model)")
+    return None if value is None else str(value)
+
+
 def build_grid(sweep_cfg: Mapping) -> list[Cell]:
     """Every cell, in training order: per model and seed, the non-private references first
-    (they are the yardstick of everything else), then each ε."""
+    (they are the yardstick of everything else), then each ε, then each ε from the public model
+    (the first of them trains it, once)."""
     models = check_models(sweep_cfg.get("models"))
     epsilons = check_epsilons(sweep_cfg.get("epsilons"))
     seeds = check_seeds(sweep_cfg.get("seeds"))
     nonprivate = check_nonprivate(sweep_cfg.get("nonprivate"))
+    init_from = check_init_from(sweep_cfg.get("init_from"))
     if not epsilons and not nonprivate:
         raise ConfigError("sweep.epsilons and sweep.nonprivate are both empty: the grid would have no cell")
     cells = []
@@ -135,6 +154,8 @@ def build_grid(sweep_cfg: Mapping) -> list[Cell]:
         for seed in seeds:
             cells += [Cell(model, kind, None, seed) for kind in nonprivate]
             cells += [Cell(model, DP_KIND, eps, seed) for eps in epsilons]
+            if init_from:
+                cells += [Cell(model, WARM_KIND, eps, seed) for eps in epsilons]
     return cells
 
 

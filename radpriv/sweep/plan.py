@@ -19,7 +19,8 @@ from pathlib import Path
 
 from radpriv.sweep.grid import Cell
 from radpriv.process_memory import PEAK_RESIDENT_METRIC, machine_memory_bytes
-from radpriv.sweep.run import find_finished, hms, run_train_seconds
+from radpriv.sweep.run import hms, run_train_seconds
+from radpriv.tracking.resume import find_finished
 from radpriv.tracking.resume import find_resume_point_of
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,9 @@
 
 - `privacy_utility_curve`: weighted F1 against ε on a log axis, one line per model with its
   bootstrap CI band; non-private LoRA / full fine-tuning of each model and TF-IDF + LR as
-  horizontal lines; DP-LR, which depends on ε, as a dashed curve of its own.
+  horizontal lines; DP-LR, which depends on ε, as a dashed curve of its own. With
+  sweep.init_from=public, DP-LoRA from the public model is a second curve per model, and the
+  public model alone a dotted line (it costs the private data no ε).
 - `per_label_heatmap`: per-label test F1 (mean over seeds), labels × ε, one panel per model,
   with the non-private LoRA and full columns beside the ε ones.
 """
@@ -13,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+
+NEURAL = ("dp_lora", "dp_lora_public", "public", "lora", "full")  # rows of one model (not the baselines)
 
 
 def _pyplot():
@@ -29,25 +34,28 @@ def privacy_utility_curve(rows: Sequence[dict], path: Path, title: str = "",
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    models = sorted({r["model"] for r in rows if r["method"] in ("dp_lora", "lora", "full")})
-    eps_all = sorted({float(r["epsilon"]) for r in rows if r.get("epsilon") is not None})
+    models = sorted({r["model"] for r in rows if r["method"] in NEURAL})
+    eps_all = sorted({float(r["epsilon"]) for r in rows if r.get("epsilon")})  # not the public model's 0: log axis
     if not eps_all:
         eps_all = [1.0]
     x_span = (min(eps_all) / 1.6, max(eps_all) * 1.6)
     for i, model in enumerate(models):
         color = colors[i % len(colors)]
-        dp = sorted((r for r in rows if r["method"] == "dp_lora" and r["model"] == model),
-                    key=lambda r: float(r["epsilon"]))
-        if dp:
-            x = [float(r["epsilon"]) for r in dp]
-            ax.plot(x, [r[f"{metric}_mean"] for r in dp], "o-", color=color, label=f"DP-LoRA {model}")
-            ax.fill_between(x, [r[f"{metric}_ci_low"] for r in dp], [r[f"{metric}_ci_high"] for r in dp],
-                            color=color, alpha=0.18, linewidth=0)
-        for method, style in (("lora", "--"), ("full", ":")):
+        for method, style, what in (("dp_lora", "o-", ""), ("dp_lora_public", "^--", ", public start")):
+            dp = sorted((r for r in rows if r["method"] == method and r["model"] == model),
+                        key=lambda r: float(r["epsilon"]))
+            if dp:
+                x = [float(r["epsilon"]) for r in dp]
+                ax.plot(x, [r[f"{metric}_mean"] for r in dp], style, color=color, label=f"DP-LoRA {model}{what}")
+                ax.fill_between(x, [r[f"{metric}_ci_low"] for r in dp], [r[f"{metric}_ci_high"] for r in dp],
+                                color=color, alpha=0.18, linewidth=0)
+        lines = (("lora", "--", "LoRA {}, non-private"), ("full", ":", "full FT {}, non-private"),
+                 ("public", (0, (1, 3)), "public model {} alone"))
+        for method, style, label in lines:
             for r in rows:
                 if r["method"] == method and r["model"] == model:
                     ax.axhline(r[f"{metric}_mean"], color=color, linestyle=style, linewidth=1.3,
-                               label=f"{'LoRA' if method == 'lora' else 'full FT'} {model}, non-private")
+                               label=label.format(model))
     for r in rows:
         if r["method"] == "tfidf_lr":
             ax.axhline(r[f"{metric}_mean"], color="0.35", linestyle="-.", linewidth=1.3,
@@ -78,14 +86,17 @@ def per_label_heatmap(per_label: dict[tuple[str, str, float | None], np.ndarray]
                       path: Path, title: str = "") -> Path:
     """`per_label`: (method, model, ε) → (L,) per-label F1, for the neural cells."""
     plt = _pyplot()
-    models = sorted({model for (method, model, _) in per_label if method in ("dp_lora", "lora", "full")})
+    models = sorted({model for (method, model, _) in per_label if method in NEURAL})
     fig, axes = plt.subplots(1, max(1, len(models)), squeeze=False,
                              figsize=(1.2 + 0.75 * 7 * max(1, len(models)), 0.32 * len(label_names) + 1.8))
     image = None
     for ax, model in zip(axes[0], models):
-        eps = sorted(e for (m, mod, e) in per_label if m == "dp_lora" and mod == model)
-        cols = [("dp_lora", e, f"ε={e:g}") for e in eps]
-        cols += [(m, None, name) for m, name in (("lora", "LoRA"), ("full", "full")) if (m, model, None) in per_label]
+        cols = []
+        for method, what in (("dp_lora", ""), ("dp_lora_public", " public start")):
+            eps = sorted(e for (m, mod, e) in per_label if m == method and mod == model)
+            cols += [(method, e, f"ε={e:g}{what}") for e in eps]
+        cols += [(m, e, name) for m, e, name in (("public", 0.0, "public alone"), ("lora", None, "LoRA"),
+                                                 ("full", None, "full")) if (m, model, e) in per_label]
         grid = np.array([per_label[(m, model, e)] for m, e, _ in cols]).T if cols else np.zeros((len(label_names), 0))
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(cols)))

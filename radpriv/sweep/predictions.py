@@ -15,19 +15,32 @@ from radpriv.data.table import ReportTable
 from radpriv.errors import ModelError
 
 
-def logged_model_predictions(run_id: str, tracking_uri: str, test: ReportTable,
-                             batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def logged_model_predictions(run_id: str, tracking_uri: str, test: ReportTable, batch_size: int = 64,
+                             by_name: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, thresholds) of run `run_id`'s logged model on the test split's texts;
-    the thresholds are those the run chose (on its validation split) and stored with the model."""
+    the thresholds are those the run chose (on its validation split) and stored with the model.
+
+    by_name: the model may have other labels (a public model of a related schema): its columns
+    are matched to the test split's by name, and a test label it lacks is never predicted
+    (threshold +inf), which is all a model that never saw that label can do."""
     from radpriv.evaluate import download_bundle
     from radpriv.model.bundle import load_bundle, predict_proba
 
     with tempfile.TemporaryDirectory() as tmp:
         model = load_bundle(download_bundle(run_id, tracking_uri, Path(tmp)))
-    if list(model.label_names) != list(test.label_names):
+    names, wanted = list(model.label_names), list(test.label_names)
+    if names != wanted and not (by_name and set(names) & set(wanted)):
         raise ModelError(f"run {run_id}'s model predicts {model.label_names}, not {test.name}'s labels")
     probs = predict_proba(model, test.texts, batch_size=batch_size).numpy()
-    return probs, np.asarray(model.thresholds, dtype=np.float64)
+    thresholds = np.asarray(model.thresholds, dtype=np.float64)
+    if names == wanted:
+        return probs, thresholds
+    out = np.zeros((len(probs), len(wanted)), dtype=probs.dtype)
+    out_thr = np.full(len(wanted), np.inf)
+    for j, name in enumerate(wanted):
+        if name in names:
+            out[:, j], out_thr[j] = probs[:, names.index(name)], thresholds[names.index(name)]
+    return out, out_thr
 
 
 def binarize(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

@@ -13,12 +13,14 @@ from pathlib import Path
 
 METHOD_LABELS = {
     "dp_lora": "DP-LoRA",
+    "dp_lora_public": "DP-LoRA (public start)",
+    "public": "public model alone (no private data)",
     "lora": "LoRA, non-private",
     "full": "full fine-tuning, non-private",
     "tfidf_lr": "TF-IDF + LR, non-private",
     "dp_lr": "DP-LR (hashed n-grams)",
 }
-METHOD_ORDER = ("lora", "full", "dp_lora", "tfidf_lr", "dp_lr")
+METHOD_ORDER = ("lora", "full", "public", "dp_lora", "dp_lora_public", "tfidf_lr", "dp_lr")
 NO_UNIT = "—"  # a non-private row protects nothing
 COLUMNS = ("method", "model", "epsilon", "epsilon_spent", "privacy.unit", "n_seeds",
            "f1_weighted_mean", "f1_weighted_sd", "f1_weighted_ci_low", "f1_weighted_ci_high",
@@ -28,7 +30,8 @@ COLUMNS = ("method", "model", "epsilon", "epsilon_spent", "privacy.unit", "n_see
 
 
 def sort_rows(rows: list[dict]) -> list[dict]:
-    """Per model: LoRA, full, then DP-LoRA by ε; the classical baselines last."""
+    """Per model: LoRA, full, the public model alone, then DP-LoRA by ε, cold then from the public
+    model; the classical baselines last."""
     def key(r):
         eps = r.get("epsilon")
         return (r["method"] in ("tfidf_lr", "dp_lr"), str(r.get("model") or ""),

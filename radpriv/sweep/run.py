@@ -33,9 +33,11 @@ from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError, ModelError
 from radpriv.process_memory import PEAK_RESIDENT_METRIC, resident_bytes, return_freed_memory
 from radpriv.sweep import baselines, report, stats
-from radpriv.sweep.grid import DP_KIND, Cell, build_grid, cell_overrides, check_epsilons, training_overrides
+from radpriv.sweep.grid import (DP_KIND, PUBLIC_KIND, WARM_KIND, Cell, build_grid, cell_overrides, check_epsilons,
+                                training_overrides)
 from radpriv.sweep.predictions import binarize, logged_model_predictions
 from radpriv.tracking.mlflow_run import without_env
+from radpriv.tracking.resume import find_finished
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +140,6 @@ def _open_parent(client, cfg: DictConfig, mlflow_run_id: str | None, name: str, 
     return run.info.run_id, exp_id, exp_name, True
 
 
-def find_finished(client, experiment_ids: list[str], keys: list[str]):
-    """The newest finished run with one of these run keys and a logged model, else None."""
-    for key in keys:
-        runs = client.search_runs(
-            experiment_ids, f"tags.`radpriv.run_key` = '{key}' and tags.`radpriv.complete` = 'true'",
-            order_by=["attributes.start_time DESC"], max_results=50)
-        for run in runs:
-            if client.list_artifacts(run.info.run_id, "model"):
-                return run
-    return None
-
-
 def _cell_cfg(base: list[str], cell: Cell, parent_id: str, exp_name: str, spelling: str | None = None) -> DictConfig:
     cfg = compose([*cell_overrides(base, cell, spelling), f"tracking.parent_run_id={parent_id}",
                    f"tracking.experiment={exp_name}", "tracking.log_model=true"])
@@ -168,13 +158,24 @@ def _search_ids(client, cfg: DictConfig, first: str | None) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def keyed_table(cfg: DictConfig, table: ReportTable) -> ReportTable:
+    """The table a training run of `cfg` is keyed by: with trainer.thresholds=public (a public
+    start's default) train swaps in the public validation split before it computes its run key,
+    so a finished warm cell carries that table's fingerprint, not the private table's."""
+    if str(cfg.trainer.thresholds) != "public":
+        return table
+    from radpriv.model.public_start import load_public_corpus, with_public_validation
+
+    return with_public_validation(table, load_public_corpus(cfg, table))
+
+
 def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) -> list[str]:
     """The run keys a finished run of this cell may carry: the first is the one it is trained
     under; the others, the same ε spelled as a standalone `radpriv train` may have (1 for 1.0)."""
     from radpriv.tracking.release import private_folder
     from radpriv.tracking.resume import run_keys
 
-    fingerprint = table.fingerprint()
+    fingerprint = keyed_table(cfg, table).fingerprint()
     folder = private_folder(cfg)
     parent = cfg.tracking.get("parent_run_id")
     exp_name = cfg.tracking.get("experiment")
@@ -244,7 +245,7 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                 run_id, reused = train(cfg, table=table)["run_id"], False
             run = client.get_run(run_id)
             metrics = run.data.metrics
-            unit = run_unit(client, run) if cell.kind == DP_KIND else None
+            unit = run_unit(client, run) if cell.epsilon is not None else None
             test = _test_part(table)
             probs, thresholds = logged_model_predictions(run_id, uri, test, batch_size)
             preds = stats.SeedPredictions(cell.seed, stats.test_key(test.ids), binarize(probs, thresholds), test.labels)
@@ -293,6 +294,32 @@ def run_baselines(cfg: DictConfig, seeds: list[int], tables, progress: bool) -> 
     return out
 
 
+def public_model_results(cells: list[Cell], base: list[str], tables, uri: str, parent_id: str, exp_name: str,
+                         batch_size: int) -> dict[tuple, list]:
+    """(public, model, 0) → [(SeedPredictions, run id)]: per model and seed of the public-start
+    cells, the public model they started from, alone, on the same test reports. Nothing of it
+    saw a private report (its thresholds come from the public validation split): ε = 0."""
+    from radpriv.model.public_start import find_or_train_public_model, load_public_corpus
+
+    firsts: dict[tuple, Cell] = {}
+    for c in cells:
+        if c.kind == WARM_KIND:
+            firsts.setdefault((c.model, c.seed), c)
+    out: dict[tuple, list] = defaultdict(list)
+    for (model, seed), cell in firsts.items():
+        table = tables(seed)
+        cfg = _cell_cfg(base, cell, parent_id, exp_name)
+        run_id = find_or_train_public_model(cfg, load_public_corpus(cfg, table))  # the warm cells trained it
+        test = _test_part(table)
+        # by name: a public corpus of a related schema may lack some of this data's labels
+        probs, thresholds = logged_model_predictions(run_id, uri, test, batch_size, by_name=True)
+        preds = stats.SeedPredictions(seed, stats.test_key(test.ids), binarize(probs, thresholds), test.labels)
+        out[(PUBLIC_KIND, model, 0.0)].append((preds, run_id))
+        log.info("sweep: public model alone, %s seed %d (run %s): test F1 weighted %.3f", model, seed, run_id,
+                 float(stats.f1_scores(preds.preds, preds.labels)["f1_weighted"]))
+    return out
+
+
 #: what each baseline's ε protects: DP-LR's rows are reports, whatever patients the data name
 BASELINE_UNITS = {"dp_lr": "report", "tfidf_lr": None}
 
@@ -305,13 +332,16 @@ def row_unit(units: list[str | None], name: str) -> str | None:
     return "+".join(named) or None
 
 
-def build_rows(results: list[CellResult], baseline_out: dict, boot: stats.Bootstrap, alpha: float):
+def build_rows(results: list[CellResult], baseline_out: dict, boot: stats.Bootstrap, alpha: float,
+               public_out: dict | None = None):
     """The table's rows, the per-label F1 of the neural cells, and the paired comparisons."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in results:
         groups[r.cell.group].append((r.predictions, r.epsilon_spent, r.run_id, r.unit))
     for key, items in baseline_out.items():
         groups[key] += [(p, e, None, BASELINE_UNITS[key[0]]) for p, e in items]
+    for key, items in (public_out or {}).items():
+        groups[key] += [(p, 0.0, run_id, None) for p, run_id in items]
     rows, per_label = [], {}
     for (method, model, eps), items in groups.items():
         seeds = [p for p, _, _, _ in items]
@@ -320,13 +350,13 @@ def build_rows(results: list[CellResult], baseline_out: dict, boot: stats.Bootst
                "epsilon_spent": float(np.mean(spent)) if spent else None,
                "privacy.unit": row_unit([u for _, _, _, u in items], f"{method} {model} ε={eps}"),
                "run_ids": ";".join(r for _, _, r, _ in items if r)}
-        if method == DP_KIND and ("lora", model, None) in groups:
+        if method in (DP_KIND, WARM_KIND) and ("lora", model, None) in groups:
             test = stats.paired_test(boot, seeds, [p for p, _, _, _ in groups[("lora", model, None)]],
                                      "f1_weighted", alpha)
             if test is not None:
                 row.update(diff_vs_lora=test["diff"], diff_ci_low=test["diff_ci_low"],
                            diff_ci_high=test["diff_ci_high"], p_vs_lora=test["p"])
-        if method in ("dp_lora", "lora", "full"):
+        if method in (DP_KIND, WARM_KIND, PUBLIC_KIND, "lora", "full"):
             per_label[(method, model, eps)] = stats.per_label_mean(seeds)
         rows.append(row)
     tested = [r for r in rows if r.get("p_vs_lora") is not None]
@@ -373,8 +403,9 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
             client, cfg, mlflow_run_id, name, {SWEEP_TAG: "true", "radpriv.dataset": str(cfg.data.name)})
         try:
             search_ids = _search_ids(client, cfg, exp_id)
-            log.info("sweep: %d cells (%s × %d ε × %d seeds + %s), parent run %s in %s%s", len(cells), "+".join(ok),
-                     len(cfg.sweep.epsilons), len(seeds), "/".join(cfg.sweep.nonprivate or []) or "no non-private",
+            log.info("sweep: %d cells (%s × %d ε%s × %d seeds + %s), parent run %s in %s%s", len(cells),
+                     "+".join(ok), len(cfg.sweep.epsilons), " × cold/public start" if cfg.sweep.get("init_from") else "",
+                     len(seeds), "/".join(cfg.sweep.nonprivate or []) or "no non-private",
                      parent_id, exp_name, f"; skipped {sorted(skipped)}" if skipped else "")
             params = {**flatten({"sweep": OmegaConf.to_container(cfg.sweep, resolve=True)}),
                       "sweep.base_overrides": " ".join(base)[:6000] or "(none)",
@@ -382,10 +413,12 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
             client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
             results = run_cells(cells, base, tables, client, uri, parent_id, exp_name, search_ids,
                                 int(cfg.trainer.eval_batch_size), progress)
+            public_out = public_model_results(cells, base, tables, uri, parent_id, exp_name,
+                                              int(cfg.trainer.eval_batch_size))
             baseline_out = run_baselines(cfg, seeds, tables, progress)
             b = cfg.sweep.bootstrap
             boot = stats.Bootstrap(int(b.n_resamples), int(b.seed))
-            rows, per_label = build_rows(results, baseline_out, boot, float(b.alpha))
+            rows, per_label = build_rows(results, baseline_out, boot, float(b.alpha), public_out)
             wall = time.perf_counter() - t0
             summary = _log_outputs(client, parent_id, cfg, rows, per_label, results, skipped, tables(seeds[0]),
                                    wall, overrides)
@@ -430,6 +463,11 @@ def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, resul
               f"({int(cfg.sweep.bootstrap.n_resamples)} redraws); Δ and p: paired bootstrap against "
               "non-private LoRA of the same model and seeds, Holm-adjusted over all ε × models. "
               "unit: what a DP row's ε protects (privacy.unit), a patient with all their reports or one report.")
+    if any(r["method"] == PUBLIC_KIND for r in rows):
+        header += (" Public start: the DP-LoRA cells again from the public model (finetune.init_from=public, "
+                   "thresholds on the public validation split); public model alone: that model on the same "
+                   "test reports, with no private data (ε = 0). Holm's adjustment covers the public-start "
+                   "rows' tests too.")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "plots").mkdir()

@@ -33,6 +33,10 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
     folder.keep(run_id, release.local_records(dm, table))  # ids and counts: local, never logged
     warm = getattr(module, "warm_start", None)
     privacy["warm_start"] = warm.as_dict() if warm is not None else None
+    interpolation = getattr(module, "interpolation", None)
+    if warm is not None and interpolation is not None:
+        privacy["warm_start"]["interpolation"] = interpolation
+        logger.log_metrics({"warm/lambda": float(interpolation["lambda"])})
     if warm is not None:
         client.set_tag(run_id, "radpriv.init_from", warm.source)
     # trained on teacher labels (radpriv label / pate): the teacher's guarantee for *its* training

@@ -46,6 +46,9 @@ _NOT_IN_KEY = ("tracking", "run_name", "run_id")
 _EXECUTION_ONLY = (("trainer", "progress_bar"), ("trainer", "num_threads"), ("trainer", "log_every_n_steps"))
 
 
+_WARM_ONLY = ("public", "warm")
+
+
 def run_key(cfg: DictConfig, data_fingerprint: str, folder) -> str:
     """What a run computes: its config, less where it is written and how it is run, and its data,
     keyed with `folder`'s secret (a `release.PrivateFolder`): an unkeyed hash of the data would let
@@ -55,6 +58,10 @@ def run_key(cfg: DictConfig, data_fingerprint: str, folder) -> str:
         resolved.pop(key, None)
     for section, key in _EXECUTION_ONLY:
         resolved.get(section, {}).pop(key, None)
+    finetune = resolved.get("finetune") or {}
+    if not finetune.get("init_from"):  # warm-start settings change nothing of a cold run
+        for key in _WARM_ONLY:
+            finetune.pop(key, None)
     return folder.digest("run-key", json.dumps(resolved, sort_keys=True, default=str), data_fingerprint)[:20]
 
 
@@ -114,6 +121,19 @@ def find_resume_point(root: Path, key: str, client) -> ResumePoint:
         return ResumePoint(directory)  # the same command ran to the end before: a new run
     checkpoint = directory / CHECKPOINT
     return ResumePoint(directory, run_id, checkpoint if checkpoint.is_file() else None)
+
+
+def find_finished(client, experiment_ids: list[str], keys: list[str]):
+    """The newest finished run with one of these run keys and a logged model, else None."""
+    for key in keys:
+        runs = client.search_runs(
+            experiment_ids, f"tags.`radpriv.run_key` = '{key}' and tags.`radpriv.complete` = 'true'",
+            order_by=["attributes.start_time DESC"], max_results=50)
+        for run in runs:
+            if client.list_artifacts(run.info.run_id, "model"):
+                return run
+    return None
+
 
 
 class TrainingClock(L.Callback):

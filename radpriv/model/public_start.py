@@ -1,0 +1,172 @@
+"""`finetune.init_from=public`: find or train the public model of the run's label schema.
+
+The public model is an ordinary non-private radpriv run on the public corpus (the shipped corpus
+of the schema, radpriv/data/public_corpora.py, or `finetune.public.data`) with the private run's
+encoder and adapter shape, logged to the `radpriv-public` experiment and registered as
+`radpriv-public-<schema>-<model>`. It is trained once: a later run finds it by run key (its
+config and its data, as a sweep finds its finished cells) and starts from it.
+
+Before anything is trained, the overlap guard (radpriv/data/overlap.py) refuses a private run
+whose training reports the public corpus contains.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from radpriv.config import recipe_row
+from radpriv.data import overlap
+from radpriv.data.public_corpora import CorpusChoice, choice_for, corpus_for, public_data_cfg
+from radpriv.data.sources import load_table
+from radpriv.data.table import ReportTable
+from radpriv.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+PUBLIC = "public"
+EXPERIMENT = "radpriv-public"
+PUBLIC_MODEL_TAG = "radpriv.public_model"
+
+
+@dataclass(frozen=True)
+class PublicCorpusData:
+    """The public corpus of a run: which one, its reports, and whether it is the run's own dataset."""
+
+    choice: CorpusChoice
+    data_cfg: DictConfig
+    table: ReportTable
+    same_dataset: bool
+
+    def record(self, check: overlap.OverlapCheck | None = None) -> dict:
+        """What privacy.json says of it: names and counts only."""
+        out = {"schema": self.choice.corpus.schema, "dataset": self.table.name,
+               "labels_shared": list(self.choice.shared_labels),
+               "labels_fresh": list(self.choice.fresh_labels),
+               "same_dataset_complement_shard": self.same_dataset}
+        if check is not None:
+            out["overlap_guard"] = check.as_dict()
+        return out
+
+
+def load_public_corpus(cfg: DictConfig, table: ReportTable) -> PublicCorpusData:
+    """The public corpus of this run's label schema, read (from $RADPRIV_DATA_DIR, its download,
+    or `finetune.public.data`)."""
+    given = (cfg.finetune.get(PUBLIC) or {}).get("data")
+    given = OmegaConf.to_container(given, resolve=True) if given else None
+    choice = None if given else corpus_for(table.label_names)
+    data_cfg, same = public_data_cfg(choice, cfg.data, given)
+    try:
+        public = load_table(data_cfg, int(cfg.seed))
+    except DataError as e:
+        what = choice.corpus.schema if choice else "finetune.public.data"
+        raise DataError(f"the public corpus of {what} ({data_cfg.name}) could not be read for "
+                        f"finetune.init_from=public / trainer.thresholds=public: {e} (or point "
+                        "finetune.public.data at a copy of it)") from None
+    if choice is None:
+        choice = choice_for(public.label_names, table.label_names, str(data_cfg.name))
+    return PublicCorpusData(choice, data_cfg, public, same)
+
+
+def model_name(cfg: DictConfig, schema: str) -> str:
+    return f"radpriv-public-{schema}-{cfg.model.get('name') or 'custom'}"
+
+
+def public_run_cfg(cfg: DictConfig, corpus: PublicCorpusData) -> DictConfig:
+    """The public model's config: the private run's encoder and adapter on the public corpus,
+    non-private, with the non-private recipe; nothing of the private run's privacy settings."""
+    pub = copy.deepcopy(cfg)
+    settings = cfg.finetune.get(PUBLIC) or {}
+    with open_dict(pub):
+        pub.data = corpus.data_cfg
+        pub.privacy.epsilon = None
+        pub.privacy.max_grad_norm = None
+        given_lr = settings.get("lr")
+        if given_lr is not None:
+            pub.finetune.lr = float(given_lr)
+        elif cfg.finetune.mode != "full":  # full fine-tuning keeps its own rate (conf/finetune/full.yaml)
+            pub.finetune.lr = float(recipe_row(cfg.privacy.recipe_by_epsilon, None).get("lr", cfg.finetune.lr))
+        pub.finetune.init_from = None
+        pub.finetune.warm = None  # how a private run adapts it is not the public model's business
+        pub.trainer.max_epochs = int(settings.get("max_epochs", cfg.trainer.max_epochs))
+        pub.trainer.thresholds = "validation"
+        pub.trainer.strategy = "auto"
+        pub.trainer.devices = 1
+        pub.run_name = f"public-{corpus.choice.corpus.schema}-{cfg.model.get('name') or 'custom'}"
+        pub.tracking.experiment = EXPERIMENT
+        pub.tracking.parent_run_id = None
+        pub.tracking.log_model = True
+        pub.tracking.register = model_name(cfg, corpus.choice.corpus.schema)
+        pub.tracking.register_alias = None
+        pub.tracking.tags = {PUBLIC_MODEL_TAG: corpus.choice.corpus.schema}
+    return pub
+
+
+def find_or_train_public_model(cfg: DictConfig, corpus: PublicCorpusData) -> str:
+    """The run id of the public model for this config: a finished one with the same run key, else
+    one trained now (non-private, on public reports only)."""
+    from radpriv.tracking import mlflow_run
+    from radpriv.tracking.release import private_folder
+    from radpriv.tracking.resume import find_finished, run_keys
+
+    pub = public_run_cfg(cfg, corpus)
+    keys = run_keys(pub, corpus.table.fingerprint(), private_folder(pub))
+    client = mlflow_run.client(pub)
+    # its own experiment, then where a plain `radpriv train` of the same config would have gone
+    exps = [client.get_experiment_by_name(n) for n in (EXPERIMENT, f"radpriv-{corpus.data_cfg.name}")]
+    ids = [e.experiment_id for e in exps if e is not None]
+    found = find_finished(client, ids, keys) if ids else None
+    if found is not None:
+        log.info("public model: reusing run %s (%s, same config and public data)", found.info.run_id,
+                 pub.tracking.register)
+        return found.info.run_id
+    if str(cfg.trainer.get("strategy", "auto")) != "auto":
+        raise ConfigError(f"finetune.init_from=public: no public model {pub.tracking.register} for this "
+                          "config yet, and it is not trained inside a DDP run: run the same command once "
+                          "with trainer.strategy=auto (it trains and registers the public model), then again")
+    from radpriv.train import train
+
+    log.info("public model: training %s on %s (%d public reports, non-private; once)",
+             pub.tracking.register, corpus.table.name, sum(s == "train" for s in corpus.table.split))
+    summary = train(pub, table=corpus.table)
+    return summary["run_id"]
+
+
+def with_public_validation(table: ReportTable, corpus: PublicCorpusData) -> ReportTable:
+    """This run's table with its validation split replaced by the public corpus' (labels mapped by
+    name; a label the corpus lacks is masked there): `trainer.thresholds=public` then fits
+    thresholds, and any model selection, on public reports, and the private validation reports
+    are not used at all."""
+    import numpy as np
+
+    from radpriv.model.metrics import MASKED
+
+    keep = [i for i, s in enumerate(table.split) if s != "val"]
+    pub = [i for i, s in enumerate(corpus.table.split) if s == "val"]
+    if not pub:
+        raise ConfigError(f"trainer.thresholds=public: the public corpus {corpus.table.name} has no validation split")
+    cols = [corpus.table.label_names.index(n) if n in corpus.table.label_names else None for n in table.label_names]
+    labels = np.full((len(pub), table.num_labels), MASKED, dtype=np.float32)
+    for j, c in enumerate(cols):
+        if c is not None:
+            labels[:, j] = corpus.table.labels[pub, c]
+    patients = None
+    if table.patient_ids is not None:
+        pub_patients = corpus.table.patient_ids or corpus.table.ids
+        patients = tuple(table.patient_ids[i] for i in keep) + tuple(f"public:{pub_patients[i]}" for i in pub)
+    return ReportTable(
+        name=table.name,
+        ids=tuple(table.ids[i] for i in keep) + tuple(f"public:{corpus.table.ids[i]}" for i in pub),
+        texts=tuple(table.texts[i] for i in keep) + tuple(corpus.table.texts[i] for i in pub),
+        labels=np.concatenate([table.labels[keep], labels]),
+        label_names=table.label_names,
+        split=tuple(table.split[i] for i in keep) + ("val",) * len(pub),
+        patient_ids=patients,
+        excluded={**table.excluded, "private validation reports (trainer.thresholds=public: unused)":
+                  sum(s == "val" for s in table.split)},
+        source=table.source,
+        patient_source=table.patient_source,
+    )
