@@ -286,3 +286,46 @@ def test_warm_start_settings_do_not_change_a_cold_runs_key(tmp_path):
     assert key() == key("finetune.warm.trainable=head", "finetune.public.max_epochs=3")
     assert compose(TINY).trainer.thresholds == "validation"  # auto, resolved: the old default's key
     assert key("finetune.init_from=public") != key("finetune.init_from=public", "finetune.warm.trainable=head")
+
+
+def test_an_openi_half_starts_from_the_other_half_and_nothing_of_it(real_data_dir, monkeypatch):
+    from radpriv.data.overlap import check_no_overlap as guard
+    from radpriv.data.sources import load_table
+    from radpriv.model.public_start import load_public_corpus
+
+    monkeypatch.setenv("RADPRIV_DATA_DIR", str(real_data_dir))
+    cfg = compose(["data.train_shard=1/2", "finetune.init_from=public"])
+    table = load_table(cfg.data, 42)
+    corpus = load_public_corpus(cfg, table)
+    assert corpus.choice.corpus.schema == "chexpert14" and corpus.same_dataset
+    assert corpus.data_cfg.train_shard == "0/2"
+    check = guard(table, corpus.table, same_dataset=True)  # shared normal templates are not overlap
+    assert check.by == "id" and check.shared_wordings > 0
+    # one public training report planted into the private training split is refused
+    ids = list(table.ids)
+    row = table.split.index("train")
+    ids[row] = corpus.table.ids[corpus.table.split.index("train")]
+    with pytest.raises(PrivacyError, match="1 of this run's"):
+        guard(replace(table, ids=tuple(ids)), corpus.table, same_dataset=True)
+    with pytest.raises(ConfigError, match="is the public corpus itself"):
+        load_public_corpus(compose(["finetune.init_from=public"]), load_table(compose([]).data, 42))
+
+
+def test_every_private_recipe_shares_one_public_model(reports_csv, tmp_path):
+    from radpriv.data.sources import load_table
+    from radpriv.model.public_start import load_public_corpus, public_run_cfg
+    from radpriv.tracking.release import PrivateFolder
+    from radpriv.tracking.resume import run_keys
+
+    def public_key(*extra):
+        cfg = compose([*_public_start(reports_csv[0]), *extra])
+        corpus = load_public_corpus(cfg, load_table(cfg.data, 42))
+        pub = public_run_cfg(cfg, corpus)
+        assert pub.privacy.epsilon is None and pub.finetune.init_from is None
+        return run_keys(pub, corpus.table.fingerprint(), PrivateFolder(tmp_path))
+
+    base = public_key("privacy.epsilon=1")
+    assert base == public_key("privacy.epsilon=0.1", "finetune.optimizer=sgd", "finetune.lr=2",
+                              "privacy.max_grad_norm=0.01", "privacy.expected_batch_size=64",
+                              "finetune.warm.trainable=head")
+    assert base != public_key("privacy.epsilon=1", "finetune.r=4")  # another adapter: another model

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from radpriv.config import recipe_row
+from radpriv.config import CONF_DIR, recipe_row
 from radpriv.data import overlap
 from radpriv.data.public_corpora import CorpusChoice, choice_for, corpus_for, public_data_cfg
 from radpriv.data.sources import load_table
@@ -71,6 +71,11 @@ def load_public_corpus(cfg: DictConfig, table: ReportTable) -> PublicCorpusData:
     return PublicCorpusData(choice, data_cfg, public, same)
 
 
+# finetune settings of how a run trains, not of what model it trains
+_PRIVATE_RUN_TRAINING = ("optimizer", "lr", "weight_decay", "warmup_ratio", "schedule", "head_lr_multiplier",
+                         "nonprivate_batch_size")
+
+
 def model_name(cfg: DictConfig, schema: str) -> str:
     return f"radpriv-public-{schema}-{cfg.model.get('name') or 'custom'}"
 
@@ -80,15 +85,23 @@ def public_run_cfg(cfg: DictConfig, corpus: PublicCorpusData) -> DictConfig:
     non-private, with the non-private recipe; nothing of the private run's privacy settings."""
     pub = copy.deepcopy(cfg)
     settings = cfg.finetune.get(PUBLIC) or {}
+    # how the private run trains (its optimizer, rate, batch, privacy) is not the public model's:
+    # those come from the shipped defaults, so every private run of an encoder and adapter shape
+    # shares one public model
+    shipped = OmegaConf.load(CONF_DIR / "finetune" / f"{cfg.finetune.mode}.yaml")
+    privacy = OmegaConf.load(CONF_DIR / "privacy" / "dp.yaml")
     with open_dict(pub):
         pub.data = corpus.data_cfg
-        pub.privacy.epsilon = None
-        pub.privacy.max_grad_norm = None
+        for key in _PRIVATE_RUN_TRAINING:
+            if key in shipped:
+                pub.finetune[key] = shipped[key]
+        pub.privacy = OmegaConf.merge(privacy, {"epsilon": None, "max_grad_norm": None,
+                                                "max_physical_batch_size": cfg.privacy.max_physical_batch_size})
         given_lr = settings.get("lr")
         if given_lr is not None:
             pub.finetune.lr = float(given_lr)
-        elif cfg.finetune.mode != "full":  # full fine-tuning keeps its own rate (conf/finetune/full.yaml)
-            pub.finetune.lr = float(recipe_row(cfg.privacy.recipe_by_epsilon, None).get("lr", cfg.finetune.lr))
+        elif pub.finetune.get("lr") is None:  # the non-private row of the recipe (full: its own rate)
+            pub.finetune.lr = float(recipe_row(privacy.recipe_by_epsilon, None)["lr"])
         pub.finetune.init_from = None
         pub.finetune.warm = None  # how a private run adapts it is not the public model's business
         pub.trainer.max_epochs = int(settings.get("max_epochs", cfg.trainer.max_epochs))
