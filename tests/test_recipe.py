@@ -37,7 +37,9 @@ def test_defaults_are_the_recipe_files():
     (row,) = [r for r in privacy["recipe_by_epsilon"] if r["epsilon_at_least"] <= privacy["epsilon"]][:1]
     assert cfg["finetune"] == {**finetune, "lr": row["lr"]}
     assert cfg["privacy"] == {**privacy, "max_grad_norm": row["max_grad_norm"]}
-    assert cfg["trainer"] == _conf("trainer", "cpu")
+    # thresholds `auto` resolves at compose time: validation for a cold start
+    assert _conf("trainer", "cpu")["thresholds"] == "auto"
+    assert cfg["trainer"] == {**_conf("trainer", "cpu"), "thresholds": "validation"}
 
 
 def test_clipping_norm_and_lr_follow_epsilon_unless_set():
