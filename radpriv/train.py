@@ -23,6 +23,7 @@ from radpriv.data.datamodule import ReportDataModule
 from radpriv.data.patients import Unit, privacy_unit
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
+from radpriv.config import resolve_auto_thresholds
 from radpriv.errors import ConfigError
 from radpriv.model import prefix_cache
 from radpriv.model.classifier import build_classifier
@@ -150,13 +151,11 @@ THRESHOLDS = ("validation", "fixed", "dp", "public")
 
 
 def resolve_thresholds(cfg: DictConfig) -> str:
-    """`trainer.thresholds`; `auto` is public from a public start, else validation (also resolved
-    at compose time, so that run keys and params show the choice)."""
+    """`trainer.thresholds`, checked; `auto` (normally resolved at compose time) resolved here too,
+    for a config built without `compose`."""
+    with open_dict(cfg):
+        resolve_auto_thresholds(cfg)
     value = str(cfg.trainer.thresholds)
-    if value == "auto":
-        value = "public" if str(cfg.finetune.get("init_from")) == PUBLIC else "validation"
-        with open_dict(cfg):
-            cfg.trainer.thresholds = value
     if value not in THRESHOLDS:
         raise ConfigError(f"trainer.thresholds={value!r}: expected one of {', '.join(THRESHOLDS)} or auto")
     return value
