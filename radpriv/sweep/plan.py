@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from radpriv.sweep.claims import Claim
 from radpriv.sweep.grid import Cell
 from radpriv.process_memory import PEAK_RESIDENT_METRIC, machine_memory_bytes
 from radpriv.sweep.run import hms, run_train_seconds
@@ -38,20 +39,23 @@ class CellState:
     max_epochs: int = 0
     checkpoint_age_s: float | None = None  # started: seconds since its checkpoint was written
     peak_resident_gb: float | None = None  # finished: its training's peak resident memory, if logged
+    claim: str | None = None  # unfinished: the worker holding it and its heartbeat's age (claims.py)
+    claimed_by: str | None = None  # that worker's id
 
     def describe(self) -> str:
         if self.status == FINISHED:
             took = "" if self.train_seconds is None else f", trained in {hms(self.train_seconds)}"
             return f"finished (run {self.run_id}{took})"
+        held = f"; {self.claim}" if self.claim else ""
         if self.status == STARTED:
             age = "" if self.checkpoint_age_s is None else f", written {hms(self.checkpoint_age_s)} ago"
             # a live worker and a killed one look alike from here: the checkpoint's age tells them apart
             if self.max_epochs and self.epochs_done >= self.max_epochs:
                 return (f"started (run {self.run_id}; all {self.max_epochs} epochs in its checkpoint{age}: "
-                        "being tested and logged, or killed after training and finished by the next sweep)")
+                        f"being tested and logged, or killed after training and finished by the next sweep{held})")
             return (f"started (run {self.run_id}; {self.epochs_done} of {self.max_epochs} epochs in its "
-                    f"checkpoint{age}; the next sweep resumes it)")
-        return "to train"
+                    f"checkpoint{age}; the next sweep resumes it{held})")
+        return f"to train{held}"
 
 
 def checkpoint_epochs(path: Path) -> int:
@@ -64,20 +68,23 @@ def checkpoint_epochs(path: Path) -> int:
 
 
 def cell_state(cell: Cell, keys: list[str], max_epochs: int, client, search_ids: list[str],
-               checkpoint_root: Path | None) -> CellState:
-    """The cell's state; `keys` are its run keys (the first is the one a sweep would train under)."""
+               checkpoint_root: Path | None, claim: Claim | None = None, ttl_s: float = 0.0) -> CellState:
+    """The cell's state; `keys` are its run keys (the first is the one a sweep would train under);
+    `claim`: a sweep worker's claim on it, if any (a claim expires after `ttl_s` without heartbeat)."""
     found = find_finished(client, search_ids, keys) if search_ids else None
     if found is not None:
         m = found.data.metrics
         return CellState(cell, FINISHED, found.info.run_id, run_train_seconds(m),
                          peak_resident_gb=m.get(PEAK_RESIDENT_METRIC))
+    held = {} if claim is None else {"claim": claim.describe(ttl_s), "claimed_by": claim.worker}
     point = find_resume_point_of(checkpoint_root, keys, client) if checkpoint_root is not None else None
     if point is not None and point.run_id is not None:
         written = point.checkpoint if point.checkpoint is not None else point.directory
         return CellState(cell, STARTED, point.run_id,
                          epochs_done=checkpoint_epochs(point.checkpoint) if point.checkpoint else 0,
-                         max_epochs=max_epochs, checkpoint_age_s=max(0.0, time.time() - written.stat().st_mtime))
-    return CellState(cell, TO_TRAIN, max_epochs=max_epochs)
+                         max_epochs=max_epochs, checkpoint_age_s=max(0.0, time.time() - written.stat().st_mtime),
+                         **held)
+    return CellState(cell, TO_TRAIN, max_epochs=max_epochs, **held)
 
 
 def estimate_left(states: list[CellState]) -> tuple[float, int, list[str]]:
@@ -150,4 +157,5 @@ def summarize(states: list[CellState]) -> dict:
             "cells_without_estimate": pending - estimated,
             "peak_resident_gb": {k: round(v, 2) for k, v in peaks.items()},
             "states": [{"cell": s.cell.name, "status": s.status, "run_id": s.run_id,
-                        "epochs_done": s.epochs_done if s.status == STARTED else None} for s in states]}
+                        "epochs_done": s.epochs_done if s.status == STARTED else None,
+                        **({"claimed_by": s.claimed_by} if s.claimed_by else {})} for s in states]}

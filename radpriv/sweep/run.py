@@ -8,6 +8,10 @@ the cell's; if there is one, from this sweep, an earlier one or a standalone `ra
 with the same config, it is reused. A killed sweep started again trains only what is missing
 (and a cell killed mid-training resumes from its epoch-end checkpoint, as `radpriv train` does).
 
+Several workers started with the same command split the cells among themselves: each claims a
+cell in the tracking database before training it and skips the cells other live workers hold
+(claims.py); every worker then builds the same table from the finished runs.
+
 Statistics need per-report test predictions: they are recomputed in memory from each cell's
 logged model and never written anywhere (predictions.py).
 """
@@ -32,7 +36,7 @@ from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError, ModelError
 from radpriv.process_memory import PEAK_RESIDENT_METRIC, resident_bytes, return_freed_memory
-from radpriv.sweep import baselines, report, stats
+from radpriv.sweep import baselines, claims, report, stats
 from radpriv.sweep.grid import (DP_KIND, PUBLIC_KIND, WARM_KIND, Cell, build_grid, cell_overrides, check_epsilons,
                                 training_overrides)
 from radpriv.sweep.predictions import binarize, logged_model_predictions
@@ -102,6 +106,7 @@ def _check_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"sweep.baselines: {bad} unknown; choose from {', '.join(BASELINES)} (or [] for none)")
     if "dp_lr" in (s.baselines or []):
         check_epsilons(s.epsilons)
+    claims.check_settings(s.claims)
 
 
 def available_models(models: list[str], base: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -134,10 +139,26 @@ def _open_parent(client, cfg: DictConfig, mlflow_run_id: str | None, name: str, 
             client.set_tag(mlflow_run_id, k, v)
         return mlflow_run_id, exp.experiment_id, exp.name, False
     exp_name = experiment_name(cfg)
-    exp = client.get_experiment_by_name(exp_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
+    exp_id = _experiment_id(client, exp_name)
     run = client.create_run(exp_id, run_name=name, tags=tags)
     return run.info.run_id, exp_id, exp_name, True
+
+
+def _experiment_id(client, name: str) -> str:
+    """The experiment's id, created if missing (workers started together on a new store race to
+    create it: the loser uses the winner's)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def _cell_cfg(base: list[str], cell: Cell, parent_id: str, exp_name: str, spelling: str | None = None) -> DictConfig:
@@ -184,8 +205,9 @@ def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) 
     return list(dict.fromkeys([keys[0] for keys in per_cfg] + [k for keys in per_cfg for k in keys[1:]]))
 
 
-def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, client, skipped: dict) -> dict:
-    """`sweep.plan_only=true`: each cell's state and what is left (plan.py); opens no run."""
+def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, client, uri: str, skipped: dict) -> dict:
+    """`sweep.plan_only=true`: each cell's state, who holds it, and what is left (plan.py);
+    opens no run and writes nothing."""
     from radpriv.sweep import plan
     from radpriv.tracking.mlflow_run import experiment_name
 
@@ -193,12 +215,14 @@ def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, clie
     run_id = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: its experiment too, as a sweep searches
     search_ids = _search_ids(client, cfg, client.get_run(run_id).info.experiment_id if run_id else None)
     root = cfg.tracking.get("checkpoint_dir")
-    states = []
+    planned = []
     for cell in cells:
         cell_cfg = _cell_cfg(base, cell, PLAN_PARENT, exp_name)  # tracking.* is not in the run key
-        states.append(plan.cell_state(cell, cell_keys(base, cell, cell_cfg, tables(cell.seed)),
-                                      int(cell_cfg.trainer.max_epochs), client, search_ids,
-                                      Path(root) if root else None))
+        planned.append((cell, cell_keys(base, cell, cell_cfg, tables(cell.seed)), int(cell_cfg.trainer.max_epochs)))
+    held = claims.read_claims(cfg.sweep.claims, uri, [keys[0] for _, keys, _ in planned])
+    states = [plan.cell_state(cell, keys, max_epochs, client, search_ids, Path(root) if root else None,
+                              claim=held.get(keys[0]), ttl_s=float(cfg.sweep.claims.ttl_s))
+              for cell, keys, max_epochs in planned]
     return {**plan.summarize(states), "skipped_models": skipped}
 
 
@@ -218,53 +242,143 @@ def _memory_note() -> str:
     return f"; {resident / 2**30:.1f} GB resident ({released / 2**30:.1f} GB freed memory returned)"
 
 
-def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, parent_id: str,
-              exp_name: str, search_ids: list[str], batch_size: int, progress: bool) -> list[CellResult]:
-    """Train (or reuse) every cell, in order, and predict its test split in memory."""
-    from tqdm.auto import tqdm
+WAIT_LOG_S = 60.0  # while waiting for other workers' cells: a log line when they change, else this often
 
+
+def _obtain(label: str, cfg: DictConfig, keys: list[str], table: ReportTable, client, search_ids: list[str],
+            store: claims.ClaimStore | None, t0: float) -> tuple[str, bool] | claims.Claim:
+    """(run id, reused) of the cell: its finished run, else one trained here (claimed first when
+    workers share the sweep); or the claim of the live worker that holds it."""
     from radpriv.train import train
 
+    for _ in range(2):
+        found = find_finished(client, search_ids, keys)
+        if found is not None:
+            log.info("sweep: %s: reusing finished run %s (same config and data)", label, found.info.run_id)
+            return found.info.run_id, True
+        if store is None:
+            log.info("sweep: %s: training (elapsed %s)", label, hms(time.perf_counter() - t0))
+            return train(cfg, table=table)["run_id"], False
+        outcome = store.claim(keys[0])
+        if outcome.won:
+            break
+        if outcome.other.state != claims.DONE:
+            return outcome.other
+        # marked done after the run's last write: our search above may have come just before it;
+        # if the run is still not found (deleted from MLflow), the cell is free again
+        if find_finished(client, search_ids, keys) is None and store.reopen(keys[0]):
+            log.warning("sweep: %s: %s marked it done but no finished run of it is found: training it again",
+                        label, outcome.other.worker)
+    else:  # done, not found, and reopened by another worker meanwhile: the next pass looks again
+        return store.get(keys[0]) or outcome.other
+    took_over = outcome.other
+    log.info("sweep: %s: training (elapsed %s)%s", label, hms(time.perf_counter() - t0),
+             "" if took_over is None else f"; taken over from {took_over.worker}, whose heartbeat stopped "
+             f"{took_over.age_s():.0f} s ago (resuming from its checkpoint, if it wrote one)")
+    try:
+        run_id = train(cfg, table=table)["run_id"]
+    except BaseException:
+        _quietly(store.release, keys[0])  # the next worker may try; this one reports its error
+        raise
+    # the finished run is what counts: a claim left behind expires, and no one retrains a found run
+    _quietly(store.done, keys[0])
+    return run_id, False
+
+
+def _quietly(step, key: str) -> None:
+    """A claim update that must not mask the error being raised or fail a trained cell."""
+    try:
+        step(key)
+    except Exception as e:  # noqa: BLE001 - an unreachable database: the claim expires after ttl_s
+        log.warning("sweep: could not update the claim on cell %s: %s", key, (str(e).splitlines() or [repr(e)])[0])
+
+
+def _cell_result(cell: Cell, run_id: str, reused: bool, table: ReportTable, client, uri: str, batch_size: int,
+                 t_cell: float) -> tuple[CellResult, float]:
+    """Reload the cell's logged model and predict its test split, in memory; (result, test F1 weighted)."""
+    run = client.get_run(run_id)
+    metrics = run.data.metrics
+    unit = run_unit(client, run) if cell.epsilon is not None else None
+    test = _test_part(table)
+    probs, thresholds = logged_model_predictions(run_id, uri, test, batch_size)
+    preds = stats.SeedPredictions(cell.seed, stats.test_key(test.ids), binarize(probs, thresholds), test.labels)
+    f1 = float(stats.f1_scores(preds.preds, preds.labels)["f1_weighted"])
+    logged = metrics.get("test/f1_weighted")
+    if logged is not None and abs(logged - f1) > 1e-4:
+        log.warning("sweep: %s: the reloaded model scores test F1 %.4f, the run logged %.4f", cell.name, f1, logged)
+    return CellResult(cell, run_id, reused, time.perf_counter() - t_cell, metrics.get("privacy/epsilon"), preds,
+                      run_train_seconds(metrics), metrics.get(PEAK_RESIDENT_METRIC), unit), f1
+
+
+def _held_note(waiting: dict[int, claims.Claim], cells: list[Cell]) -> str:
+    return ", ".join(f"{cells[i].name} ({c.worker}, heartbeat {c.age_s():.0f} s ago)" for i, c in waiting.items())
+
+
+def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, parent_id: str,
+              exp_name: str, search_ids: list[str], batch_size: int, progress: bool,
+              store: claims.ClaimStore | None = None, poll_s: float = 5.0) -> list[CellResult]:
+    """Train (or reuse) every cell and predict its test split in memory; results in grid order.
+
+    Passes over the cells left: a finished cell is reused, a free (or expired) one claimed and
+    trained, one that another live worker holds skipped for now. Passes repeat until every cell
+    is finished, waiting `poll_s` between them while only other workers' cells are left.
+    Without `store` (one worker) the first pass does everything.
+    """
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
-    results: list[CellResult] = []
     n = len(cells)
+    results: dict[int, CellResult] = {}
+    prepared: dict[int, tuple[DictConfig, list[str]]] = {}
+    left = list(range(n))
+    last_note, last_note_at = None, 0.0
+    skipped: set[tuple[int, str]] = set()  # (cell, holder) already logged as skipped
     bar = tqdm(total=n, desc="sweep", unit="cell", disable=not progress)
     try:
-        for i, cell in enumerate(cells, 1):
-            t_cell = time.perf_counter()
-            table = tables(cell.seed)
-            cfg = _cell_cfg(base, cell, parent_id, exp_name)
-            keys = cell_keys(base, cell, cfg, table)
-            bar.set_postfix_str(cell.name)
-            found = find_finished(client, search_ids, keys)
-            if found is not None:
-                run_id, reused = found.info.run_id, True
-                log.info("sweep: [%d/%d] %s: reusing finished run %s (same config and data)", i, n, cell.name, run_id)
-            else:
-                log.info("sweep: [%d/%d] %s: training (elapsed %s)", i, n, cell.name, hms(time.perf_counter() - t0))
-                run_id, reused = train(cfg, table=table)["run_id"], False
-            run = client.get_run(run_id)
-            metrics = run.data.metrics
-            unit = run_unit(client, run) if cell.epsilon is not None else None
-            test = _test_part(table)
-            probs, thresholds = logged_model_predictions(run_id, uri, test, batch_size)
-            preds = stats.SeedPredictions(cell.seed, stats.test_key(test.ids), binarize(probs, thresholds), test.labels)
-            f1 = float(stats.f1_scores(preds.preds, preds.labels)["f1_weighted"])
-            logged = metrics.get("test/f1_weighted")
-            if logged is not None and abs(logged - f1) > 1e-4:
-                log.warning("sweep: %s: the reloaded model scores test F1 %.4f, the run logged %.4f", cell.name, f1, logged)
-            seconds = time.perf_counter() - t_cell
-            results.append(CellResult(cell, run_id, reused, seconds, metrics.get("privacy/epsilon"), preds,
-                                      run_train_seconds(metrics), metrics.get(PEAK_RESIDENT_METRIC), unit))
-            done_trained = sum(not r.reused for r in results)
-            log.info("sweep: [%d/%d] %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
-                     "elapsed %s%s", i, n, cell.name, hms(seconds), "reused" if reused else "trained", run_id, f1,
-                     done_trained, len(results) - done_trained, hms(time.perf_counter() - t0),
-                     _peak_note(results[-1].peak_resident_gb) + _memory_note())
-            bar.update(1)
+        while left:
+            waiting: dict[int, claims.Claim] = {}
+            for i in left:
+                t_cell = time.perf_counter()
+                cell = cells[i]
+                table = tables(cell.seed)
+                if i not in prepared:  # the run key hashes the data: once per cell
+                    cfg = _cell_cfg(base, cell, parent_id, exp_name)
+                    prepared[i] = cfg, cell_keys(base, cell, cfg, table)
+                cfg, keys = prepared[i]
+                label = f"[{i + 1}/{n}] {cell.name}"
+                bar.set_postfix_str(cell.name)
+                got = _obtain(label, cfg, keys, table, client, search_ids, store, t0)
+                if isinstance(got, claims.Claim):
+                    if (i, got.worker) not in skipped:
+                        log.info("sweep: %s: %s: skipped for now", label, got.describe(float("inf")))
+                        skipped.add((i, got.worker))
+                    waiting[i] = got
+                    continue
+                run_id, reused = got
+                r, f1 = _cell_result(cell, run_id, reused, table, client, uri, batch_size, t_cell)
+                results[i] = r
+                done_trained = sum(not x.reused for x in results.values())
+                log.info("sweep: %s: done in %s (%s run %s), test F1 weighted %.3f; %d trained, %d reused, "
+                         "elapsed %s%s", label, hms(r.seconds), "reused" if reused else "trained", run_id, f1,
+                         done_trained, len(results) - done_trained, hms(time.perf_counter() - t0),
+                         _peak_note(r.peak_resident_gb) + _memory_note())
+                bar.update(1)
+            progressed = len(waiting) < len(left)
+            left = list(waiting)
+            if not left or progressed:
+                continue
+            # only cells that other live workers hold are left: wait for them to finish or expire
+            note = _held_note(waiting, cells)
+            bar.set_postfix_str(f"waiting for {len(waiting)} cells of other workers")
+            held_by = {(i, c.worker) for i, c in waiting.items()}
+            if held_by != last_note or time.perf_counter() - last_note_at >= WAIT_LOG_S:
+                log.info("sweep: %d of %d cells done; waiting for %d held by other workers: %s (elapsed %s)",
+                         len(results), n, len(waiting), note, hms(time.perf_counter() - t0))
+                last_note, last_note_at = held_by, time.perf_counter()
+            time.sleep(poll_s)
     finally:
         bar.close()
-    return results
+    return [results[i] for i in range(n)]
 
 
 def run_baselines(cfg: DictConfig, seeds: list[int], tables, progress: bool) -> dict[tuple, list]:
@@ -395,7 +509,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     uri = tracking_uri(cfg.tracking.get("uri"))
     client = MlflowClient(uri)
     if cfg.sweep.get("plan_only"):
-        return plan_sweep(cfg, cells, base, tables, client, skipped)
+        return plan_sweep(cfg, cells, base, tables, client, uri, skipped)
     progress = bool(cfg.sweep.progress_bar)
     name = f"sweep {cfg.data.name} {'+'.join(ok)}"
     with without_env("MLFLOW_RUN_ID") as mlflow_run_id:
@@ -411,8 +525,13 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
                       "sweep.base_overrides": " ".join(base)[:6000] or "(none)",
                       "sweep.skipped_models": ",".join(sorted(skipped)) or "(none)"}
             client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
-            results = run_cells(cells, base, tables, client, uri, parent_id, exp_name, search_ids,
-                                int(cfg.trainer.eval_batch_size), progress)
+            store = claims.open_store(cfg.sweep.claims, uri)
+            try:
+                results = run_cells(cells, base, tables, client, uri, parent_id, exp_name, search_ids,
+                                    int(cfg.trainer.eval_batch_size), progress, store, float(cfg.sweep.claims.poll_s))
+            finally:
+                if store is not None:
+                    store.close()
             public_out = public_model_results(cells, base, tables, uri, parent_id, exp_name,
                                               int(cfg.trainer.eval_batch_size))
             baseline_out = run_baselines(cfg, seeds, tables, progress)
