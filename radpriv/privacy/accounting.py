@@ -650,6 +650,52 @@ def _bracket(f: Callable[[float], float], aim: float, start: float, factor: floa
                        f"{sigma:.3g} and {start:.3g} reaches ε={aim:.4g}")
 
 
+def _add_remove_rdp_sigma(q: float, steps: int, delta: float, aim: float, tol: float) -> float:
+    """σ whose Opacus RDP ε (add/remove) ≈ aim."""
+    rdp = functools.lru_cache(maxsize=None)(lambda s: _rdp_epsilon(((s, q, steps),), delta))
+    lo, hi, f_lo, f_hi = _bracket(rdp, aim, 1.0, 2.0)
+    return _solve_decreasing(rdp, aim, lo, hi, f_lo, f_hi, rel_band=tol / 4)[0]
+
+
+def _solve_replace_one(spent: Callable[[float], float], q: float, steps: int, delta: float, aim: float,
+                       tol: float, add_remove_sigma: Callable[[], float]) -> float:
+    """σ with the replace-one PLD ε (`spent`, ~1 s an evaluation) ≈ aim, in about two evaluations.
+
+    The replace-one RDP bound (radpriv/privacy/replace_one_rdp.py, ~0.1 s) is above the PLD ε
+    and has nearly the same slope in log σ: solve on it first, then one PLD evaluation there and
+    a step along the RDP curve's slope predict the PLD solution; regula falsi finishes if the
+    prediction misses the band. Where the RDP bound does not apply, bracket on the PLD from the
+    add/remove RDP σ (`add_remove_sigma()`) up: replace-one costs more than add/remove at one σ.
+    """
+    from radpriv.privacy import replace_one_rdp
+
+    def rdp(s: float) -> float:
+        return replace_one_rdp.epsilon(RDP_ORDERS, replace_one_rdp.run_rdp(s, q, steps, RDP_ORDERS), delta)[0]
+
+    try:
+        rdp = functools.lru_cache(maxsize=None)(rdp)
+        lo, hi, f_lo, f_hi = _bracket(rdp, aim, 1.0, 2.0)
+        sigma_rdp, f_rdp = _solve_decreasing(rdp, aim, lo, hi, f_lo, f_hi, rel_band=tol / 8)
+        slope = math.log(f_rdp / rdp(sigma_rdp * 1.05)) / math.log(1.05)  # −d log ε / d log σ
+    except (PrivacyError, ValueError, OverflowError, ZeroDivisionError):
+        lo, hi, f_lo, f_hi = _bracket(spent, aim, add_remove_sigma() * 1.5, 1.25)
+        return _solve_decreasing(spent, aim, lo, hi, f_lo, f_hi, rel_band=tol / 2)[0]
+    f_start = spent(sigma_rdp)
+    if not (slope > 0 and math.isfinite(slope) and f_start > 0):
+        lo, hi, f_lo, f_hi = _bracket(spent, aim, sigma_rdp, 1.25)
+        return _solve_decreasing(spent, aim, lo, hi, f_lo, f_hi, rel_band=tol / 2)[0]
+    guess = sigma_rdp * (f_start / aim) ** (1 / slope)
+    f_guess = spent(guess)
+    if abs(f_guess / aim - 1) <= tol / 2:
+        return guess
+    ends = sorted([(guess, f_guess), (sigma_rdp, f_start)])
+    if ends[0][1] > aim >= ends[1][1]:  # the two evaluations straddle the aim
+        (lo, f_lo), (hi, f_hi) = ends
+    else:
+        lo, hi, f_lo, f_hi = _bracket(spent, aim, guess, 1 + tol)
+    return _solve_decreasing(spent, aim, lo, hi, f_lo, f_hi, rel_band=tol / 2)[0]
+
+
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
                                steps: int, accountant: str = "prv", rel_tol: float = 0.01,
                                relation: str = "add_remove") -> CalibrationResult:
@@ -698,16 +744,12 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         return epsilon_spent(name, ((sigma, q, steps),), d, relation)
 
     aim = target * (1 - tol / 2)
-    # (1) RDP: cheap, and an upper bound on the exact ε, so σ_RDP ≥ the σ PRV needs.
-    rdp = functools.lru_cache(maxsize=None)(lambda s: _rdp_epsilon(((s, q, steps),), d))
-    lo, hi, f_lo, f_hi = _bracket(rdp, aim, 1.0, 2.0)
-    sigma, _ = _solve_decreasing(rdp, aim, lo, hi, f_lo, f_hi, rel_band=tol / 4)
-
-    if relation == "replace_one":
-        # add/remove's RDP σ spends at least its ε under replace-one: start above it
-        lo, hi, f_lo, f_hi = _bracket(spent, aim, sigma * 1.5, 1.25)
-        sigma, _ = _solve_decreasing(spent, aim, lo, hi, f_lo, f_hi, rel_band=tol / 2)
-    elif name == "prv":
+    if relation == "replace_one":  # its own RDP bound gives the start (_solve_replace_one)
+        sigma = _solve_replace_one(spent, q, steps, d, aim, tol, lambda: _add_remove_rdp_sigma(q, steps, d, aim, tol))
+    else:
+        # (1) RDP: cheap, and an upper bound on the exact ε, so σ_RDP ≥ the σ PRV needs.
+        sigma = _add_remove_rdp_sigma(q, steps, d, aim, tol)
+    if relation != "replace_one" and name == "prv":
         # (2) the PRV estimate, coarse grid; aim so that estimate + error bar is mid-band.
         coarse = PRV_COARSE_REL_EPS_ERROR * target
         proxy = functools.lru_cache(maxsize=None)(
