@@ -39,7 +39,20 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         raise ConfigError(f"bad override in {' '.join(overrides) or '(none)'}: {first}") from None
     apply_epsilon_recipe(cfg)
     resolve_auto_thresholds(cfg)
+    resolve_auto_precision(cfg)
     return cfg
+
+
+def resolve_auto_precision(cfg: DictConfig) -> None:
+    """`trainer.precision=auto`: bf16-mixed where this machine's device computes bf16 natively,
+    else 32-true (radpriv/model/precision.py); resolved here so that run keys and params show it."""
+    trainer = cfg.get("trainer")
+    if trainer is None or "precision" not in trainer:
+        return
+    from radpriv.model.precision import accelerator_device_type, resolve_precision
+
+    trainer.precision = resolve_precision(trainer.get("precision"),
+                                          accelerator_device_type(trainer.get("accelerator")))
 
 
 def resolve_auto_thresholds(cfg: DictConfig) -> None:

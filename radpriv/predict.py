@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 TEXT_COLUMNS = ("text", "report_text", "report")
 ID_COLUMNS = ("id", "uid", "AccessionNo", "report_id", "study_id", "filename", "VolumeName")
 KEYS = ("model", "input", "output", "text_column", "id_column", "batch_size", "labels",
-        "num_threads", "tracking_uri", "progress_bar")
+        "num_threads", "tracking_uri", "progress_bar", "precision")
 PROB_PREFIX = "prob_"
 
 
@@ -52,6 +52,8 @@ class PredictOptions:
     num_threads: int | None = None
     tracking_uri: str | None = None
     progress_bar: bool = True
+    # None: $RADPRIV_PRECISION, else auto (radpriv/model/precision.py)
+    precision: str | None = None
 
 
 def parse_args(args: Sequence[str]) -> PredictOptions:
@@ -59,7 +61,8 @@ def parse_args(args: Sequence[str]) -> PredictOptions:
     values: dict[str, str] = {}
     for arg in args:
         key, sep, value = arg.partition("=")
-        key = {"tracking.uri": "tracking_uri", "trainer.num_threads": "num_threads"}.get(key, key)
+        key = {"tracking.uri": "tracking_uri", "trainer.num_threads": "num_threads",
+               "trainer.precision": "precision"}.get(key, key)
         if not sep or key not in KEYS:
             raise ConfigError(f"predict: unexpected argument {arg!r}; use key=value with keys "
                               f"{', '.join(KEYS)}")
@@ -92,8 +95,15 @@ def parse_args(args: Sequence[str]) -> PredictOptions:
         id_column=values.get("id_column"), batch_size=integer("batch_size", 32),
         labels=_requested_labels(values["labels"]) if "labels" in values else None,
         num_threads=integer("num_threads", None), tracking_uri=values.get("tracking_uri"),
-        progress_bar=progress in ("true", "1"),
+        progress_bar=progress in ("true", "1"), precision=_precision(values.get("precision")),
     )
+
+
+def _precision(value: str | None) -> str | None:
+    """auto | 32-true | bf16-mixed, checked now (None: $RADPRIV_PRECISION, else auto)."""
+    from radpriv.model.precision import resolve_precision
+
+    return None if value is None else resolve_precision(value, "cpu", "precision")
 
 
 def _requested_labels(value: str) -> list[str]:
@@ -326,7 +336,7 @@ def predict(options: PredictOptions) -> dict:
         meta = load_meta(source.bundle_dir)
         check_labels(options.labels, meta["label_names"], options.model)
         log.info("model %s: %s", source.where, registry.describe_facts(source.facts))
-        model = load_bundle(source.bundle_dir)
+        model = load_bundle(source.bundle_dir, options.precision)
     t_load = time.perf_counter() - t0
     empty = [not t.strip() for t in reports.texts]
     n_empty = sum(empty)
@@ -342,12 +352,13 @@ def predict(options: PredictOptions) -> dict:
     thresholds = list(meta.get("thresholds") or [0.5] * len(model.label_names))
     write_predictions(options.output, reports.ids, probs, thresholds, model.label_names, empty)
     rate = len(keep) / t_predict if t_predict > 0 else float("inf")
-    log.info("%d reports in %.1f s (%.1f reports/s; model load %.1f s) -> %s", len(keep), t_predict,
-             rate, t_load, options.output)
+    log.info("%d reports in %.1f s (%.1f reports/s, %s; model load %.1f s) -> %s", len(keep), t_predict,
+             rate, model.precision, t_load, options.output)
     return {"output": str(options.output), "model": options.model, "n_reports": len(reports.texts),
             "n_predicted": len(keep), "n_empty": n_empty, "labels": list(model.label_names),
             "privacy": {k: v for k, v in source.facts.items() if k != "labels"}, "time/load_s": round(t_load, 3),
-            "time/predict_s": round(t_predict, 3), "reports_per_s": round(rate, 2)}
+            "time/predict_s": round(t_predict, 3), "reports_per_s": round(rate, 2),
+            "precision": model.precision}
 
 
 def predict_command(args: Sequence[str]) -> dict:

@@ -25,7 +25,7 @@ from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.config import resolve_auto_thresholds
 from radpriv.errors import ConfigError
-from radpriv.model import prefix_cache
+from radpriv.model import precision, prefix_cache
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.head_init import HEAD_INITS, init_head_from_label_names
@@ -240,6 +240,8 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be ≥ 1")
     private = accounting.resolve_epsilon(cfg.privacy.epsilon) is not None
     unit, cap = privacy_unit(cfg.privacy, table)
+    _, device_type = precision.of_trainer(cfg.trainer)
+    num_workers, pin_memory = precision.loader_settings(cfg.trainer, device_type)
     dm = ReportDataModule(
         table, tokenizer, max_length=int(cfg.data.max_length),
         batch_size=int(cfg.privacy.expected_batch_size),
@@ -248,7 +250,7 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         padding=str(cfg.data.get("padding", "dynamic")), poisson=private,
         # the unit shapes DP-SGD only: without DP there is no guarantee to hold per patient
         unit=unit.name if private else "report",
-        max_reports_per_patient=cap,
+        max_reports_per_patient=cap, num_workers=num_workers, pin_memory=pin_memory,
     )
     plan = plan_privacy(cfg, dm, max_epochs, unit)
     threshold_noise = plan_dp_thresholds(cfg, dm, plan)
@@ -338,17 +340,22 @@ def attach_prefix_cache(cfg: DictConfig, dm: ReportDataModule, module: ReportCla
     if not k:
         return
     ids = {name: ds.input_ids for name, ds in dm.datasets.items()}
-    need = prefix_cache.estimated_bytes(ids, module.net.encoder.config.hidden_size)
+    dtype = precision.feature_dtype(cfg.finetune.get("prefix_cache_dtype"))
+    need = prefix_cache.estimated_bytes(ids, module.net.encoder.config.hidden_size, dtype)
     limit = float(cfg.finetune.get("prefix_cache_max_gb", 4.0)) * 2**30
     if need > limit:
         log.info("frozen-prefix cache: %.1f GB needed > finetune.prefix_cache_max_gb; not caching",
                  need / 2**30)
         return
     t0 = time.perf_counter()
-    cache = prefix_cache.PrefixCache(k)
+    mode, device_type = precision.of_trainer(cfg.trainer)
+    cache = prefix_cache.PrefixCache(k, dtype=dtype)
+    # built where training runs (a GPU keeps its features on the device), in the run's precision
+    device = torch.device("cuda" if device_type == "cuda" else "cpu")
     for name, ds in dm.datasets.items():
         cache.build(module.net, name, ds.input_ids, batch_size=int(cfg.trainer.eval_batch_size),
-                    pad_id=dm.pad_id, progress=bool(cfg.trainer.progress_bar))
+                    pad_id=dm.pad_id, progress=bool(cfg.trainer.progress_bar), device=device,
+                    autocast=precision.autocast(mode, device_type))
     module.prefix_cache = cache
     log.info("frozen-prefix cache: layers 0-%d of every report computed once (%.0f MB, %.1f s)",
              k - 1, cache.nbytes() / 2**20, time.perf_counter() - t0)
@@ -371,8 +378,10 @@ def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L
                          else EpochEndCheckpoint(ckpt_dir))
     if ddp:
         callbacks.append(distributed.RankAgreement())
+    mode, device_type = precision.of_trainer(cfg.trainer)
+    log.info("precision: %s", precision.why(mode, device_type))
     trainer = L.Trainer(
-        max_epochs=int(cfg.trainer.max_epochs),
+        max_epochs=int(cfg.trainer.max_epochs), precision=mode,
         limit_train_batches=cfg.trainer.get("limit_train_batches") or None,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         strategy=strategy, num_nodes=int(cfg.trainer.get("num_nodes", 1) or 1),

@@ -40,6 +40,7 @@ def test_perf_suite_measures_every_configuration_and_ratio(tmp_path):
     assert [r["name"] for r in result["ratios"]] == [r[0] for r in RATIOS]
     assert all(r["value"] > 0 for r in result["ratios"])
     assert result["pyfunc"]["reports"] == 20 and result["pyfunc"]["reports_per_s"] > 0
+    assert set(result["pyfunc"]["by_precision"]) == {"32-true", "bf16-mixed"}
     assert "| ratio | value | target |" in (out / "perf.md").read_text()
 
 

@@ -37,9 +37,13 @@ def test_defaults_are_the_recipe_files():
     (row,) = [r for r in privacy["recipe_by_epsilon"] if r["epsilon_at_least"] <= privacy["epsilon"]][:1]
     assert cfg["finetune"] == {**finetune, "lr": row["lr"]}
     assert cfg["privacy"] == {**privacy, "max_grad_norm": row["max_grad_norm"]}
-    # thresholds `auto` resolves at compose time: validation for a cold start
-    assert _conf("trainer", "cpu")["thresholds"] == "auto"
-    assert cfg["trainer"] == {**_conf("trainer", "cpu"), "thresholds": "validation"}
+    # thresholds and precision `auto` resolve at compose time: validation for a cold start; bf16
+    # where this machine's CPU computes it natively
+    from radpriv.model.precision import resolve_precision
+
+    assert _conf("trainer", "cpu")["thresholds"] == "auto" and _conf("trainer", "cpu")["precision"] == "auto"
+    assert cfg["trainer"] == {**_conf("trainer", "cpu"), "thresholds": "validation",
+                              "precision": resolve_precision("auto", "cpu")}
 
 
 def test_clipping_norm_and_lr_follow_epsilon_unless_set():

@@ -89,7 +89,8 @@ def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsy
     expected = predict_proba(bundle, sample)
     from radpriv.model.bundle import LoadedModel
 
-    got = predict_proba(LoadedModel(net=net, tokenizer=bundle.tokenizer, meta=bundle.meta), sample)
+    got = predict_proba(LoadedModel(net=net, tokenizer=bundle.tokenizer, meta=bundle.meta,
+                                    precision=bundle.precision), sample)
     torch.testing.assert_close(got, expected)
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     import pandas as pd

@@ -67,6 +67,10 @@ class LogicalBatch:
     chunks: list[dict[str, torch.Tensor]] = field(default_factory=list)
     size: int = 0
 
+    def pin_memory(self) -> "LogicalBatch":
+        """Page-locked copies (DataLoader(pin_memory=True) calls this): faster copies to a GPU."""
+        return LogicalBatch([{k: v.pin_memory() for k, v in c.items()} for c in self.chunks], self.size)
+
 
 class LogicalBatchCollator:
     """Chunks of at most `physical_batch_size` reports, longest first; with `patient_of` (row →
@@ -129,8 +133,13 @@ class ReportDataModule(L.LightningDataModule):
     def __init__(self, table: ReportTable, tokenizer, *, max_length: int, batch_size: int,
                  physical_batch_size: int, eval_batch_size: int = 64, poisson: bool = False,
                  seed: int = 0, cache_dir=None, padding: str = "dynamic", unit: str = "report",
-                 max_reports_per_patient: int | None = None):
+                 max_reports_per_patient: int | None = None, num_workers: int = 0,
+                 pin_memory: bool = False):
         super().__init__()
+        # DataLoader workers collate (pad) only: batch samplers, and so every Poisson draw, run in
+        # the main process, from its private randomness
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self.table = table
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -210,12 +219,17 @@ class ReportDataModule(L.LightningDataModule):
             sampler = ShuffledBatchSampler(n, self.batch_size, self.seed)
         collate = LogicalBatchCollator(self.pad_id, self.physical_batch_size, self.pad_to,
                                        self.patients.patient_of if by_patient else None)
-        return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=0, collate_fn=collate)
+        return DataLoader(self.datasets["train"], batch_sampler=sampler, collate_fn=collate, **self._loader_options())
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = self.datasets[split]
         batches = length_sorted_batches([len(x) for x in ds.input_ids], self.eval_batch_size)
-        return DataLoader(ds, batch_sampler=batches, num_workers=0, collate_fn=EvalCollator(self.pad_id, self.pad_to))
+        return DataLoader(ds, batch_sampler=batches, collate_fn=EvalCollator(self.pad_id, self.pad_to),
+                          **self._loader_options())
+
+    def _loader_options(self) -> dict:
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                "persistent_workers": self.num_workers > 0}
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -35,6 +35,8 @@ class LoadedModel:
     net: ReportClassifier
     tokenizer: object
     meta: dict
+    # inference precision (radpriv/model/precision.py): 32-true or bf16-mixed
+    precision: str = "32-true"
 
     @property
     def label_names(self) -> list[str]:
@@ -117,10 +119,17 @@ def download_bundle(artifact_uri: str, dst: Path, what: str) -> Path:
     return found.parent
 
 
-def load_bundle(path: Path) -> LoadedModel:
+def load_bundle(path: Path, precision: str | None = None) -> LoadedModel:
+    """`precision`: auto | 32-true | bf16-mixed; None: $RADPRIV_PRECISION, else auto (bf16 where
+    this CPU computes it natively). Inference runs on CPU."""
+    import os
+
     from peft import PeftModel
     from transformers import AutoModel, AutoTokenizer
 
+    from radpriv.model.precision import resolve_precision
+
+    chosen = resolve_precision(precision or os.environ.get("RADPRIV_PRECISION") or "auto", "cpu")
     path = Path(path)
     meta = load_meta(path)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
@@ -140,7 +149,7 @@ def load_bundle(path: Path) -> LoadedModel:
                            normalize_pooled=bool(meta.get("normalize_pooled", False)))
     net.head.load_state_dict(load_file(str(path / HEAD)))
     net.eval()
-    return LoadedModel(net=net, tokenizer=tokenizer, meta=meta)
+    return LoadedModel(net=net, tokenizer=tokenizer, meta=meta, precision=chosen)
 
 
 @torch.no_grad()
@@ -150,6 +159,7 @@ def predict_proba(model: LoadedModel, texts, batch_size: int = 64) -> torch.Tens
 
     from radpriv.data.datamodule import length_sorted_batches, pad_chunk
     from radpriv.data.tokens import tokenize_texts
+    from radpriv.model.precision import autocast
 
     texts = ["" if t is None else str(t) for t in texts]
     ids = tokenize_texts(texts, model.tokenizer, int(model.meta["max_length"]))
@@ -159,5 +169,7 @@ def predict_proba(model: LoadedModel, texts, batch_size: int = 64) -> torch.Tens
     model.net.eval()
     for batch in length_sorted_batches([len(x) for x in ids], batch_size):
         chunk = pad_chunk([(i, ids[i], dummy) for i in batch], pad)
-        out[chunk["index"]] = torch.sigmoid(model.net(chunk["input_ids"], chunk["attention_mask"]))
+        with autocast(model.precision, "cpu"):
+            logits = model.net(chunk["input_ids"], chunk["attention_mask"])
+        out[chunk["index"]] = torch.sigmoid(logits.float())
     return out

@@ -27,6 +27,7 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Per-report (not per-batch) normalisation keeps every report's gradient on the same
     scale whatever the batch, which is what per-sample clipping bounds.
     """
+    logits = logits.float()  # under bf16 autocast the head's output is bf16: the loss is fp32
     known = (labels != MASKED).to(logits.dtype)
     target = labels.clamp(min=0)
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * known
@@ -122,7 +123,9 @@ class ReportClassifierModule(L.LightningModule):
 
     # -- evaluation --
     def _eval_step(self, stage: str, batch) -> None:
-        probs = torch.sigmoid(self.logits(batch, stage))
+        # fp32 before the sigmoid: bf16 probabilities would carry 8 significant bits into the
+        # thresholds and the metrics, and differ from the logged model's (bundle.predict_proba)
+        probs = torch.sigmoid(self.logits(batch, stage).float())
         self._outputs[stage].append((batch["index"].cpu(), probs.detach().float().cpu(),
                                      batch["labels"].cpu()))
 

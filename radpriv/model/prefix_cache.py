@@ -113,8 +113,10 @@ def suffix_forward(encoder: nn.Module, hidden: torch.Tensor, attention_mask: tor
 class PrefixCache:
     """Per split, one [length, hidden] tensor per report (padding positions not stored)."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, dtype: torch.dtype = torch.float32):
         self.k = k
+        # bf16 under bf16-mixed: half the memory; the layers above compute in bf16 anyway
+        self.dtype = dtype
         self.features: dict[str, list[torch.Tensor]] = {}
 
     def has(self, split: str) -> bool:
@@ -122,28 +124,38 @@ class PrefixCache:
 
     @torch.inference_mode()
     def build(self, net: nn.Module, split: str, input_ids: list, batch_size: int = 64,
-              pad_id: int = 0, progress: bool = True) -> None:
+              pad_id: int = 0, progress: bool = True, device: torch.device | None = None,
+              autocast=None) -> None:
+        """Features of every report of `split`, computed on `device` (default: the net's) under
+        `autocast` (a context manager: the run's precision) and kept there, in `self.dtype`."""
+        import contextlib
+
         from radpriv.data.datamodule import length_sorted_batches, pad_chunk
 
         was_training = net.training
         net.eval()
-        device = next(net.parameters()).device
+        home = next(net.parameters()).device
+        device = home if device is None else device
+        net.to(device)
         feats: list[torch.Tensor | None] = [None] * len(input_ids)
         batches = length_sorted_batches([len(x) for x in input_ids], batch_size)
         for rows in tqdm(batches, desc=f"frozen layers 0-{self.k - 1} ({split})", leave=False,
                          disable=not progress):
             chunk = pad_chunk([(i, input_ids[i], np.zeros(0, np.float32)) for i in rows], pad_id)
-            hidden = prefix_forward(net.encoder, chunk["input_ids"].to(device),
-                                    chunk["attention_mask"].to(device), self.k).float().cpu()
+            with autocast or contextlib.nullcontext():
+                hidden = prefix_forward(net.encoder, chunk["input_ids"].to(device),
+                                        chunk["attention_mask"].to(device), self.k)
+            hidden = hidden.to(self.dtype)
             for row, i in enumerate(rows):
                 feats[i] = hidden[row, : len(input_ids[i])].clone()
         self.features[split] = feats
+        net.to(home)  # Lightning moves the model itself when training starts
         net.train(was_training)
 
     def gather(self, split: str, index: torch.Tensor, length: int) -> torch.Tensor:
         """The chunk's features, zero-padded to `length` (its attention mask masks the pads)."""
         rows = [self.features[split][int(i)] for i in index]
-        out = torch.zeros((len(rows), length, rows[0].shape[-1]), dtype=rows[0].dtype)
+        out = torch.zeros((len(rows), length, rows[0].shape[-1]), dtype=rows[0].dtype, device=rows[0].device)
         for r, f in enumerate(rows):
             out[r, : f.shape[0]] = f
         return out
@@ -152,5 +164,7 @@ class PrefixCache:
         return sum(f.numel() * f.element_size() for fs in self.features.values() for f in fs)
 
 
-def estimated_bytes(input_ids: Mapping[str, list], hidden_size: int) -> int:
-    return 4 * hidden_size * sum(len(x) for ids in input_ids.values() for x in ids)
+def estimated_bytes(input_ids: Mapping[str, list], hidden_size: int,
+                    dtype: torch.dtype = torch.float32) -> int:
+    size = torch.empty((), dtype=dtype).element_size()
+    return size * hidden_size * sum(len(x) for ids in input_ids.values() for x in ids)

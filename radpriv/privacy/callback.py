@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import lightning as L
-from opacus.grad_sample import GradSampleHooks
+from radpriv.privacy.fp32_grad_sample import Fp32GradSampleHooks
 
 from radpriv.errors import PrivacyError
 from radpriv.privacy.accounting import PrivacyAccountant
@@ -62,7 +62,7 @@ class DPCallback(L.Callback):
         self.accountant = PrivacyAccountant(plan.accountant, plan.delta, plan.adjacency)
         self.journal = journal
         self._writes_journal = False
-        self._hooks: GradSampleHooks | None = None
+        self._hooks: Fp32GradSampleHooks | None = None
 
     @property
     def steps(self) -> int:
@@ -81,7 +81,8 @@ class DPCallback(L.Callback):
                                "must stay unset: use privacy.expected_batch_size and privacy.max_grad_norm")
         if len(trainer.strategy.optimizers) != 1:
             raise PrivacyError("DP training supports exactly one optimizer")
-        self._hooks = GradSampleHooks(pl_module.net, batch_first=True, loss_reduction="sum")
+        # fp32 per-sample gradients, norms, clipping and noise under any trainer.precision
+        self._hooks = Fp32GradSampleHooks(pl_module.net, batch_first=True, loss_reduction="sum")
         original = trainer.strategy.optimizers[0]
         # fresh for this invocation: a resumed run never replays an earlier invocation's noise
         randomness = PrivateRandomness(self.plan.secure_mode)

@@ -37,6 +37,7 @@ import torch
 from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
+from radpriv.privacy.fp32_grad_sample import no_autocast
 from radpriv.privacy.randomness import PrivateRandomness
 
 
@@ -46,6 +47,13 @@ class NoisyDPOptimizer(DPOptimizer):
     def __init__(self, optimizer, *, randomness: PrivateRandomness, **kwargs):
         super().__init__(optimizer, **kwargs)
         self.randomness = randomness
+
+    def pre_step(self, closure=None):
+        # Lightning calls the step inside the training step's autocast: under bf16-mixed, the
+        # clipped sum (an einsum) would run in bf16, and the noise is drawn in the sum's dtype.
+        # Clipping, summing, noise and scaling stay fp32 (radpriv/privacy/fp32_grad_sample.py).
+        with no_autocast():
+            return super().pre_step(closure)
 
     def add_noise(self) -> None:
         # DPOptimizer.add_noise with the noise source replaced; nothing else differs

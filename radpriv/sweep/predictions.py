@@ -26,8 +26,13 @@ def logged_model_predictions(run_id: str, tracking_uri: str, test: ReportTable, 
     from radpriv.evaluate import download_bundle
     from radpriv.model.bundle import load_bundle, predict_proba
 
+    from radpriv.model.bundle import load_meta
+
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_bundle(download_bundle(run_id, tracking_uri, Path(tmp)))
+        folder = download_bundle(run_id, tracking_uri, Path(tmp))
+        # in the precision the run's own test metrics were computed in (older runs: fp32), so the
+        # sweep's statistics are those of the logged F1, whatever this machine's default
+        model = load_bundle(folder, load_meta(folder).get("trained_precision", "32-true"))
     names, wanted = list(model.label_names), list(test.label_names)
     if names != wanted and not (by_name and set(names) & set(wanted)):
         raise ModelError(f"run {run_id}'s model predicts {model.label_names}, not {test.name}'s labels")

@@ -33,7 +33,7 @@ from radpriv.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 KEYS = ("teacher", "input", "output", "text_column", "id_column", "batch_size", "labels",
-        "num_threads", "tracking_uri", "progress_bar", "teacher.mode")
+        "num_threads", "tracking_uri", "progress_bar", "teacher.mode", "precision")
 ID, TEXT = "id", "text"
 
 
@@ -49,6 +49,7 @@ class LabelOptions:
     num_threads: int | None = None
     tracking_uri: str | None = None
     progress_bar: bool = True
+    precision: str | None = None  # None: $RADPRIV_PRECISION, else auto
 
 
 def parse_args(args: Sequence[str]) -> LabelOptions:
@@ -58,7 +59,8 @@ def parse_args(args: Sequence[str]) -> LabelOptions:
     values: dict[str, str] = {}
     for arg in args:
         key, sep, value = arg.partition("=")
-        key = {"tracking.uri": "tracking_uri", "trainer.num_threads": "num_threads"}.get(key, key)
+        key = {"tracking.uri": "tracking_uri", "trainer.num_threads": "num_threads",
+               "trainer.precision": "precision"}.get(key, key)
         if not sep or key not in KEYS:
             raise ConfigError(f"label: unexpected argument {arg!r}; use key=value with keys {', '.join(KEYS)}")
         if value.strip():
@@ -74,7 +76,8 @@ def parse_args(args: Sequence[str]) -> LabelOptions:
     p = predict.parse_args([f"{'model' if k == 'teacher' else k}={v}" for k, v in values.items()])
     return LabelOptions(teacher=p.model, input=p.input, output=p.output, text_columns=p.text_columns,
                         id_column=p.id_column, batch_size=p.batch_size, labels=p.labels,
-                        num_threads=p.num_threads, tracking_uri=p.tracking_uri, progress_bar=p.progress_bar)
+                        num_threads=p.num_threads, tracking_uri=p.tracking_uri, progress_bar=p.progress_bar,
+                        precision=p.precision)
 
 
 @dataclass
@@ -162,7 +165,7 @@ def label(options: LabelOptions) -> dict:
         check_columns(reports.extra_columns, meta["label_names"], options.input)
         guarantee = provenance.single_teacher_guarantee(source.facts)
         log.info("teacher %s: %s", source.where, registry.describe_facts(source.facts))
-        model = load_bundle(source.bundle_dir)
+        model = load_bundle(source.bundle_dir, options.precision)
     t_load = time.perf_counter() - t0
     empty = [not t.strip() for t in reports.texts]
     keep = [i for i, e in enumerate(empty) if not e]

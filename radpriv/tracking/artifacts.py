@@ -75,7 +75,9 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
             tmp / "bundle", module.net, tokenizer, spec, finetune_mode=cfg.finetune.mode,
             label_names=table.label_names, thresholds=thresholds, max_length=int(cfg.data.max_length),
             # privacy facts + the keyed digest that lets a later warm start refuse this run's reports
-            extra=release.bundle_facts(privacy, table.name, release.train_digest(folder, dm.splits["train"])),
+            extra={**release.bundle_facts(privacy, table.name, release.train_digest(folder, dm.splits["train"])),
+                   # what the test metrics were computed in: a reload in it reproduces them
+                   "trained_precision": str(cfg.trainer.get("precision") or "32-true")},
         )
         (tmp / "label_schema.json").write_text(json.dumps(label_schema, indent=2))
         (tmp / "privacy.json").write_text(json.dumps(privacy, indent=2, default=float))

@@ -43,7 +43,10 @@ _NOT_IN_KEY = ("tracking", "run_name", "run_id")
 # floating-point summation order, as a different CPU can; it draws no different random numbers.
 # Settings that do change the draws, such as the physical batch dropout masks are drawn for,
 # stay in the key.)
-_EXECUTION_ONLY = (("trainer", "progress_bar"), ("trainer", "num_threads"), ("trainer", "log_every_n_steps"))
+_EXECUTION_ONLY = (("trainer", "progress_bar"), ("trainer", "num_threads"), ("trainer", "log_every_n_steps"),
+                   ("trainer", "num_workers"), ("trainer", "pin_memory"))
+# fp32 is what every run computed before trainer.precision existed: it keeps their keys
+_FP32 = "32-true"
 
 
 _WARM_ONLY = ("public", "warm")
@@ -58,7 +61,11 @@ def run_key(cfg: DictConfig, data_fingerprint: str, folder) -> str:
         resolved.pop(key, None)
     for section, key in _EXECUTION_ONLY:
         resolved.get(section, {}).pop(key, None)
+    if (resolved.get("trainer") or {}).get("precision") == _FP32:
+        resolved["trainer"].pop("precision")
     finetune = resolved.get("finetune") or {}
+    if finetune.get("prefix_cache_dtype") == "float32":  # as every earlier run cached
+        finetune.pop("prefix_cache_dtype")
     if not finetune.get("init_from"):  # warm-start settings change nothing of a cold run
         for key in _WARM_ONLY:
             finetune.pop(key, None)
