@@ -325,6 +325,7 @@ def main() -> None:
     ap.add_argument("--no-pyfunc", action="store_true")
     ap.add_argument("--e2e", action="store_true", help="also time the default ε=0.1 job end to end, and "
                     "a one-epoch DP against non-private run, whole process, alternated twice")
+    ap.add_argument("--pair", action="store_true", help="only the one-epoch DP / non-private process pair of --e2e")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a Hydra override for every configuration (e.g. --set model=bert_small)")
@@ -359,6 +360,7 @@ def main() -> None:
         result["pyfunc"] = measure_pyfunc(args.pyfunc_reports, args.set)
     if args.e2e:
         result["e2e"] = measure_e2e()
+    if args.e2e or args.pair:
         result["e2e_pair"] = measure_e2e_pair()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
