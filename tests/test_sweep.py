@@ -507,7 +507,7 @@ def test_init_from_public_adds_a_warm_twin_per_dp_cell_and_leaves_the_cold_cells
 
 def test_an_unavailable_model_is_skipped_in_one_line(monkeypatch, caplog):
     from radpriv.model import encoder
-    from radpriv.sweep.run import available_models
+    from radpriv.model.encoder import available_models
 
     real = encoder.load_encoder
 
@@ -519,12 +519,12 @@ def test_an_unavailable_model_is_skipped_in_one_line(monkeypatch, caplog):
 
     monkeypatch.setattr(encoder, "load_encoder", offline)
     with caplog.at_level(logging.WARNING, logger="radpriv"):
-        ok, skipped = available_models(["bert_small", "tiny_bert"], [])
+        ok, skipped = available_models({"bert_small": "bert_small", "tiny_bert": "tiny_bert"}, "sweep")
     assert ok == ["tiny_bert"] and list(skipped) == ["bert_small"]
     lines = [r.getMessage() for r in caplog.records if "bert_small" in r.getMessage()]
     assert len(lines) == 1 and "skipped" in lines[0] and "\n" not in lines[0]
     with pytest.raises(ModelError, match="none of"):
-        available_models(["bert_small"], [])
+        available_models({"bert_small": "bert_small"}, "sweep")
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -299,6 +299,9 @@ def test_random_proposals_depend_only_on_the_seed_and_the_trial_number(tmp_path)
     ("privacy.epsilon=null tune.budget=3", "privacy.epsilon=null"),
     ("privacy.epsilon=2 tune.budget=0.01", "cannot pay for one trial and the retrain"),
     ("tune.seed=abc", "tune.seed='abc'"),
+    ("tune.models=[tiny_bert,tiny_bert]", "listed twice"),
+    ("tune.models=[tiny_bert,gpt5]", "unknown model 'gpt5'"),
+    ("tune.models=[]", "searches no model"),
 ])
 def test_bad_tune_settings_are_one_line_errors(tracking_uri, reports_csv, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -473,6 +476,89 @@ def test_a_composed_search_stops_at_its_budget(tracking_uri, reports_csv, capsys
         main(["tune", *args[:-1], f"tune.budget={2 * budget!r}"])
     lines = error_lines(capsys.readouterr().err)
     assert exit_info.value.code == 2 and len(lines) == 1 and "tune.budget" in lines[0], lines
+
+
+def test_a_search_across_two_models_keeps_one_ledger_and_registers_the_winner(tracking_uri, reports_csv, capsys,
+                                                                             tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # bert_small is not in this machine's HF cache: skipped
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [*SMALL, f"data.path={reports_csv[0]}", "privacy.epsilon=2", f"tune.storage={storage}", "model=minilm",
+            "tune.models=[tiny_bert,bert_small,tiny_albert]", "tune.n_trials=4", "tune.pruning=false",
+            "tune.register=multi"]
+    assert run(["tune", *args]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    skipped = [ln for ln in captured.err.splitlines() if "bert_small" in ln and "skipped" in ln]
+    assert len(skipped) == 1 and "not available here" in skipped[0], skipped
+    assert out["study"] == "ct_rate_text-tiny_bert+tiny_albert-lora-eps2-compose"
+    client = mlflow.MlflowClient(tracking_uri)
+    parent = client.get_run(out["run_id"])
+    assert parent.data.tags["radpriv.tune.models"] == "tiny_bert,tiny_albert"
+    assert parent.data.tags["radpriv.tune.skipped_models"] == "bert_small"
+    study, record = _study(out, storage)
+    # the model is a dimension of the one study; each model's first trial is the recipe
+    assert [t.params["model"] for t in study.trials[:2]] == ["tiny_bert", "tiny_albert"]
+    assert all(t.user_attrs.get("radpriv.recipe") for t in study.trials[:2])
+    runs = {r.data.tags["radpriv.tune.role"] + r.data.tags.get("radpriv.tune.trial", ""): r
+            for r in children(client, out["run_id"])}
+    assert set(runs) == {"trial0", "trial1", "trial2", "trial3", "final"}
+    for t in study.trials:  # each trial's run trained the model it was given, and says so
+        trial_run = runs[f"trial{t.number}"]
+        assert trial_run.data.tags["radpriv.tune.model"] == trial_run.data.params["model.name"] == t.params["model"]
+    trained = {t.params["model"] for t in study.trials}
+    assert trained == {"tiny_bert", "tiny_albert"}
+
+    # one ledger: every trial of both models and the retrain claimed its replace-one RDP there,
+    # and together they fit the filter, whose budget is ε_total
+    flt = record["filter"]
+    live = [c for c in ledger.claims(study) if c.live]
+    assert sorted(c.key for c in live) == sorted([*(ledger.claim_key("trial", i) for i in range(4)),
+                                                  ledger.claim_key("retrain", out["run_id"])])
+    costs = _live_costs(study, flt)
+    assert [c.cost for c in live] == pytest.approx(costs, rel=1e-12) and math.fsum(costs) <= flt["rdp_budget"]
+    # dp_accounting's RDP → (ε, δ) conversion of the composed runs stays within ε_total
+    composed = compute_epsilon([flt["order"]], [math.fsum(costs)], record["delta"])[0]
+    assert composed <= parent.data.metrics["privacy/epsilon_total"] == pytest.approx(flt["budget_epsilon"])
+    for claimed in live:  # the ledger's mechanism is the one each run logged
+        key = "final" if claimed.kind == "retrain" else f"trial{claimed.key.rsplit('.', 1)[-1]}"
+        m = runs[key].data.metrics
+        assert (m["privacy/noise_multiplier"], m["privacy/sample_rate"], m["privacy/steps"]) == \
+            pytest.approx(claimed.mechanism.as_list())
+
+    # the winner (model, lr, C) is retrained, registered as the champion, and compared per model
+    best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
+    assert out["best_params"] == best.params and parent.data.params["best.model"] == best.params["model"]
+    final = runs["final"]
+    assert final.data.params["model.name"] == final.data.tags["radpriv.tune.model"] == best.params["model"]
+    assert float(final.data.params["finetune.lr"]) == pytest.approx(best.params["lr"])
+    champion = client.get_model_version_by_alias("multi", "champion")
+    assert champion.run_id == out["final_run_id"] == final.info.run_id
+    arts = {a.path for a in client.list_artifacts(out["run_id"])}
+    assert {"model_comparison.csv", "model_comparison.png", "trials.csv", "tune_privacy.json"} <= arts
+    table = list(csv.DictReader(open(client.download_artifacts(out["run_id"], "model_comparison.csv",
+                                                               str(tmp_path)))))
+    assert [row["model"] for row in table] == ["tiny_bert", "tiny_albert"]
+    for row in table:
+        mine = [t for t in study.trials if t.params["model"] == row["model"]]
+        top = max(mine, key=lambda t: t.value)
+        assert int(row["trials"]) == len(mine) and int(row["best_trial"]) == top.number
+        assert float(row["val_f1_weighted"]) == pytest.approx(top.value)
+        top_run = runs[f"trial{top.number}"].data.metrics
+        assert float(row["test_f1_weighted"]) == pytest.approx(top_run["test/f1_weighted"])
+        assert float(row["epsilon_run"]) == pytest.approx(top_run["privacy/epsilon"])
+        assert parent.data.metrics[f"compare/{row['model']}/best_val_f1_weighted"] == pytest.approx(top.value)
+
+
+def test_a_search_across_models_with_none_available_is_one_line(tracking_uri, reports_csv, capsys, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", *SMALL, f"data.path={reports_csv[0]}", f"tune.storage=sqlite:///{tmp_path / 'o.db'}",
+              "tune.models=[bert_small,bert_medium]"])
+    lines = error_lines(capsys.readouterr().err)
+    assert exit_info.value.code == 2 and lines[-1].count("none of the models") == 1, lines
 
 
 @pytest.mark.slow

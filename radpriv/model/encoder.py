@@ -13,12 +13,16 @@ instead of a minute of retries.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from radpriv.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 PAPER_MODELS = {
     "bert_small": "prajjwal1/bert-small",
@@ -151,3 +155,21 @@ def load_encoder(spec: EncoderSpec, seed: int = 0):
         return AutoModel.from_pretrained(local), AutoTokenizer.from_pretrained(local)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load {spec.location} from {local}: {e}") from e
+
+
+def available_models(sources: Mapping[str, str], command: str) -> tuple[list[str], dict[str, str]]:
+    """(the models that load here, {model: why not} for the others), in the order of `sources`
+    (model name → its `model.source`). Each unavailable model is reported in one line and
+    skipped: the paper's hub models need the Hugging Face cache or the network once. A command
+    left with no model at all is an error."""
+    ok, skipped = [], {}
+    for model, source in sources.items():
+        try:
+            load_encoder(resolve_spec(str(source)))
+            ok.append(model)
+        except ModelError as e:
+            skipped[model] = str(e).splitlines()[0]
+            log.warning("%s: model %s is not available here, skipped: %s", command, model, skipped[model])
+    if not ok:
+        raise ModelError(f"{command}: none of the models {list(sources)} can be loaded here ({skipped})")
+    return ok, skipped

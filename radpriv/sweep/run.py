@@ -34,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from radpriv.config import compose
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
-from radpriv.errors import ConfigError, ModelError
+from radpriv.errors import ConfigError
+from radpriv.model.encoder import available_models
 from radpriv.process_memory import PEAK_RESIDENT_METRIC, resident_bytes, return_freed_memory
 from radpriv.sweep import baselines, claims, report, stats
 from radpriv.sweep.grid import (DP_KIND, PUBLIC_KIND, WARM_KIND, Cell, build_grid, cell_overrides, check_epsilons,
@@ -107,24 +108,6 @@ def _check_settings(cfg: DictConfig) -> None:
     if "dp_lr" in (s.baselines or []):
         check_epsilons(s.epsilons)
     claims.check_settings(s.claims)
-
-
-def available_models(models: list[str], base: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The models that load here; each one that does not is reported in one line and skipped
-    (the paper's hub models need the Hugging Face cache or network once)."""
-    from radpriv.model.encoder import load_encoder, resolve_spec
-
-    ok, skipped = [], {}
-    for model in models:
-        try:
-            load_encoder(resolve_spec(str(compose([*base, f"model={model}"]).model.source)))
-            ok.append(model)
-        except ModelError as e:
-            skipped[model] = str(e).splitlines()[0]
-            log.warning("sweep: model %s is not available here, skipped: %s", model, skipped[model])
-    if not ok:
-        raise ModelError(f"sweep: none of sweep.models={models} can be loaded here ({skipped})")
-    return ok, skipped
 
 
 def _open_parent(client, cfg: DictConfig, mlflow_run_id: str | None, name: str, tags: dict) -> tuple[str, str, str, bool]:
@@ -492,7 +475,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     base = training_overrides(overrides)
     models = list(dict.fromkeys(c.model for c in cells))
     compose([*base, *cells[0].overrides()])  # a bad base override fails here, before any model loads
-    ok, skipped = available_models(models, base)
+    ok, skipped = available_models({m: compose([*base, f"model={m}"]).model.source for m in models}, "sweep")
     cells = [c for c in cells if c.model in ok]
     seeds = list(dict.fromkeys(c.seed for c in cells))
     configure_threads(cfg.trainer.get("num_threads"))

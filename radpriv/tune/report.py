@@ -4,7 +4,8 @@ The parent run holds the resolved config (params), the best parameters (`best.<n
 (`tune/best_value`), the final model's test metrics (`final/...`), `privacy/epsilon_total` (and,
 under the privacy filter, `privacy/budget_used` and `privacy/budget_remaining`: fractions of the
 filter's RDP budget B(α)), the tags `radpriv.tune.guarantee` and (with DP) `radpriv.unit`, and
-the artifacts `tune_privacy.json`, `trials.csv` and Optuna's plots (`plots/*.png`).
+the artifacts `tune_privacy.json`, `trials.csv`, Optuna's plots (`plots/*.png`) and the per-model
+comparison (`model_comparison.csv`/`.png`, comparison.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import logging
 import math
 import tempfile
 import warnings
+from dataclasses import asdict
 from pathlib import Path
+
+from omegaconf import open_dict
 
 from radpriv.errors import ConfigError
 from radpriv.tune import ledger, privacy_filter
+from radpriv.tune.comparison import log_comparison
 from radpriv.tune.privacy_cost import Mechanism
 from radpriv.tune.runs import PlanRecorder, admit_run, run_config
 from radpriv.tune.space import MECHANISM_PARAMS, overrides_for
@@ -118,6 +123,8 @@ def _retrain(search, study, client, parent_id: str, experiment: str, params: dic
         overrides += [f"privacy.epsilon={rs['per_run_epsilon']!r}", f"privacy.delta={search.delta!r}"]
     cfg = run_config(overrides, parent_run_id=parent_id, experiment=experiment, run_name="final (best parameters)",
                      tags={"radpriv.tune.study": study.study_name, "radpriv.tune.role": "final"}, trial=False)
+    with open_dict(cfg):
+        cfg.tracking.tags["radpriv.tune.model"] = str(cfg.model.name)
 
     def record(plan) -> None:
         admit_run(search, study, "retrain", parent_id, plan, "the retrain")
@@ -249,6 +256,13 @@ def finish(search, study, client, parent_id: str, experiment: str, k: int | None
         client.log_artifact(parent_id, str(tmp / "trials.csv"))
         for png in save_study_plots(study, tmp / "plots"):
             client.log_artifact(parent_id, str(png), "plots")
+        default_model = str(search.cfg.model.name)
+        rows = log_comparison(client, parent_id, search.models or [default_model], counted, default_model, tmp)
+    out["model_comparison"] = [_json_safe(asdict(r)) for r in rows]
+    if search.models:
+        for row in rows:
+            log.info("tune: %s: %d trials, best validation weighted F1 %s", row.model, row.trials,
+                     "-" if math.isnan(row.val_f1_weighted) else f"{row.val_f1_weighted:.4f}")
     total = privacy.get("epsilon_total")
     log.info("tune: %d trials (%d complete, %d pruned, %d refused); ε_total=%s (%s)", counts["tune/trials"],
              counts["tune/trials_complete"], counts["tune/trials_pruned"], counts["tune/trials_refused"],

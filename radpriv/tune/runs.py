@@ -28,6 +28,12 @@ def strip_tune_overrides(overrides: Sequence[str]) -> list[str]:
     return [ov for ov in overrides if key(ov) != "tune" and not key(ov).startswith("tune.")]
 
 
+def strip_model_overrides(overrides: Sequence[str]) -> list[str]:
+    """`overrides` without the model group choice (`model=...`): a multi-model search sets it per run.
+    Settings inside the group (`model.max_length=...`) are kept: they apply to every model."""
+    return [ov for ov in overrides if ov.lstrip("+~").partition("=")[0] != "model"]
+
+
 def replace_data(overrides: Sequence[str], data_group: str, path: str | None, extra: Sequence[str]) -> list[str]:
     """`overrides` with every data setting replaced: `data=<group>` (+ path, + extra)."""
     def is_data(ov: str) -> bool:

@@ -16,6 +16,7 @@ number of trials K.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 
 import numpy as np
@@ -63,12 +64,19 @@ class TrialSeededRandomSampler(optuna.samplers.BaseSampler):
 
 
 class SharedStartTPESampler(optuna.samplers.TPESampler):
-    """TPE whose random start-up proposals come from :class:`TrialSeededRandomSampler`."""
+    """TPE whose random start-up proposals come from :class:`TrialSeededRandomSampler`.
 
-    def __init__(self, seed: int | None, n_startup_trials: int) -> None:
+    `multivariate`: model the parameters' joint density (a search across models: which lr and C
+    are good depends on the model, and a joint density learns that from every trial, where
+    per-model conditional parameters would split the few trials a DP search can afford)."""
+
+    def __init__(self, seed: int | None, n_startup_trials: int, multivariate: bool = False) -> None:
         # TPE's own generator takes 32 bits: one derived from the study's seed
         tpe_seed = None if seed is None else int(np.random.SeedSequence([int(seed), 0x7BE]).generate_state(1)[0])
-        super().__init__(seed=tpe_seed, n_startup_trials=n_startup_trials, constant_liar=True)
+        with warnings.catch_warnings():  # multivariate TPE is "experimental" in Optuna since 2.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(seed=tpe_seed, n_startup_trials=n_startup_trials, constant_liar=True,
+                             multivariate=multivariate)
         self._startup = TrialSeededRandomSampler(seed)
         self._n_startup = n_startup_trials
 
@@ -79,11 +87,12 @@ class SharedStartTPESampler(optuna.samplers.TPESampler):
         return super().sample_independent(study, trial, param_name, param_distribution)
 
 
-def make_sampler(name: str, seed: int | None, tpe_startup_trials: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int | None, tpe_startup_trials: int,
+                 multivariate: bool = False) -> optuna.samplers.BaseSampler:
     if name == "random":
         return TrialSeededRandomSampler(seed)
     if name == "tpe":
-        return SharedStartTPESampler(seed, int(tpe_startup_trials))
+        return SharedStartTPESampler(seed, int(tpe_startup_trials), multivariate)
     raise ConfigError(f"tune.sampler={name!r}: expected tpe or random")
 
 

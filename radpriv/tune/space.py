@@ -60,9 +60,12 @@ def check_space(space: Mapping, accounting: str) -> None:
                 f"tune.space.{changing[0]} changes q or the step count: set it to null")
 
 
-def suggest(trial, space: Mapping) -> tuple[dict, list[str]]:
-    """(parameters, overrides) of one trial: lr and max_grad_norm on a log scale."""
+def suggest(trial, space: Mapping, models: list[str] | None = None) -> tuple[dict, list[str]]:
+    """(parameters, overrides) of one trial: the model among `models` (a multi-model search), lr
+    and max_grad_norm on a log scale."""
     params: dict = {}
+    if models:
+        params["model"] = trial.suggest_categorical("model", list(models))
     for key in ("lr", "max_grad_norm"):
         if (r := _pair(space, key, float)) is not None:
             params[key] = trial.suggest_float(key, *r, log=True)
@@ -75,7 +78,8 @@ def suggest(trial, space: Mapping) -> tuple[dict, list[str]]:
 
 def overrides_for(params: Mapping) -> list[str]:
     """The overrides that reproduce a trial's parameters (for the trial, and the retrain)."""
-    return [f"{SETTINGS[k]}={v}" for k, v in params.items() if k in SETTINGS]
+    model = [f"model={params['model']}"] if "model" in params else []
+    return [*model, *(f"{SETTINGS[k]}={v}" for k, v in params.items() if k in SETTINGS)]
 
 
 def recipe_params(cfg, space: Mapping) -> dict:

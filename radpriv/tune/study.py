@@ -11,6 +11,10 @@ What is fixed when the study is created (its privacy filter, a random search's c
 secrets) is its record (study_record.py); what each run on the private data claims is in the
 ledger (ledger.py). The parent run logs `privacy/epsilon_total` and `tune_privacy.json`.
 
+`tune.models=[a,b,...]` searches across models in that one study: the model is a categorical
+dimension beside lr and C (space.py), so the study's one ledger holds every trial of every model
+on the same private reports, and the best (model, lr, C) is what is retrained.
+
 The search plans its runs from N, the private training *units* under `privacy.unit`: patients
 at the patient unit (radpriv/data/patients.py), else reports — counted exactly as each run's own
 calibration in radpriv.train counts them, so that the plan (a random search's calibration, the
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from radpriv.config import compose
+from radpriv.config import compose, group_options
 from radpriv.data.patients import Unit, privacy_unit, training_units
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
@@ -40,7 +44,7 @@ from radpriv.tune import privacy_cost
 from radpriv.tune.data_check import check_public_data
 from radpriv.tune.privacy_cost import Mechanism
 from radpriv.tune.privacy_filter import Filter
-from radpriv.tune.runs import replace_data, strip_tune_overrides
+from radpriv.tune.runs import replace_data, strip_model_overrides, strip_tune_overrides
 from radpriv.tune.space import check_space, recipe_params
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,8 @@ class Search:
     budget: float | None = None  # tune.budget (compose, public); None: the planned cost
     trial_table: object = None  # the ReportTable every trial trains on (split by `seed`)
     random_search: dict | None = None  # the calibration (random_search only)
+    models: list[str] | None = None  # tune.models that load here (the model dimension); None: `model=`
+    skipped_models: dict = field(default_factory=dict)  # tune.models that do not load here: why
     record: dict = field(default_factory=dict)  # the study's record (study_record.py)
 
     @functools.cached_property
@@ -87,12 +93,37 @@ def _planned_sigma(epsilon: float, delta: float, q: float, steps: int, accountan
                                                        relation=accounting.GUARANTEE_RELATION))
 
 
-def study_name(cfg: DictConfig) -> str:
+def study_name(cfg: DictConfig, models: list[str] | None = None) -> str:
+    """tune.study_name, else one named by what it searches: a multi-model study by the models
+    that load here (another set of models is another search space, so another study)."""
     if cfg.tune.get("study_name"):
         return str(cfg.tune.study_name)
     eps = accounting.resolve_epsilon(cfg.privacy.epsilon)
-    return (f"{cfg.data.name}-{cfg.model.name}-{cfg.finetune.mode}-eps{'inf' if eps is None else f'{eps:g}'}"
+    model = "+".join(models) if models else cfg.model.name
+    return (f"{cfg.data.name}-{model}-{cfg.finetune.mode}-eps{'inf' if eps is None else f'{eps:g}'}"
             f"-{cfg.tune.accounting}")
+
+
+def requested_models(t) -> list[str] | None:
+    """tune.models as a list of model group names (None: not set); one-line errors for a bad one."""
+    models = t.get("models")
+    if models is None:
+        return None
+    if isinstance(models, str):
+        models = [models]
+    try:
+        models = [str(m) for m in models]
+    except TypeError:
+        raise ConfigError(f"tune.models={models!r}: expected a list of models, e.g. [bert_small,albert_base]") from None
+    if not models:
+        raise ConfigError("tune.models=[] searches no model: list at least one, or leave it null (`model=`)")
+    if len(set(models)) != len(models):
+        raise ConfigError(f"tune.models={models}: a model is listed twice")
+    known = group_options("model")
+    for m in models:
+        if m not in known:
+            raise ConfigError(f"tune.models: unknown model {m!r}: choose among {', '.join(known)}")
+    return models
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -112,6 +143,7 @@ def check_settings(cfg: DictConfig) -> None:
     if sampler not in ("tpe", "random"):
         raise ConfigError(f"tune.sampler={sampler!r}: expected tpe or random")
     check_space(t.space, str(t.accounting))
+    requested_models(t)
     if t.accounting == "random_search":
         if sampler != "random":
             raise ConfigError("tune.accounting=random_search needs tune.sampler=random: the analysis holds for "
@@ -204,14 +236,18 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
     """Read the private data's size (δ, q, steps) and decide each mode's trial settings."""
     t = cfg.tune
     mode = str(t.accounting)
+    base = strip_tune_overrides(overrides)
+    models, skipped = None, {}
+    if (requested := requested_models(t)) is not None:
+        models, skipped = _available(requested, base)
+        base = strip_model_overrides(base)  # each run's model is its trial's (or the best trial's)
     table = load_table(cfg.data, int(cfg.seed))
     unit, n_private = private_units(cfg, table)
     delta = accounting.resolve_delta(cfg.privacy.get("delta"), n_private)
     epsilon = accounting.resolve_epsilon(cfg.privacy.epsilon)
-    base = strip_tune_overrides(overrides)
     budget = None if t.get("budget") is None else float(t.budget)
     search = Search(cfg, mode, epsilon, delta, base, base, n_private=n_private, unit=unit.name, budget=budget,
-                    trial_table=table)
+                    trial_table=table, models=models, skipped_models=skipped)
     if epsilon is not None:
         log.info("tune: the search plans its runs per %s: N=%d training %ss (%s)", unit.name, n_private,
                  unit.name, unit.why)
@@ -224,6 +260,17 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
     elif mode == "random_search":
         _calibrate_random_search(search)
     return search
+
+
+def _available(models: list[str], base: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The requested models that load here, and why each other one does not (one line each)."""
+    from radpriv.model.encoder import available_models
+
+    stripped = strip_model_overrides(base)
+    if len(stripped) != len(base):
+        log.info("tune: tune.models=%s is searched; `model=` is ignored", models)
+    sources = {m: str(compose([*stripped, f"model={m}"]).model.source) for m in models}
+    return available_models(sources, "tune")
 
 
 def _calibrate_random_search(search: Search) -> None:
@@ -249,22 +296,30 @@ def _calibrate_random_search(search: Search) -> None:
              steps, search.epsilon, search.delta, search.unit)
 
 
-def enqueue_recipe(study, cfg: DictConfig, mode: str) -> None:
-    """A new study's first trial: the recipe's own values (tune.enqueue_recipe).
+def enqueue_recipe(study, search: Search, limit: int) -> None:
+    """A new study's first trials: the recipe's own values (tune.enqueue_recipe) — one trial, or
+    in a search across models one per model (up to `limit`, this invocation's trials), so that
+    every model starts from a known-good point and the study holds "default vs tuned" per model.
 
     Not in a random search: its guarantee needs every trial drawn from one distribution, and a
     fixed first trial is not such a draw.
     """
+    cfg, mode = search.cfg, search.mode
     if not cfg.tune.get("enqueue_recipe", True):
         return
     if mode == "random_search":
         log.info("tune: random search: the recipe's values are not enqueued (every trial must be a random draw)")
         return
-    params = recipe_params(cfg, cfg.tune.space)
-    if params:
-        # skip_if_exists: workers that start together on a new study enqueue it once
-        study.enqueue_trial(params, user_attrs={"radpriv.recipe": True}, skip_if_exists=True)
-        log.info("tune: trial 0 is the recipe's own values %s (tune.enqueue_recipe)", params)
+    if not search.models:
+        points = [recipe_params(cfg, cfg.tune.space)]
+    else:
+        points = [{"model": m, **recipe_params(compose([*search.base, f"model={m}"]), cfg.tune.space)}
+                  for m in search.models[:limit]]
+    for params in points:
+        if params:
+            # skip_if_exists: workers that start together on a new study enqueue it once
+            study.enqueue_trial(params, user_attrs={"radpriv.recipe": True}, skip_if_exists=True)
+            log.info("tune: trial with the recipe's own values %s (tune.enqueue_recipe)", params)
 
 
 @contextmanager
@@ -325,19 +380,20 @@ def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
     pruning = bool(t.pruning) and mode != "random_search"
     if t.pruning and not pruning:
         log.info("tune: no pruning in a random search (every trial must be the same mechanism, run to its end)")
-    name = study_name(cfg)
+    name = study_name(cfg, search.models)
     pruner = make_pruner(pruning, int(t.pruner.n_startup_trials), int(t.pruner.n_warmup_steps))
     # a new study's record is computed before the study exists: a bad budget leaves no study behind
     study, proposed = open_study(name, storage, pruner, lambda: new_record(search))
     created = proposed is not None
     search.record = load_record(study, proposed, search)
     # proposals from the study's seed (a secret one unless tune.seed is set): see sampling.py
-    study.sampler = make_sampler(sampler_name, int(search.record["proposal_seed"]), int(t.tpe_startup_trials))
+    study.sampler = make_sampler(sampler_name, int(search.record["proposal_seed"]), int(t.tpe_startup_trials),
+                                 multivariate=bool(search.models))
     k = search.record["trial_count"] if mode == "random_search" else None
     n_before = len(study.trials)
     n_to_run = int(t.n_trials) if k is None else max(0, k - n_before)
     if created and n_to_run:
-        enqueue_recipe(study, cfg, mode)
+        enqueue_recipe(study, search, n_to_run)
     log.info("tune: study %s in %s: %d trials so far, %d to run in this process", name, safe_url(str(t.storage)),
              n_before, n_to_run)
     if search.filter is not None:
@@ -348,7 +404,10 @@ def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
     client = tracking_client(cfg)
     tags = {"radpriv.tune.study": name, "radpriv.tune.accounting": mode, "radpriv.tune.role": "parent",
             "radpriv.tune.storage": safe_url(str(t.storage)), "radpriv.dataset": str(cfg.data.name),
-            "radpriv.model": str(cfg.model.name)}
+            "radpriv.model": "+".join(search.models) if search.models else str(cfg.model.name)}
+    if search.models:
+        tags["radpriv.tune.models"] = ",".join(search.models)
+        tags["radpriv.tune.skipped_models"] = ",".join(search.skipped_models) or "(none)"
     with parent_run(client, experiment_name(cfg), f"tune {name}", tags) as (parent_id, experiment):
         log_parent_config(client, parent_id, cfg)
         try:

@@ -12,6 +12,7 @@ import hashlib
 import logging
 
 import optuna
+from omegaconf import open_dict
 
 from radpriv.errors import ConfigError
 from radpriv.process_memory import return_freed_memory
@@ -45,12 +46,14 @@ class Objective:
             raise optuna.TrialPruned("beyond K")
         search = self.search
         public = search.mode == "public"
-        params, extra = suggest(trial, search.cfg.tune.space)
+        params, extra = suggest(trial, search.cfg.tune.space, search.models)
         trial.set_user_attr("data", "public" if public else "private")
         cfg = run_config([*search.trial_base, *extra], parent_run_id=self.parent_run_id,
                          experiment=self.experiment, run_name=f"trial {trial.number}", trial=True,
                          tags={"radpriv.tune.study": self.study_name, "radpriv.tune.role": "trial",
                                "radpriv.tune.trial": trial.number, "radpriv.tune.split_seed": cfg_seed(search)})
+        with open_dict(cfg):  # the trial's model, as a tag (the MLflow UI's columns and searches)
+            cfg.tracking.tags["radpriv.tune.model"] = str(cfg.model.name)
         # one split for every trial (the table, made with the study's seed), but each trial its own
         # initialisation and dropout; its Poisson batches and noise come from fresh OS entropy in
         # every run whatever the seed (radpriv.privacy.randomness), as the analyses assume
