@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# the shared helpers assert (e.g. tests.helpers.cli.error_lines): keep pytest's assertion
+# introspection there, as when they lived in the test modules; before any test module imports them
+pytest.register_assert_rewrite("tests.helpers")
+
 
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:

@@ -24,8 +24,8 @@ from radpriv.data.patients import PatientIndex, training_units
 from radpriv.data.schemas import CT_RATE18
 from radpriv.data.sources import load_table
 from radpriv.errors import ConfigError
+from tests.helpers.cli import TINY, all_files_text
 from tests.synthetic import CT_PATIENT_CSV, synthetic_table, write_ct_patient_csv
-from tests.test_train_e2e import TINY, all_files_text
 
 
 # ---- the bound (Steinke, Nasr & Jagielski 2023) -------------------------------------------------

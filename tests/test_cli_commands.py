@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from radpriv.cli import main, run
-from tests.test_train_e2e import TINY, error_lines, train_json
+from tests.helpers.cli import TINY, error_lines, train_json
 
 
 def test_evaluate_scores_a_logged_model_on_every_row(tmp_path, tracking_uri, capsys, reports_csv):

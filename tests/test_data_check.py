@@ -1,6 +1,6 @@
 """`radpriv data check`: a summary of counts (never text), exit 1 when the data cannot be trained on.
 
-The fixtures are the fabricated native trees of the reader tests.
+The fixtures are the fabricated native trees of the reader tests (tests/helpers/fabricate_*.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from radpriv.config import compose
 from radpriv.data.check import DataCheckFailed, check_data, summarize
 from radpriv.data.sources import load_table
 from radpriv.errors import ConfigError, ModelError
+from tests.helpers.fabricate_csv import FULL, fabricate_rows, write_csv
+from tests.helpers.fabricate_ct_rate import write_ct_rate
+from tests.helpers.fabricate_mimic import write_mimic
 from tests.synthetic import PATIENT_CSV, synthetic_table, write_patient_csv
-from tests.test_data_csv import FULL, fabricate_rows, write_csv
-from tests.test_data_ct_rate import write_ct_rate
-from tests.test_data_mimic_cxr import write_mimic
 
 TEXT_MARKERS = ("fabricated", "invented", "made up", "pretend", "perhaps")
 

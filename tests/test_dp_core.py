@@ -12,43 +12,17 @@ import pytest
 import torch
 from opacus.grad_sample import GradSampleHooks
 
-from radpriv.data.datamodule import LogicalBatch, ReportDataModule, pad_chunk
+from radpriv.data.datamodule import LogicalBatch, pad_chunk
 from radpriv.data.tokens import tokenize_texts
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.module import ReportClassifierModule, per_sample_loss
 from radpriv.privacy.accounting import calibrate_noise_multiplier
-from radpriv.privacy.callback import DPCallback, PrivacyPlan
+from radpriv.privacy.callback import DPCallback
+from tests.helpers.dp import LORA, fit, lora_state, make_dm, plan, tiny_net
 from tests.synthetic import synthetic_table
 
-LORA = {"mode": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"], "head_dropout": 0.0}
 ENCODERS = ["tiny_bert", "tiny_albert"]
-
-
-def tiny_net(name: str, finetune=LORA, num_labels: int = 3, seed: int = 0):
-    encoder, tokenizer = load_encoder(resolve_spec(name), seed=seed)
-    torch.manual_seed(seed)
-    return build_classifier(encoder, num_labels, finetune), tokenizer
-
-
-def lora_state(net) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in net.named_parameters() if "lora_" in n}
-
-
-def plan(noise_multiplier: float, max_grad_norm: float, sample_rate: float, batch: int,
-         steps: int, target: float = float("inf"), delta: float = 1e-5) -> PrivacyPlan:
-    return PrivacyPlan(target_epsilon=target, delta=delta, noise_multiplier=noise_multiplier,
-                       max_grad_norm=max_grad_norm, sample_rate=sample_rate, expected_batch_size=batch,
-                       planned_steps=steps, accountant="prv")
-
-
-def fit(module, dm, callbacks, max_steps: int = -1, max_epochs: int = 1) -> L.Trainer:
-    trainer = L.Trainer(max_steps=max_steps, max_epochs=max_epochs, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        accelerator="cpu", callbacks=callbacks)
-    trainer.fit(module, datamodule=dm)
-    return trainer
 
 
 @pytest.mark.parametrize("name", ENCODERS)
@@ -80,13 +54,6 @@ def test_every_trainable_parameter_gets_the_right_per_sample_gradient(name):
         for n, p in trainable:
             torch.testing.assert_close(grad_samples[n][i], p.grad, rtol=1e-4, atol=1e-6, msg=n)
         assert any(grad_samples[n][i].abs().sum() > 0 for n, _ in trainable if "lora_A" in n)
-
-
-def make_dm(table, tok, *, batch, physical, poisson, seed=0):
-    dm = ReportDataModule(table, tok, max_length=32, batch_size=batch, physical_batch_size=physical,
-                          poisson=poisson, seed=seed)
-    dm.setup("fit")
-    return dm
 
 
 @pytest.mark.parametrize("name", ENCODERS)

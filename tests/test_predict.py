@@ -18,7 +18,7 @@ import torch
 from radpriv.cli import main, run
 from radpriv.data.schemas import CT_RATE18
 from radpriv.model.bundle import load_bundle, predict_proba
-from tests.test_train_e2e import TINY, error_lines
+from tests.helpers.cli import TINY, error_lines
 
 MODEL_NAME = "ct-tiny"
 EPSILON = 3.0

@@ -7,8 +7,8 @@ import torch
 from radpriv.model import prefix_cache
 from radpriv.model.module import ReportClassifierModule
 from radpriv.privacy.callback import DPCallback
+from tests.helpers.dp import LORA, fit, lora_state, make_dm, plan, tiny_net
 from tests.synthetic import synthetic_table
-from tests.test_dp_core import LORA, fit, lora_state, make_dm, plan, tiny_net
 
 TOP = {**LORA, "layers_to_transform": [1]}  # tiny_bert has 2 layers: LoRA on the top one
 

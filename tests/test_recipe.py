@@ -18,7 +18,7 @@ from radpriv.data.sources import load_table
 from radpriv.model.bundle import load_bundle, predict_proba
 from radpriv.model.metrics import fit_thresholds
 from radpriv.model.warm_start import fetch_bundle
-from tests.test_train_e2e import TINY, train_json
+from tests.helpers.cli import TINY, train_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_label_name_head_init_is_the_centred_label_embeddings():
 
     from radpriv.errors import ConfigError
     from radpriv.model.head_init import init_head_from_label_names, label_name_directions
-    from tests.test_dp_core import LORA, tiny_net
+    from tests.helpers.dp import LORA, tiny_net
 
     names = ["Pleural_Effusion", "cardiomegaly", "fracture"]
     net, tok = tiny_net("tiny_bert", {**LORA, "normalize_pooled": True}, num_labels=3)

@@ -24,7 +24,7 @@ import torch
 
 from radpriv.data.schemas import CT_RATE18
 from radpriv.model.bundle import load_bundle, predict_proba
-from tests.test_train_e2e import TINY, train_json
+from tests.helpers.cli import TINY, train_json
 
 SERVE_TIMEOUT_S = 180
 

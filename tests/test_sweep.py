@@ -22,8 +22,8 @@ from radpriv.process_memory import malloc_trim, peak_resident_bytes
 from radpriv.sweep import baselines, stats
 from radpriv.sweep.grid import Cell, build_grid, cell_overrides, training_overrides
 from radpriv.train import train
+from tests.helpers.cli import TINY, error_lines
 from tests.synthetic import PATIENT_CSV, synthetic_table, write_patient_csv
-from tests.test_train_e2e import TINY, error_lines
 
 # the tiny training settings, less the model (the grid sets it per cell)
 TRAIN = [*(o for o in TINY if not o.startswith("model=")), "trainer.max_epochs=1", "trainer.num_threads=1"]

@@ -12,7 +12,7 @@ import pytest
 from radpriv.cli import run
 from radpriv.data.schemas import CT_RATE18
 from radpriv.teacher import provenance
-from tests.test_train_e2e import TINY, error_lines
+from tests.helpers.cli import TINY, error_lines
 
 TINY1 = [o for o in TINY if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=1"]
 

@@ -32,8 +32,8 @@ from radpriv.privacy.accounting import RDP_ORDERS, calibrate_noise_multiplier, d
 from radpriv.tune import ledger, privacy_cost, privacy_filter, study_record
 from radpriv.tune.privacy_cost import Mechanism
 from radpriv.tune.sampling import TrialSeededRandomSampler
+from tests.helpers.cli import TINY, error_lines
 from tests.synthetic import PATIENT_CSV, write_patient_csv
-from tests.test_train_e2e import TINY, error_lines
 
 SMALL = [*TINY, "trainer.max_epochs=1"]
 REPO = Path(__file__).resolve().parents[1]

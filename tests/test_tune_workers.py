@@ -28,7 +28,7 @@ import optuna
 import pytest
 
 from radpriv.tune import ledger
-from tests.test_train_e2e import TINY
+from tests.helpers.cli import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 # tune.budget: room for both workers' trials (the default would be one worker's planned cost)

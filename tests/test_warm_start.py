@@ -17,7 +17,7 @@ from radpriv.errors import DataError
 from radpriv.model.bundle import load_bundle
 from radpriv.model.warm_start import fetch_bundle
 from radpriv.train import build
-from tests.test_train_e2e import TINY, error_lines, train_json
+from tests.helpers.cli import TINY, error_lines, train_json
 
 PUBLIC = "data.train_shard=0/2"
 PRIVATE = "data.train_shard=1/2"

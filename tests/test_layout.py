@@ -1,0 +1,79 @@
+"""The test suite's layout: no test module imports another test module.
+
+Importing a test module from another runs the imported module's top level (fixtures, constants,
+imports of heavy libraries) and ties the two files together, so that moving or editing one test
+breaks another; what several test modules share lives in tests/helpers/ instead.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _is_test_module(name: str) -> bool:
+    """`tests.test_x` (or a name below it)."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[0] == "tests" and parts[1].startswith("test_")
+
+
+def imports_of_test_modules(source: str, filename: str = "<test>") -> list[tuple[int, str]]:
+    """(line, module) for every import of a `tests.test_*` module in `source`, at any nesting level:
+    `import tests.test_x`, `from tests.test_x import ...`, `from tests import test_x`, the relative
+    forms, and `importlib.import_module("tests.test_x")` / `__import__("tests.test_x")`."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if _is_test_module(alias.name)]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module and _is_test_module(node.module):
+                names = [node.module]
+            elif node.level == 0 and node.module == "tests":
+                names = [f"tests.{alias.name}" for alias in node.names if alias.name.startswith("test_")]
+            elif node.level == 1 and node.module:
+                names = [f"tests.{node.module}"] if node.module.startswith("test_") else []
+            elif node.level == 1:
+                names = [f"tests.{alias.name}" for alias in node.names if alias.name.startswith("test_")]
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str) and _is_test_module(node.args[0].value)
+              and ((isinstance(node.func, ast.Name) and node.func.id == "__import__")
+                   or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"))):
+            names = [node.args[0].value]
+        found += [(node.lineno, name) for name in names]
+    return sorted(found)
+
+
+# the check must see each form, top level or nested in a function, else passing proves nothing
+_EVERY_FORM = """\
+import os
+from tests.test_a import x
+import tests.test_b as b
+def f():
+    from tests.test_c import y
+    import tests.test_d
+from tests import test_e, synthetic
+from .test_f import z
+from . import test_g
+import importlib
+m = importlib.import_module("tests.test_h")
+from tests.helpers.cli import TINY
+from tests.synthetic import synthetic_table
+s = "python -m tests.test_ddp"
+"""
+
+
+def test_no_test_module_imports_another_test_module():
+    assert imports_of_test_modules(_EVERY_FORM) == [
+        (2, "tests.test_a"), (3, "tests.test_b"), (5, "tests.test_c"), (6, "tests.test_d"),
+        (7, "tests.test_e"), (8, "tests.test_f"), (9, "tests.test_g"), (11, "tests.test_h")]
+
+    paths = sorted(TESTS.glob("test_*.py"))
+    assert Path(__file__).resolve() in paths and len(paths) > 30, paths  # the glob found the suite
+    offences = [f"{path.relative_to(TESTS.parent)}:{line}: imports {name}"
+                for path in paths
+                for line, name in imports_of_test_modules(path.read_text(encoding="utf-8"), str(path))]
+    assert not offences, ("a test module imports another test module; move what they share to "
+                          "tests/helpers/:\n" + "\n".join(offences))
