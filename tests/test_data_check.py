@@ -17,6 +17,7 @@ from radpriv.config import compose
 from radpriv.data.check import DataCheckFailed, check_data, summarize
 from radpriv.data.sources import load_table
 from radpriv.errors import ConfigError, ModelError
+from tests.helpers.cli import error_lines
 from tests.helpers.fabricate_csv import FULL, fabricate_rows, write_csv
 from tests.helpers.fabricate_ct_rate import write_ct_rate
 from tests.helpers.fabricate_mimic import write_mimic
@@ -24,13 +25,6 @@ from tests.synthetic import PATIENT_CSV, synthetic_table, write_patient_csv
 
 TEXT_MARKERS = ("fabricated", "invented", "made up", "pretend", "perhaps")
 
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr less radpriv's progress lines (`radpriv: <count line>`); no traceback allowed."""
-    assert "Traceback" not in stderr
-    return [ln for ln in stderr.strip().splitlines()
-            if ln.strip() and not (ln.startswith("radpriv: ") and not ln.startswith("radpriv: error"))]
 
 
 def assert_no_text(s: str) -> None:

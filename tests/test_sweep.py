@@ -22,7 +22,7 @@ from radpriv.process_memory import malloc_trim, peak_resident_bytes
 from radpriv.sweep import baselines, stats
 from radpriv.sweep.grid import Cell, build_grid, cell_overrides, training_overrides
 from radpriv.train import train
-from tests.helpers.cli import TINY, error_lines
+from tests.helpers.cli import TINY, error_lines, sweep_json
 from tests.synthetic import PATIENT_CSV, synthetic_table, write_patient_csv
 
 # the tiny training settings, less the model (the grid sets it per cell)
@@ -31,13 +31,6 @@ SMALL = [*TRAIN, "sweep.bootstrap.n_resamples=200", "sweep.progress_bar=false"]
 GRID = ["sweep.models=[tiny_bert,tiny_albert]", "sweep.epsilons=[1,10]", "sweep.seeds=[42]"]
 
 
-def sweep(capsys, overrides) -> tuple[dict, str]:
-    """The final JSON line of `radpriv sweep`, and its stderr (radpriv's log lines)."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(["sweep", *overrides])
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 0, captured.err[-3000:]
-    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
 
 
 def _training_runs(client) -> list:
@@ -60,7 +53,7 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
     standalone = _training_runs(client)
     assert len(standalone) == 1
 
-    out, err = sweep(capsys, [*SMALL, *data, *GRID])
+    out, err = sweep_json(capsys, [*SMALL, *data, *GRID])
     assert (out["cells"], out["trained"], out["reused"]) == (8, 7, 1)
     assert "the run logged" not in err, [ln for ln in err.splitlines() if "the run logged" in ln]
     progress = [ln for ln in err.splitlines() if ln.startswith("radpriv: sweep: [")]
@@ -112,7 +105,7 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
     n_before = len(_training_runs(client))
     outer = client.create_run(client.get_run(parent).info.experiment_id).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", outer)
-    again, _ = sweep(capsys, [*SMALL, *data, *GRID])
+    again, _ = sweep_json(capsys, [*SMALL, *data, *GRID])
     assert (again["trained"], again["reused"], again["run_id"]) == (0, 8, outer)
     assert len(_training_runs(client)) == n_before
     # the training time of the table is the cells' own, whichever invocation trained them
@@ -128,7 +121,7 @@ def test_a_sweep_with_no_epsilon_trains_only_its_nonprivate_cell(tracking_uri, r
     csv_path, _ = reports_csv
     grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[]", "sweep.nonprivate=[full]", "sweep.seeds=[42]",
             "sweep.baselines=[tfidf_lr]"]
-    out, err = sweep(capsys, [*SMALL, "data=ct_rate_text", f"data.path={csv_path}", *grid])
+    out, err = sweep_json(capsys, [*SMALL, "data=ct_rate_text", f"data.path={csv_path}", *grid])
     assert (out["cells"], out["trained"]) == (1, 1) and "Traceback" not in err
     local = Path(mlflow.artifacts.download_artifacts(run_id=out["run_id"], dst_path=str(tmp_path / "art")))
     rows = list(csv.DictReader(io.StringIO((local / "results.csv").read_text())))
@@ -142,7 +135,7 @@ def test_a_sweep_on_patients_says_each_rows_unit(tracking_uri, capsys, tmp_path)
     write_patient_csv(path, n_patients=40, seed=1)
     grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[4]", "sweep.nonprivate=[lora]", "sweep.seeds=[42]",
             "sweep.baselines=[dp_lr]"]
-    out, err = sweep(capsys, [*SMALL, *PATIENT_CSV, f"data.path={path}", "privacy.max_reports_per_patient=4",
+    out, err = sweep_json(capsys, [*SMALL, *PATIENT_CSV, f"data.path={path}", "privacy.max_reports_per_patient=4",
                               *grid])
     assert (out["cells"], out["trained"]) == (2, 2) and "Traceback" not in err
     local = Path(mlflow.artifacts.download_artifacts(run_id=out["run_id"], dst_path=str(tmp_path / "art")))
@@ -191,9 +184,9 @@ def test_cells_are_found_whatever_the_threads_and_progress_bar_but_only_with_the
     csv_path, _ = reports_csv
     overrides = [*SMALL, "data=ct_rate_text", f"data.path={csv_path}", "sweep.models=[tiny_bert]",
                  "sweep.epsilons=[]", "sweep.nonprivate=[lora]", "sweep.seeds=[42]", "sweep.baselines=[]"]
-    first, _ = sweep(capsys, overrides)
+    first, _ = sweep_json(capsys, overrides)
     assert first["trained"] == 1
-    again, _ = sweep(capsys, [*overrides, "trainer.num_threads=2", "trainer.progress_bar=true",
+    again, _ = sweep_json(capsys, [*overrides, "trainer.num_threads=2", "trainer.progress_bar=true",
                               "trainer.log_every_n_steps=1"])
     assert (again["trained"], again["reused"]) == (0, 1)
 
@@ -204,7 +197,7 @@ def test_cells_are_found_whatever_the_threads_and_progress_bar_but_only_with_the
     base = training_overrides(overrides)
     keys = cell_keys(base, cell, _cell_cfg(base, cell, "p", "e"), load_table(cfg.data, 42))
     assert keys == [run.data.tags[RUN_KEY_TAG]]
-    other, _ = sweep(capsys, [*overrides, f"tracking.private_dir={tmp_path / 'another-secret'}"])
+    other, _ = sweep_json(capsys, [*overrides, f"tracking.private_dir={tmp_path / 'another-secret'}"])
     assert (other["trained"], other["reused"]) == (1, 0)
 
 
@@ -223,7 +216,7 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
     grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[1]", "sweep.nonprivate=[lora]", "sweep.seeds=[42]"]
     client = mlflow.MlflowClient(tracking_uri)
 
-    plan, err = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    plan, err = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
     assert (plan["finished"], plan["started"], plan["to_train"]) == (0, 0, 2)
     assert plan["estimated_left_s"] is None and plan["cells_without_estimate"] == 2
     assert "no estimate yet for 2" in err
@@ -236,7 +229,7 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
         train(cell_cfg, extra_callbacks=[_StopAtSecondEpoch()])
     (started_run,) = _training_runs(client)
 
-    plan, err = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    plan, err = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
     states = {s["cell"]: s for s in plan["states"]}
     assert states["tiny_bert-eps1-seed42"] == {"cell": "tiny_bert-eps1-seed42", "status": "started",
                                                "run_id": started_run.info.run_id, "epochs_done": 1}
@@ -245,7 +238,7 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
     assert len(_training_runs(client)) == 1
 
     # the sweep resumes the started cell, trains the other; then nothing is left
-    out, err = sweep(capsys, [*base, *grid])
+    out, err = sweep_json(capsys, [*base, *grid])
     assert out["trained"] == 2
     finished = client.get_run(started_run.info.run_id)
     assert finished.data.tags["radpriv.complete"] == "true"
@@ -255,7 +248,7 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
     assert finished.data.tags["radpriv.sweep.cell"] == "tiny_bert-eps1-seed42"
     assert "keeps its first start's" in err and "tracking.parent_run_id" in err
     n_runs = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
-    plan, err = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    plan, err = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
     assert (plan["finished"], plan["to_train"], plan["estimated_left_s"]) == (2, 0, 0)
     assert "nothing left to train" in err
     # each finished cell logged its training's peak memory; the plan gives the worst per kind
@@ -268,7 +261,7 @@ def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tra
 
     # a second seed: each of its cells costs what the finished cell of its kind took, all its
     # invocations counted (the eps1 cell's first, stopped after epoch 1, is in its checkpoint)
-    wider, err = sweep(capsys, [*base, *grid[:-1], "sweep.seeds=[42,43]", "sweep.plan_only=true"])
+    wider, err = sweep_json(capsys, [*base, *grid[:-1], "sweep.seeds=[42,43]", "sweep.plan_only=true"])
     took = {s["cell"]: client.get_run(s["run_id"]).data.metrics for s in wider["states"] if s["status"] == "finished"}
     assert took["tiny_bert-eps1-seed42"]["time/earlier_invocations_s"] > 0
     assert took["tiny_bert-lora-seed42"]["time/earlier_invocations_s"] == 0
@@ -570,11 +563,11 @@ def test_a_public_start_sweep_has_cold_warm_and_public_alone_rows(tracking_uri, 
             f"finetune.public.data={{name:ct_rate_text,path:{csv_path}}}", "finetune.public.max_epochs=1"]
     grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[1]", "sweep.seeds=[42]", "sweep.nonprivate=[]",
             "sweep.baselines=[]", "sweep.init_from=public"]
-    plan, _ = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    plan, _ = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
     assert [s["cell"] for s in plan["states"]] == ["tiny_bert-eps1-seed42", "tiny_bert-eps1-public-seed42"]
     assert plan["to_train"] == 2
 
-    out, err = sweep(capsys, [*base, *grid])
+    out, err = sweep_json(capsys, [*base, *grid])
     assert (out["cells"], out["trained"]) == (2, 2) and "the run logged" not in err
     local = Path(mlflow.artifacts.download_artifacts(run_id=out["run_id"], dst_path=str(tmp_path / "art")))
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO((local / "results.csv").read_text()))}
@@ -593,5 +586,5 @@ def test_a_public_start_sweep_has_cold_warm_and_public_alone_rows(tracking_uri, 
     assert rows["dp_lora"]["run_ids"] not in (warm_id, rows["public"]["run_ids"])
 
     # both cells are found again (the warm one under the key of its public validation split)
-    again, _ = sweep(capsys, [*base, *grid, "sweep.plan_only=true"])
+    again, _ = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
     assert (again["finished"], again["to_train"]) == (2, 0)

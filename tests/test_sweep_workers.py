@@ -22,6 +22,7 @@ from radpriv.cli import main
 from radpriv.errors import ConfigError
 from radpriv.sweep import claims
 from radpriv.sweep.claims import CLAIMED, DONE, ClaimStore
+from tests.helpers.cli import sweep_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny encoders, one epoch, one thread each, no bars: a cell trains in seconds
@@ -174,12 +175,6 @@ def test_a_bad_claims_setting_is_one_line_before_anything_runs(tracking_uri, cap
 # --------------------------------------------------------------------------------------------
 
 
-def sweep(capsys, overrides) -> tuple[dict, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["sweep", *overrides])
-    captured = capsys.readouterr()
-    assert exit_info.value.code == 0, captured.err[-3000:]
-    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
 
 
 def only_key(overrides: list[str]) -> str:
@@ -219,13 +214,13 @@ def test_a_worker_waits_for_a_cell_another_holds_and_releases_its_claim_when_it_
     # another (live) worker holds the cell; it gives up after a while: this one trains it
     other = ClaimStore(tracking_uri, ttl_s=60, heartbeat_s=0.2, worker="other-host-7-abc").start()
     assert other.claim(key).won
-    plan, err = sweep(capsys, [*overrides, "sweep.plan_only=true"])
+    plan, err = sweep_json(capsys, [*overrides, "sweep.plan_only=true"])
     assert plan["states"][0]["claimed_by"] == "other-host-7-abc"
     assert "to train; claimed by other-host-7-abc, heartbeat 0 s ago" in err
     releaser = threading.Timer(2.0, other.release, args=(key,))
     releaser.start()
     try:
-        out, err = sweep(capsys, overrides)
+        out, err = sweep_json(capsys, overrides)
     finally:
         releaser.join()
         other.close()
@@ -262,13 +257,13 @@ def test_a_dead_workers_claim_expires_and_the_next_worker_resumes_its_cell(track
     (started,) = training_runs(tracking_uri)
     age_claim(tracking_uri, key, 600)
 
-    plan, err = sweep(capsys, [*overrides, "sweep.plan_only=true"])
+    plan, err = sweep_json(capsys, [*overrides, "sweep.plan_only=true"])
     assert "1 of 2 epochs in its checkpoint" in err
     assert re.search(r"; claimed by gone-host-1-dead, heartbeat 6\d\d s ago — expired: the next worker takes it "
                      r"over\)", err)
     assert plan["states"][0]["claimed_by"] == "gone-host-1-dead"
 
-    out, err = sweep(capsys, [*overrides, "sweep.claims.ttl_s=60", "sweep.claims.heartbeat_s=1"])
+    out, err = sweep_json(capsys, [*overrides, "sweep.claims.ttl_s=60", "sweep.claims.heartbeat_s=1"])
     assert out["trained"] == 1
     assert "taken over from gone-host-1-dead, whose heartbeat stopped 6" in err
     (finished,) = training_runs(tracking_uri)  # no new run: the dead worker's, resumed

@@ -1,12 +1,15 @@
 """CLI helpers for the end-to-end tests: the tiny training overrides, the final JSON line of
-`radpriv train`, stderr less progress lines, and every file's text under a folder."""
+`radpriv train` and `radpriv sweep`, stderr less progress lines, and every file's text under a
+folder."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from radpriv.cli import run
+import pytest
+
+from radpriv.cli import main, run
 
 
 def train_json(capsys, overrides) -> tuple[dict, str]:
@@ -14,6 +17,15 @@ def train_json(capsys, overrides) -> tuple[dict, str]:
     assert run(["train", *overrides]) == 0
     captured = capsys.readouterr()
     return json.loads(captured.out.strip().splitlines()[-1]), captured.out + captured.err
+
+
+def sweep_json(capsys, overrides) -> tuple[dict, str]:
+    """The final JSON line of `radpriv sweep`, and its stderr (radpriv's log lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", *overrides])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err[-3000:]
+    return json.loads(captured.out.strip().splitlines()[-1]), captured.err
 
 
 def error_lines(stderr: str) -> list[str]:
