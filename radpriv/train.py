@@ -19,11 +19,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from radpriv import process_memory
+from radpriv.config import resolve_auto_thresholds
 from radpriv.data.datamodule import ReportDataModule
 from radpriv.data.patients import Unit, privacy_unit
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
-from radpriv.config import resolve_auto_thresholds
 from radpriv.errors import ConfigError
 from radpriv.model import precision, prefix_cache
 from radpriv.model.classifier import build_classifier
@@ -37,8 +37,15 @@ from radpriv.privacy import accounting, distributed, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
 from radpriv.privacy.step_journal import StepJournal
 from radpriv.tracking.release import private_folder, train_digest
-from radpriv.tracking.resume import (CHECKPOINT, COMPLETE_TAG, RUN_KEY_TAG, EpochEndCheckpoint,
-                                     TrainingClock, find_resume_point_of, run_keys)
+from radpriv.tracking.resume import (
+    CHECKPOINT,
+    COMPLETE_TAG,
+    RUN_KEY_TAG,
+    EpochEndCheckpoint,
+    TrainingClock,
+    find_resume_point_of,
+    run_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +176,7 @@ def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):
     if not from_public and thresholds != "public":
         return table, None, None
     from radpriv.data.overlap import check_no_overlap
-    from radpriv.model.public_start import (find_or_train_public_model, load_public_corpus,
-                                            with_public_validation)
+    from radpriv.model.public_start import find_or_train_public_model, load_public_corpus, with_public_validation
 
     corpus = load_public_corpus(cfg, table)
     check = check_no_overlap(table, corpus.table, same_dataset=corpus.same_dataset)

@@ -27,7 +27,6 @@ from radpriv.errors import ConfigError
 from tests.helpers.cli import TINY, all_files_text
 from tests.synthetic import CT_PATIENT_CSV, synthetic_table, write_ct_patient_csv
 
-
 # ---- the bound (Steinke, Nasr & Jagielski 2023) -------------------------------------------------
 
 def test_all_correct_guesses_worked_example():

@@ -67,7 +67,7 @@ class LogicalBatch:
     chunks: list[dict[str, torch.Tensor]] = field(default_factory=list)
     size: int = 0
 
-    def pin_memory(self) -> "LogicalBatch":
+    def pin_memory(self) -> LogicalBatch:
         """Page-locked copies (DataLoader(pin_memory=True) calls this): faster copies to a GPU."""
         return LogicalBatch([{k: v.pin_memory() for k, v in c.items()} for c in self.chunks], self.size)
 

@@ -18,7 +18,7 @@ from radpriv.errors import DataError
 
 
 def _rank_key(seed: int, patient: str) -> tuple[bytes, str]:
-    return hashlib.sha256(f"{int(seed)}\x1f{patient}".encode("utf-8")).digest(), patient
+    return hashlib.sha256(f"{int(seed)}\x1f{patient}".encode()).digest(), patient
 
 
 def _count(fraction: float, n: int) -> int:

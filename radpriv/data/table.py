@@ -55,7 +55,7 @@ class ReportTable:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def subset(self, split: str) -> "ReportTable":
+    def subset(self, split: str) -> ReportTable:
         """The rows of one split, as a table of their own."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")

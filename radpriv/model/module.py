@@ -37,7 +37,7 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class PlainStep:
     """Non-private step: mean loss over the logical batch, one optimiser update."""
 
-    def __call__(self, module: "ReportClassifierModule", optimizer, batch) -> float:
+    def __call__(self, module: ReportClassifierModule, optimizer, batch) -> float:
         total = 0.0
         for chunk in batch.chunks:
             losses = module.chunk_losses(chunk)

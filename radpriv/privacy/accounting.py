@@ -80,9 +80,9 @@ import functools
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant

@@ -22,11 +22,11 @@ import math
 from dataclasses import asdict, dataclass
 
 import lightning as L
-from radpriv.privacy.fp32_grad_sample import Fp32GradSampleHooks
 
 from radpriv.errors import PrivacyError
 from radpriv.privacy.accounting import PrivacyAccountant
 from radpriv.privacy.dp_step import DPStep, NoisyDPOptimizer
+from radpriv.privacy.fp32_grad_sample import Fp32GradSampleHooks
 from radpriv.privacy.randomness import PrivateRandomness
 from radpriv.privacy.step_journal import StepJournal
 

@@ -251,7 +251,8 @@ class ClaimStore:
         self._finish(key, delete=True)
 
     def _finish(self, key: str, delete: bool) -> None:
-        from sqlalchemy import delete as sql_delete, update
+        from sqlalchemy import delete as sql_delete
+        from sqlalchemy import update
 
         t = self.table.c
         with self._lock:

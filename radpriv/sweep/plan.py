@@ -17,12 +17,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from radpriv.process_memory import PEAK_RESIDENT_METRIC, machine_memory_bytes
 from radpriv.sweep.claims import Claim
 from radpriv.sweep.grid import Cell
-from radpriv.process_memory import PEAK_RESIDENT_METRIC, machine_memory_bytes
 from radpriv.sweep.run import hms, run_train_seconds
-from radpriv.tracking.resume import find_finished
-from radpriv.tracking.resume import find_resume_point_of
+from radpriv.tracking.resume import find_finished, find_resume_point_of
 
 log = logging.getLogger(__name__)
 

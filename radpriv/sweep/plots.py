@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 NEURAL = ("dp_lora", "dp_lora_public", "public", "lora", "full")  # rows of one model (not the baselines)
 
 

@@ -24,9 +24,7 @@ def logged_model_predictions(run_id: str, tracking_uri: str, test: ReportTable, 
     are matched to the test split's by name, and a test label it lacks is never predicted
     (threshold +inf), which is all a model that never saw that label can do."""
     from radpriv.evaluate import download_bundle
-    from radpriv.model.bundle import load_bundle, predict_proba
-
-    from radpriv.model.bundle import load_meta
+    from radpriv.model.bundle import load_bundle, load_meta, predict_proba
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = download_bundle(run_id, tracking_uri, Path(tmp))

@@ -38,8 +38,16 @@ from radpriv.errors import ConfigError
 from radpriv.model.encoder import available_models
 from radpriv.process_memory import PEAK_RESIDENT_METRIC, resident_bytes, return_freed_memory
 from radpriv.sweep import baselines, claims, report, stats
-from radpriv.sweep.grid import (DP_KIND, PUBLIC_KIND, WARM_KIND, Cell, build_grid, cell_overrides, check_epsilons,
-                                training_overrides)
+from radpriv.sweep.grid import (
+    DP_KIND,
+    PUBLIC_KIND,
+    WARM_KIND,
+    Cell,
+    build_grid,
+    cell_overrides,
+    check_epsilons,
+    training_overrides,
+)
 from radpriv.sweep.predictions import binarize, logged_model_predictions
 from radpriv.tracking.mlflow_run import without_env
 from radpriv.tracking.resume import find_finished
@@ -466,8 +474,8 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    from radpriv.train import configure_threads
     from radpriv.tracking.mlflow_run import flatten, tracking_uri
+    from radpriv.train import configure_threads
 
     t0 = time.perf_counter()
     _check_settings(cfg)
