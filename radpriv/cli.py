@@ -1,8 +1,10 @@
-"""`radpriv <command> [hydra overrides]`.
+"""`radpriv <command> [key=value ...]`: the command-line entry point.
 
-Commands: train, evaluate. Mistakes in the user's input (RadprivError) print one line on
-stderr and exit with status 2; the last stdout line of a successful train/evaluate is one
-JSON object with the run id and the metrics.
+Commands (`COMMANDS` below, described in `USAGE`): train, evaluate, data check, tune, audit,
+sweep, predict, label and pate. Mistakes in the user's input (RadprivError) print one line on
+stderr and exit with status 2, so scripts and `mlflow run` fail clearly. A command that
+returns a summary prints it as one JSON object on its last stdout line (for scripts); one that
+prints its own output (`data check`) returns its exit status.
 """
 
 from __future__ import annotations
