@@ -156,21 +156,25 @@ def group_privacy(run: dict, ks=(1, 2, 3, 6)) -> list[dict]:
         accountant = PLDAccountant(NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=1e-3)
         accountant.compose(event, steps)
         out.append({"k": k, "add_remove_patient_epsilon": float(accountant.get_epsilon(delta)),
-                    "replace_one_group_epsilon": k * eps, "replace_one_group_delta": k * math.exp((k - 1) * eps) * delta})
+                    "replace_one_group_epsilon": k * eps,
+                    "replace_one_group_delta": k * math.exp((k - 1) * eps) * delta})
     return out
 
 
 def markdown(result: dict) -> str:
     lines = [f"ε = {result['epsilon']} (replace-one), {result['patients']} fabricated patients per layout, "
              f"overrides {' '.join(result['overrides']) or '(none)'}", "",
-             "| layout | unit | N (units) | reports | b | q | steps | σ | test F1 w | macro | AUROC | ε add/remove | fit s | wall s |",
+             "| layout | unit | N (units) | reports | b | q | steps | σ | test F1 w | macro | AUROC "
+             "| ε add/remove | fit s | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
-        lines.append(f"| {r['layout']} | {r['unit']} | {r['n_units']} | {r['n_reports']} | {r['expected_batch_size']} | {r['sample_rate']:.4f} | "
+        lines.append(f"| {r['layout']} | {r['unit']} | {r['n_units']} | {r['n_reports']} | "
+                     f"{r['expected_batch_size']} | {r['sample_rate']:.4f} | "
                      f"{r['steps']} | {r['noise_multiplier']:.3f} | {r['f1_weighted']:.3f} | {r['f1_macro']:.3f} | "
                      f"{r['auroc_macro']:.3f} | {r['epsilon_add_remove']:.3f} | {r['fit_s']:.0f} | {r['wall_s']:.0f} |")
     lines += ["", "A patient with k training reports under the report-unit run:", "",
-              "| layout | k | add/remove of the patient: ε (tight, PLD) | replace-one group bound: ε at δ_k |", "|---|---|---|---|"]
+              "| layout | k | add/remove of the patient: ε (tight, PLD) "
+              "| replace-one group bound: ε at δ_k |", "|---|---|---|---|"]
     for layout, rows in result["group_privacy"].items():
         for g in rows:
             bound = (f"{g['replace_one_group_epsilon']:.3f} at {g['replace_one_group_delta']:.2g}"

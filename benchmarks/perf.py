@@ -105,7 +105,8 @@ def measure(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
         trainer = L.Trainer(max_steps=steps + 1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False,
                             num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",
-                            precision=cfg.trainer.precision, callbacks=[*([DPCallback(plan)] if plan is not None else []), timer])
+                            precision=cfg.trainer.precision,
+                            callbacks=[*([DPCallback(plan)] if plan is not None else []), timer])
         trainer.fit(module, datamodule=dm)
         seconds, reports = timer.seconds, timer.reports
     return {"name": name, "overrides": overrides, "loop": loop, "steps": steps,
@@ -301,7 +302,8 @@ def markdown(result: dict) -> str:
         p = result["pyfunc"]
         for precision, q in p["by_precision"].items():
             lines += ["", f"pyfunc inference, {precision}: {q['reports_per_s']:.1f} reports/s over {p['reports']} "
-                          f"reports; load {q['load_s']:.1f} s; first call (8 reports) {q['first_call_8_reports_s']:.2f} s"]
+                          f"reports; load {q['load_s']:.1f} s; "
+                          f"first call (8 reports) {q['first_call_8_reports_s']:.2f} s"]
         lines += ["", f"predict throughput bf16 / fp32: {p['bf16_over_fp32_throughput']:.2f} (target ≥ 1.4)"]
     if "e2e" in result:
         e = result["e2e"]
@@ -341,7 +343,7 @@ def main() -> None:
     names = args.only or list(CONFIGS)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     jobs = [(rep, n) for rep in range(args.reps) for n in (names if rep % 2 == 0 else names[::-1])]
-    for rep, name in tqdm(jobs, desc="configurations"):
+    for _rep, name in tqdm(jobs, desc="configurations"):
         runs[name].append(_run_child(name, args.steps, args.set))
     configs = {n: {"reports_per_s": statistics.median(r["reports_per_s"] for r in rs),
                    "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "runs": len(rs),

@@ -67,7 +67,8 @@ def main() -> None:
     ratio = one["wall_s"] / many["wall_s"]
     md = (f"# Sweep workers ({time.strftime('%Y-%m-%d %H:%M')}, {cores} CPU cores)\n\n"
           f"Command: `python benchmarks/sweep_workers.py {' '.join(sys.argv[1:])}`; grid: `{' '.join(overrides)}`\n\n"
-          "| workers × threads | wall (s) | training runs | distinct cells | trained per worker |\n|---|---|---|---|---|\n"
+          "| workers × threads | wall (s) | training runs | distinct cells | trained per worker |\n"
+          "|---|---|---|---|---|\n"
           + "".join(f"| {r['workers']} × {r['threads']} | {r['wall_s']:.0f} | {r['training_runs']} | "
                     f"{r['distinct_cells']} | {r['trained_per_worker']} |\n" for r in results)
           + f"\nSpeed-up of {many['workers']} workers: {ratio:.2f}×\n")

@@ -138,11 +138,11 @@ def main() -> None:
                                             private, *common))
     for sigma in args.sigmas:
         pate_out = out / f"pate_sigma{sigma:g}.csv"
-        step(f"pate_sigma{sigma:g}", lambda: radpriv(
+        step(f"pate_sigma{sigma:g}", lambda sigma=sigma, pate_out=pate_out: radpriv(
             "pate", "data=ct_rate_text", "data.train_shard=0/2", f"pate.k={args.k}", f"pate.sigma={sigma}",
             f"pate.input={unlabelled}", f"pate.output={pate_out}", "pate.progress_bar=false",
             *common))
-        step(f"student_pate_sigma{sigma:g}", lambda: student(
+        step(f"student_pate_sigma{sigma:g}", lambda pate_out=pate_out: student(
             *csv_args, f"data.path={student_csv(pate_out, evaluation, names)}", private, *common))
     step("student_expert", lambda: student("data=ct_rate_text", "data.train_shard=0/2", private, *common))
     step("student_oracle", lambda: student("data=ct_rate_text", "data.train_shard=1/2", private, *common))

@@ -52,7 +52,8 @@ commands:
              radpriv pate data=ct_rate_text pate.k=5 pate.sigma=20 pate.input=u.csv pate.output=l.csv
 
 overrides use Hydra syntax over the config tree in radpriv/conf (conf/ at the repo root):
-  data=openi|ct_rate_text|ct_rate|mimic_cxr|csv  model=minilm|bert_small|bert_medium|albert_base|tiny_bert|tiny_albert|custom
+  data=openi|ct_rate_text|ct_rate|mimic_cxr|csv
+  model=minilm|bert_small|bert_medium|albert_base|tiny_bert|tiny_albert|custom
   finetune=lora|full  privacy.epsilon=<float|null>  privacy.delta=<float>  seed=<int>
 """
 

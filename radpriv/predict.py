@@ -84,7 +84,9 @@ def parse_args(args: Sequence[str]) -> PredictOptions:
             raise ConfigError(f"{key}={values[key]!r}: expected a whole number ≥ 1")
         return n
 
-    split = (lambda v: [x.strip() for x in v.split(",") if x.strip()])
+    def split(v: str) -> list[str]:
+        return [x.strip() for x in v.split(",") if x.strip()]
+
     progress = values.get("progress_bar", "true").lower()
     if progress not in ("true", "false", "1", "0"):
         raise ConfigError(f"progress_bar={values['progress_bar']!r}: expected true or false")

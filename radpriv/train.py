@@ -236,7 +236,8 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         table = load_table(cfg.data, seed)
     thresholds = resolve_thresholds(cfg)
     table, public, public_ref = use_public_corpus(cfg, table, thresholds)
-    L.seed_everything(seed, workers=True, verbose=False)  # the same start whether or not the public model was trained now
+    # the same start whether or not the public model was trained now
+    L.seed_everything(seed, workers=True, verbose=False)
     spec = resolve_spec(cfg.model.source)
     encoder, tokenizer = load_encoder(spec, seed=seed)
     if int(cfg.privacy.expected_batch_size) < 1 or int(cfg.privacy.max_physical_batch_size) < 1:

@@ -53,7 +53,8 @@ def test_section_parsing_and_fallbacks():
     assert [n for n, _ in sections] == ["examination", "indication", "findings", "impression", "notification"]
     assert extract_sections(raw, ("findings", "impression"), "last_paragraph") == (
         "Invented lungs look clear. Nothing made up.", False)
-    assert extract_sections(raw, ("impression", "findings"), "exclude")[0] == "Nothing made up. Invented lungs look clear."
+    assert extract_sections(raw, ("impression", "findings"), "exclude")[0] == (
+        "Nothing made up. Invented lungs look clear.")
     assert extract_sections(raw, ("indication",), "exclude")[0] == "___F, fake cough: eval at 8:14"
     # no headers: last paragraph / whole / exclude
     plain = "Made up first part.\nstill first.\n \nInvented last part.\n"

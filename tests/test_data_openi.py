@@ -48,7 +48,8 @@ def test_mapping_table_covers_exactly_the_schema():
 
 
 def test_chexpert_from_mesh_rules():
-    row = dict(zip(CHEXPERT14, chexpert_from_mesh("Cardiomegaly/borderline;pulmonary atelectasis/base ;Thickening/pleura/apex")))
+    mesh = "Cardiomegaly/borderline;pulmonary atelectasis/base ;Thickening/pleura/apex"
+    row = dict(zip(CHEXPERT14, chexpert_from_mesh(mesh)))
     assert row["Cardiomegaly"] == row["Atelectasis"] == row["Lung Opacity"] == row["Pleural Other"] == 1
     assert sum(row.values()) == 4
     # Thickening without a pleura qualifier, and qualifiers that merely contain a label term, do not count.

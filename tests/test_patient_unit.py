@@ -174,7 +174,8 @@ def test_patient_unit_noise_has_std_sigma_c_over_b(patient_csv, lightning_shims)
     sigma, clip, b = 2.0, 1e-2, 3
     rows = [int(i) for p in range(4) for i in index.members[p]]
     collate = LogicalBatchCollator(0, 8, patient_of=index.patient_of)
-    d = torch.stack([_dp_step(lightning_shims, net, collate([(i, ids[i], table.labels[i]) for i in rows]), sigma, clip, b)
+    d = torch.stack([_dp_step(lightning_shims, net, collate([(i, ids[i], table.labels[i]) for i in rows]),
+                              sigma, clip, b)
                      for _ in range(15)])
     assert abs(float(d.std()) / (sigma * clip / b) - 1) < 0.05
 

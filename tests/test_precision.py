@@ -256,7 +256,8 @@ def test_predict_in_bf16_is_close_to_fp32(tmp_path, monkeypatch):
 def test_trainer_gpu_preset_and_a_clear_error_without_a_gpu():
     cfg = compose(["trainer=gpu"])
     assert cfg.trainer.accelerator == "gpu" and cfg.privacy.max_physical_batch_size == 256
-    assert cfg.trainer.eval_batch_size == 256 and cfg.privacy.expected_batch_size == compose([]).privacy.expected_batch_size
+    assert cfg.trainer.eval_batch_size == 256
+    assert cfg.privacy.expected_batch_size == compose([]).privacy.expected_batch_size
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
             precision.of_trainer(cfg.trainer)

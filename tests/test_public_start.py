@@ -274,7 +274,8 @@ def test_labels_map_by_name_and_the_others_start_fresh(tracking_uri, reports_csv
     source = load_bundle(fetch_bundle(warm.source, tracking_uri, tmp_path / "src"))
     for j, name in enumerate(labels):
         if name in source.label_names:
-            torch.testing.assert_close(module.net.head.weight[j], source.net.head.weight[source.label_names.index(name)])
+            torch.testing.assert_close(module.net.head.weight[j],
+                                       source.net.head.weight[source.label_names.index(name)])
 
 
 def test_warm_start_settings_do_not_change_a_cold_runs_key(tmp_path):

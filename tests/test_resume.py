@@ -33,7 +33,8 @@ state = {"updates": 0}
 def probed_add_noise(self):
     add_noise(self)
     p = self.params[0]
-    self._probe_digest = hashlib.sha256((p.grad.detach() - p.summed_grad.detach().view_as(p)).numpy().tobytes()).hexdigest()
+    noise = p.grad.detach() - p.summed_grad.detach().view_as(p)
+    self._probe_digest = hashlib.sha256(noise.numpy().tobytes()).hexdigest()
 
 def probed_step(self, *args, **kwargs):
     out = step(self, *args, **kwargs)
@@ -126,7 +127,8 @@ def test_the_same_dp_command_twice_gives_different_weights_and_non_private_ident
                     f"data.path={csv_path}", "seed=0", "tracking.checkpoint_dir=null"]) == 0
         run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
         local = Path(client.download_artifacts(run_id, "adapter", str(tmp_path / run_id)))
-        weights = load_file(str(local / "adapter_model.safetensors")) | load_file(str(local / "classifier_head.safetensors"))
+        weights = (load_file(str(local / "adapter_model.safetensors"))
+                   | load_file(str(local / "classifier_head.safetensors")))
         return b"".join(weights[k].to(torch.float32).numpy().tobytes() for k in sorted(weights))
 
     assert adapter_bytes("1") != adapter_bytes("1")

@@ -85,7 +85,8 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
         for eps in ("1", "10"):
             row = by[("dp_lora", model, eps)]
             assert 0 <= float(row["p_vs_lora"]) <= float(row["p_holm"]) <= 1
-            assert float(row["f1_weighted_ci_low"]) <= float(row["f1_weighted_mean"]) <= float(row["f1_weighted_ci_high"])
+            assert (float(row["f1_weighted_ci_low"]) <= float(row["f1_weighted_mean"])
+                    <= float(row["f1_weighted_ci_high"]))
             assert 0.99 * float(eps) <= float(row["epsilon_spent"]) <= float(eps)
             # one seed: the table's mean is the run's own logged test F1, recomputed from its model
             run = client.get_run(row["run_ids"])
@@ -329,7 +330,8 @@ def test_f1_matches_radpriv_metrics_including_unknown_labels():
     # a hand-checked case: label 0 has tp=1, fp=1, fn=1 → 0.5; label 1 nothing; label 2 masked
     p, t = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 1]]), np.array([[1, 0, 0], [1, 0, 0], [0, 0, -1]])
     got = stats.f1_scores(p, t)
-    assert (float(got["f1_weighted"]), float(got["f1_micro"]), float(got["f1_macro"])) == pytest.approx((0.5, 0.5, 0.5 / 3))
+    assert (float(got["f1_weighted"]), float(got["f1_micro"]), float(got["f1_macro"])) == pytest.approx(
+        (0.5, 0.5, 0.5 / 3))
 
 
 def test_bootstrap_ci_and_paired_test_agree_with_a_direct_computation():
@@ -356,7 +358,8 @@ def test_bootstrap_ci_and_paired_test_agree_with_a_direct_computation():
     test = stats.paired_test(boot, a, b)
     assert test["diff"] == pytest.approx(d, abs=1e-6)
     assert test["p"] == pytest.approx(p_direct)
-    assert (test["diff_ci_low"], test["diff_ci_high"]) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), abs=1e-6)
+    assert (test["diff_ci_low"], test["diff_ci_high"]) == pytest.approx(
+        tuple(np.quantile(reps, [0.025, 0.975])), abs=1e-6)
     assert d > 0.1 and test["p"] < 0.05  # 85% vs 60% correct entries: a real difference
     same = stats.paired_test(boot, a, a)
     assert same["diff"] == 0 and same["p"] == 1.0
@@ -573,7 +576,8 @@ def test_a_public_start_sweep_has_cold_warm_and_public_alone_rows(tracking_uri, 
     rows = {r["method"]: r for r in csv.DictReader(io.StringIO((local / "results.csv").read_text()))}
     assert set(rows) == {"dp_lora", "dp_lora_public", "public"}
     assert rows["dp_lora_public"]["epsilon"] == "1" and rows["dp_lora_public"]["privacy.unit"] == "report"
-    assert (rows["public"]["epsilon"], rows["public"]["epsilon_spent"], rows["public"]["privacy.unit"]) == ("0", "0", "—")
+    assert (rows["public"]["epsilon"], rows["public"]["epsilon_spent"], rows["public"]["privacy.unit"]) == (
+        "0", "0", "—")
     md = (local / "results.md").read_text()
     assert "| DP-LoRA (public start) | tiny_bert | 1 |" in md
     assert "| public model alone (no private data) | tiny_bert | 0 |" in md

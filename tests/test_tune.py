@@ -409,7 +409,8 @@ def test_composed_search_end_to_end_then_resumed(tracking_uri, reports_csv, caps
     assert study.trials[0].user_attrs.get("radpriv.recipe") is True
     assert not study.trials[2].user_attrs.get("radpriv.recipe") and study.trials[2].params != study.trials[0].params
     by_key = {c.key: c.mechanism for c in live}
-    for key, claimed in [("trial0", ledger.claim_key("trial", 0)), ("final", ledger.claim_key("retrain", out["run_id"]))]:
+    for key, claimed in [("trial0", ledger.claim_key("trial", 0)),
+                         ("final", ledger.claim_key("retrain", out["run_id"]))]:
         m = runs[key].data.metrics
         assert (m["privacy/noise_multiplier"], m["privacy/sample_rate"], m["privacy/steps"]) == \
             pytest.approx(by_key[claimed].as_list())

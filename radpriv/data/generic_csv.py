@@ -75,7 +75,8 @@ def _path(value: object) -> Path:
     if value is None or str(value).strip() == "":
         dd = data_dir()
         shown = dd if dd is not None else "not set"
-        raise DataError(f"no CSV given for data=csv: {hint} (RADPRIV_DATA_DIR is {shown}; data=csv never guesses a file)")
+        raise DataError(f"no CSV given for data=csv: {hint} (RADPRIV_DATA_DIR is {shown}; "
+                        "data=csv never guesses a file)")
     return require_file(str(value), "reports CSV", f"check the path or {hint}")
 
 
@@ -101,7 +102,8 @@ def load_generic_csv(cfg: Mapping, seed: int) -> ReportTable:
     path = _path(cfg.get("path"))
     overlap = set(label_columns) & set(text_columns)
     if overlap:
-        raise DataError(f"data.label_columns and data.text_columns share {sorted(overlap)}; a column is text or a label")
+        raise DataError(f"data.label_columns and data.text_columns share {sorted(overlap)}; "
+                        "a column is text or a label")
 
     if teacher:  # the teacher's label schema must be the student's (radpriv/teacher/provenance.py)
         from radpriv.teacher.provenance import check_against_data
@@ -163,7 +165,8 @@ def load_generic_csv(cfg: Mapping, seed: int) -> ReportTable:
                            "reports are correlated across splits", mixed, split_column)
     else:
         split = list(split_by_patient(patients, seed, val_fraction=val_fraction, test_fraction=test_fraction))
-        how = f"split seeded by {'patient' if patient_column else 'report'} (val {val_fraction:g}, test {test_fraction:g})"
+        how = (f"split seeded by {'patient' if patient_column else 'report'} "
+               f"(val {val_fraction:g}, test {test_fraction:g})")
 
     out = ReportTable(
         name="csv",

@@ -296,7 +296,8 @@ def _text_fields(cfg: Mapping, kind: str) -> list[str]:
     if kind != "csv":
         unknown = [f for f in fields if f not in XML_TEXT_FIELDS]
         if unknown:
-            raise DataError(f"data.text_fields: {unknown} are not Open-i XML sections; use some of {list(XML_TEXT_FIELDS)}")
+            raise DataError(f"data.text_fields: {unknown} are not Open-i XML sections; "
+                            f"use some of {list(XML_TEXT_FIELDS)}")
     return fields
 
 
@@ -360,12 +361,14 @@ def load_openi(cfg: Mapping, seed: int) -> ReportTable:
         rows = [gold[r.id] for r, _ in kept]
         label_names = NEGBIO14
     if not kept:
-        raise DataError(f"{path}: no usable reports left after exclusions {dict(excluded)}; check data.text_fields and the labels")
+        raise DataError(f"{path}: no usable reports left after exclusions {dict(excluded)}; "
+                        "check data.text_fields and the labels")
 
     ids = tuple(r.id for r, _ in kept)
     test_path, explicit = _beside(cfg.get("test_ids_path"), folder, TEST_IDS_NAME)
     if explicit or test_path.is_file():
-        test_path = require_file(test_path, "test-id list", "put one CXR<uid> per line there or set data.test_ids_path=null")
+        test_path = require_file(test_path, "test-id list",
+                                 "put one CXR<uid> per line there or set data.test_ids_path=null")
         test_ids = _read_test_ids(test_path)
         n_in = sum(1 for i in ids if i in test_ids)
         logger.info("openi: test split = %s: %d of its %d ids are among the %d kept reports",

@@ -62,7 +62,8 @@ def frozen_prefix_layers(encoder: nn.Module, finetune: Mapping) -> int:
     base = base_encoder(encoder)
     trainable = [n for n, p in base.named_parameters() if p.requires_grad]
     if not supports_prefix(encoder):
-        if trainable and peft_config(encoder) is not None and getattr(peft_config(encoder), "layers_to_transform", None):
+        if (trainable and peft_config(encoder) is not None
+                and getattr(peft_config(encoder), "layers_to_transform", None)):
             log.info("frozen-prefix cache: not available for %s; every step runs the whole encoder",
                      type(base).__name__)
         return 0

@@ -128,7 +128,8 @@ def _load_lora(net: ReportClassifier, adapter_dir: Path, ref: str) -> None:
     saved = load_file(str(files[0]))
     expected = get_peft_model_state_dict(net.encoder)
     if set(saved) != set(expected) or any(saved[k].shape != expected[k].shape for k in saved):
-        cfg = (adapter_dir / "adapter_config.json").read_text() if (adapter_dir / "adapter_config.json").is_file() else ""
+        config_file = adapter_dir / "adapter_config.json"
+        cfg = config_file.read_text() if config_file.is_file() else ""
         hint = re.findall(r'"(r|target_modules|layers_to_transform)": ([^,\n]+(?:\][^,\n]*)?)', cfg)
         raise ConfigError(f"finetune.init_from={ref}: its LoRA adapter ({', '.join(f'{k}={v}' for k, v in hint)}) "
                           "does not match this run's finetune.r / target_modules / layers_to_transform; "

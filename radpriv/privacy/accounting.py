@@ -37,11 +37,13 @@ Accountants, and why every number here is an upper bound
   orders :data:`RDP_ORDERS` (Opacus' defaults stop at 63, too low for ε ≲ 0.1, where the best
   order is several hundred). Looser than PRV, but simple and also an upper bound.
 
-:func:`radpriv.privacy.independent_check.independent_epsilons` recomputes ε with Google's ``dp_accounting`` (a separate code base):
-its PLD accountant with *pessimistic* rounding (the library default, kept: every rounding is
-towards more privacy loss, so its ε is an upper bound up to its discretisation) and its RDP
-accountant on the same orders. Its :func:`~radpriv.privacy.independent_check.cross_check` compares the reported ε with the same-family
-value (PRV ↔ PLD, RDP ↔ RDP) and refuses both under-reporting and unexplained disagreement.
+:func:`radpriv.privacy.independent_check.independent_epsilons` recomputes ε with Google's
+``dp_accounting`` (a separate code base): its PLD accountant with *pessimistic* rounding (the
+library default, kept: every rounding is towards more privacy loss, so its ε is an upper bound
+up to its discretisation) and its RDP accountant on the same orders. Its
+:func:`~radpriv.privacy.independent_check.cross_check` compares the reported ε with the
+same-family value (PRV ↔ PLD, RDP ↔ RDP) and refuses both under-reporting and unexplained
+disagreement.
 
 Numerical choices, measured on 2 shared CPU cores (Open-i-like run: N = 2,700, q = 64/2,700,
 344 steps, δ = 1/N^1.1 ≈ 1.7e-4, unless stated)
@@ -82,7 +84,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -130,7 +132,7 @@ RDP_ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS) + (
 )
 
 History = tuple[tuple[float, float, int], ...]
-Spend = Union[Sequence[Sequence[float]], Sequence[float]]
+Spend = Sequence[Sequence[float]] | Sequence[float]
 
 _NON_PRIVATE_WORDS = frozenset({"null", "none", "~", "inf", "+inf", "infinity", "+infinity"})
 

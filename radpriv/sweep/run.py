@@ -118,7 +118,8 @@ def _check_settings(cfg: DictConfig) -> None:
     claims.check_settings(s.claims)
 
 
-def _open_parent(client, cfg: DictConfig, mlflow_run_id: str | None, name: str, tags: dict) -> tuple[str, str, str, bool]:
+def _open_parent(client, cfg: DictConfig, mlflow_run_id: str | None, name: str,
+                 tags: dict) -> tuple[str, str, str, bool]:
     """(run id, experiment id, experiment name, whether we own the run): the run `mlflow run`
     opened, or a new one in radpriv-<data>."""
     from radpriv.tracking.mlflow_run import experiment_name
@@ -509,7 +510,8 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
         try:
             search_ids = _search_ids(client, cfg, exp_id)
             log.info("sweep: %d cells (%s × %d ε%s × %d seeds + %s), parent run %s in %s%s", len(cells),
-                     "+".join(ok), len(cfg.sweep.epsilons), " × cold/public start" if cfg.sweep.get("init_from") else "",
+                     "+".join(ok), len(cfg.sweep.epsilons),
+                     " × cold/public start" if cfg.sweep.get("init_from") else "",
                      len(seeds), "/".join(cfg.sweep.nonprivate or []) or "no non-private",
                      parent_id, exp_name, f"; skipped {sorted(skipped)}" if skipped else "")
             params = {**flatten({"sweep": OmegaConf.to_container(cfg.sweep, resolve=True)}),
@@ -563,11 +565,12 @@ def _log_outputs(client, parent_id: str, cfg: DictConfig, rows, per_label, resul
     for k, v in metrics.items():
         if v is not None and math.isfinite(v):
             client.log_metric(parent_id, k, float(v))
+    logged = f" ({len(train_times)} of {len(results)} cells logged one)" if len(train_times) < len(results) else ""
     header = (f"# radpriv sweep on {cfg.data.name}\n\n`radpriv sweep {' '.join(overrides)}` — "
               f"{len(results)} cells ({trained} trained, {len(results) - trained} reused), wall time "
               f"{hms(wall)}; the cells' own training times sum to "
               f"{hms(train_time) if train_time is not None else 'unknown'}"
-              f"{f' ({len(train_times)} of {len(results)} cells logged one)' if len(train_times) < len(results) else ''}"
+              f"{logged}"
               ". Test metrics: mean ± sd over seeds, "
               f"{100 * (1 - alpha):g}% percentile bootstrap CI over test reports "
               f"({int(cfg.sweep.bootstrap.n_resamples)} redraws); Δ and p: paired bootstrap against "

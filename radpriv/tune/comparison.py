@@ -141,7 +141,8 @@ def log_comparison(client, parent_id: str, models: list[str], counted_trials, de
     if png is not None:
         client.log_artifact(parent_id, str(png))
     for row in rows:
-        for key, value in (("best_val_f1_weighted", row.val_f1_weighted), ("best_test_f1_weighted", row.test_f1_weighted),
+        for key, value in (("best_val_f1_weighted", row.val_f1_weighted),
+                           ("best_test_f1_weighted", row.test_f1_weighted),
                            ("trials", row.trials)):
             if math.isfinite(value):
                 client.log_metric(parent_id, f"compare/{row.model}/{key}", float(value))

@@ -208,7 +208,8 @@ def finish(search, study, client, parent_id: str, experiment: str, k: int | None
     best = max(complete, key=lambda t: t.value) if complete else None
     metrics = dict(counts)
     if best is not None:
-        out.update(best_params=dict(best.params), best_value=float(best.value), best_run_id=best.user_attrs.get("run_id"))
+        out.update(best_params=dict(best.params), best_value=float(best.value),
+                   best_run_id=best.user_attrs.get("run_id"))
         for key, value in best.params.items():
             client.log_param(parent_id, f"best.{key}", value)
         client.set_tag(parent_id, "radpriv.tune.best_trial", str(best.number))
