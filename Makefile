@@ -19,11 +19,12 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 
 .PHONY: install demo test test-all perf ui clean
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock: the exact versions the results were measured with, as pip constraints
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
