@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   environment + install + `mlflow run . -P epsilon=0.1` (Open-i, MiniLM, offline)
-#   make test   environment with dev extras + the fast test suite
+#   make test   environment with dev extras + the fast test tier (make test-all: + integration)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: install demo test test-all perf ui clean
+.PHONY: install demo test test-integration test-all test-slow perf ui clean
 
 # requirements.lock: the exact versions the results were measured with, as pip constraints
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -32,11 +32,21 @@ install: $(VENV)/.installed
 demo: install
 	PATH="$(BIN):$$PATH" mlflow run . -P epsilon=$(EPSILON) --env-manager local --experiment-name radpriv-openi
 
+# the fast tier: lint, unit tests and tiny-model end-to-end checks (≤ 3 min on 2 CPU cores)
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not integration and not slow" --timeout=300 --durations=10
 
-test-all: install
-	$(BIN)/python -m pytest -q
+# the integration tier alone: DDP, resume, serve, PostgreSQL, sweeps, tune, audit
+test-integration: install
+	$(BIN)/python -m pytest -q -m "integration and not slow" --durations=25
+
+# what CI runs: `make test`, then the integration tier
+test-all: test test-integration
+
+# the slow tier alone: long end-to-end checks and the benchmark suite's own test
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow --durations=10
 
 # the performance suite (issue 7): ratios side by side, JSON + markdown in benchmarks/out/
 perf: install

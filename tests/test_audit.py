@@ -164,6 +164,7 @@ def test_bad_audit_settings_are_one_line_errors_before_any_training(tracking_uri
     assert not list(tmp_path.rglob("model")), "a bad setting must stop the audit before training"
 
 
+@pytest.mark.integration
 def test_a_non_private_audit_has_power_and_leaks_no_canary(tracking_uri, reports_csv, capsys, tmp_path):
     """Non-private full fine-tuning memorises random-label canaries: the bound is clearly > 0.
     And no canary text, id or per-canary membership reaches MLflow, checkpoints or the console."""
@@ -205,6 +206,7 @@ def test_a_non_private_audit_has_power_and_leaks_no_canary(tracking_uri, reports
             assert " ".join(words[i:i + 3]) not in stored + printed
 
 
+@pytest.mark.integration
 def test_a_private_audit_at_epsilon_one_finds_no_bug(tracking_uri, reports_csv, capsys):
     """The same memorising setting as the non-private audit, under DP at ε = 1: the bound stays at or
     below the claim it tests — the run's add/remove ε, the relation the canary experiment tests
@@ -311,6 +313,7 @@ def test_canaries_follow_the_runs_privacy_unit_or_fail_in_one_line(tracking_uri,
     assert not list(tmp_path.rglob("model")), "a bad setting must stop the audit before training"
 
 
+@pytest.mark.integration
 def test_a_patient_unit_audit_at_epsilon_one_finds_no_bug(tracking_uri, ct_patient_csv, capsys):
     """Canary patients of 4 reports each (the run's cap), DP at ε = 1 per patient: the bound
     stays at or below the add/remove ε the canary experiment tests, and the run says the unit."""
@@ -337,6 +340,7 @@ WHITE_BOX = [*PATIENT_TINY, "audit.mode=white_box", "privacy.epsilon=1", "privac
              "trainer.max_epochs=8", "audit.canaries=500"]
 
 
+@pytest.mark.integration
 def test_the_white_box_audit_catches_per_report_clipping_at_the_patient_unit(tracking_uri, ct_patient_csv,
                                                                              capsys, monkeypatch):
     """The planted bug: a patient's reports clipped one by one while the accountant counts one
@@ -352,6 +356,7 @@ def test_the_white_box_audit_catches_per_report_clipping_at_the_patient_unit(tra
     assert result["epsilon_lower_bound"] > result["claimed_epsilon"]
 
 
+@pytest.mark.integration
 def test_a_white_box_audit_of_the_patient_unit_finds_no_bug_and_logs_nothing(tracking_uri, ct_patient_csv,
                                                                                capsys, tmp_path):
     """The same audit of the correct step: the bound stays below the add/remove ε of the σ that
@@ -374,6 +379,7 @@ def test_a_white_box_audit_of_the_patient_unit_finds_no_bug_and_logs_nothing(tra
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+@pytest.mark.integration
 def test_the_white_box_audit_catches_a_step_without_noise_at_the_report_unit(tracking_uri, reports_csv, capsys,
                                                                              monkeypatch):
     from radpriv.privacy.dp_step import NoisyDPOptimizer

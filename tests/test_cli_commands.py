@@ -13,6 +13,7 @@ from radpriv.cli import main, run
 from tests.helpers.cli import TINY, error_lines, train_json
 
 
+@pytest.mark.integration
 def test_evaluate_scores_a_logged_model_on_every_row(tmp_path, tracking_uri, capsys, reports_csv):
     csv_path, texts = reports_csv
     trained, _ = train_json(capsys, [*TINY, f"data.path={csv_path}", "privacy.epsilon=4"])
@@ -42,6 +43,7 @@ def test_a_hub_model_offline_fails_at_once_with_what_to_do(tmp_path, tracking_ur
     assert len(err) == 1 and "prajjwal1/bert-small" in err[0] and "model.source" in err[0]
 
 
+@pytest.mark.integration
 def test_full_fine_tuning_runs_under_dp(tmp_path, tracking_uri, capsys, reports_csv):
     out, _ = train_json(capsys, [*TINY, f"data.path={reports_csv[0]}", "finetune=full",
                                  "privacy.epsilon=8", "trainer.max_epochs=1"])
@@ -50,6 +52,7 @@ def test_full_fine_tuning_runs_under_dp(tmp_path, tracking_uri, capsys, reports_
     assert "adapter" not in {a.path for a in mlflow.MlflowClient(tracking_uri).list_artifacts(out["run_id"])}
 
 
+@pytest.mark.integration
 def test_checkpoints_carry_the_accountant_and_only_trainable_weights(tmp_path, tracking_uri, capsys,
                                                                      reports_csv):
     out, _ = train_json(capsys, [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=3"])

@@ -22,6 +22,8 @@ from radpriv.data.distributed_sampling import DistributedPoissonBatchSampler, Di
 from radpriv.privacy.randomness import PrivateRandomness
 from tests.synthetic import write_fabricated_ct_csv
 
+pytestmark = pytest.mark.integration  # make test-all (the integration tier)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny_bert", "data=ct_rate_text", "data.max_length=48", "trainer.max_epochs=2",
         "trainer.progress_bar=false", "privacy.expected_batch_size=8", "privacy.max_physical_batch_size=4",

@@ -309,6 +309,7 @@ def _n_expert_train(csv_path) -> int:
     return load_table(cfg.data, int(cfg.seed)).split.count("train")
 
 
+@pytest.mark.integration
 def test_a_pate_run_publishes_its_epsilon_and_no_count_of_the_expert_data(fake_pate, tracking_uri, reports_csv,
                                                                           tmp_path):
     from radpriv.teacher.provenance import file_sha256, public_view
@@ -345,6 +346,7 @@ def test_a_pate_run_publishes_its_epsilon_and_no_count_of_the_expert_data(fake_p
     assert local["n_labelled"] == 23 and '"partition_sizes"' not in json.dumps(local)
 
 
+@pytest.mark.integration
 def test_two_invocations_partition_and_vote_differently(fake_pate):
     _, first, out_a = fake_pate(name="a.csv")
     _, second, out_b = fake_pate(name="b.csv")
@@ -353,6 +355,7 @@ def test_two_invocations_partition_and_vote_differently(fake_pate):
     assert out_a.read_text() != out_b.read_text()  # and fresh noise
 
 
+@pytest.mark.integration
 def test_a_seeded_run_claims_no_epsilon(fake_pate, tracking_uri, tmp_path, caplog):
     summary, teachers, out = fake_pate("pate.seed=3")
     assert any(r.levelname == "WARNING" and "pate.seed" in r.getMessage() and "NO ε" in r.getMessage()
@@ -373,6 +376,7 @@ def test_a_seeded_run_claims_no_epsilon(fake_pate, tracking_uri, tmp_path, caplo
     assert again.train_ids == teachers.train_ids and out_again.read_text() == out.read_text()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("unit", ["auto", "report"])
 def test_a_pate_run_on_patients_protects_each_patient(tracking_uri, tmp_path, monkeypatch, unit):
     """Expert data that name patients: the guarantee is per expert training patient (δ from their

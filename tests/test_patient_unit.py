@@ -182,6 +182,7 @@ def test_patient_unit_noise_has_std_sigma_c_over_b(patient_csv, lightning_shims)
 
 # --- a whole run: N, q, δ and ε count patients ------------------------------------------------------
 
+@pytest.mark.integration
 def test_a_patient_unit_run_accounts_patients_and_publishes_no_report_count(patient_csv, tracking_uri, capsys):
     import dp_accounting
     from dp_accounting import NeighboringRelation

@@ -26,7 +26,11 @@ EPSILON = 3.0
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A private tiny model (1 epoch), registered as ct-tiny@champion, in a module-own store."""
+    """A private tiny model (1 epoch), registered as ct-tiny@champion, in a module-own store.
+
+    Trained and served in fp32: this module checks that every path (CSV, folder, registry,
+    pyfunc) gives the in-process probabilities to 1e-6, which bf16 cannot promise across batch
+    compositions (tests/test_precision.py checks bf16 serving against fp32)."""
     from radpriv.config import compose
     from radpriv.train import train
     from tests.synthetic import write_fabricated_ct_csv
@@ -39,7 +43,8 @@ def trained(tmp_path_factory):
         mp.chdir(root)  # the sqlite store's artifacts (./mlruns) and checkpoints go here
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("RADPRIV_CACHE_DIR", str(root / "cache"))
-        summary = train(compose([*TINY, f"data.path={csv_path}", "trainer.max_epochs=1",
+        mp.setenv("RADPRIV_PRECISION", "32-true")  # predict, label and pyfunc load in fp32
+        summary = train(compose([*TINY, f"data.path={csv_path}", "trainer.max_epochs=1", "trainer.precision=32-true",
                                  f"privacy.epsilon={EPSILON}", f"tracking.register={MODEL_NAME}",
                                  "tracking.register_alias=champion"]))
         model_dir = Path(mlflow.artifacts.download_artifacts(

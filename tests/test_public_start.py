@@ -149,6 +149,7 @@ def cfg_thresholds(overrides) -> str:
 
 # ------------------------------------------------------------------ end to end
 
+@pytest.mark.integration
 def test_init_from_public_trains_the_public_model_once_and_records_the_start(tracking_uri, reports_csv,
                                                                              tmp_path, capsys):
     path = reports_csv[0]
@@ -176,6 +177,7 @@ def test_init_from_public_trains_the_public_model_once_and_records_the_start(tra
     assert len(client.search_model_versions("name = 'radpriv-public-ct_rate18-tiny_bert'")) == 1
 
 
+@pytest.mark.integration
 def test_head_only_adaptation_freezes_the_encoder_and_caches_all_of_it(tracking_uri, reports_csv):
     cfg = compose([*_public_start(reports_csv[0]), "privacy.epsilon=3", "finetune.warm.trainable=head",
                    "finetune.warm.interpolate=true"])
@@ -237,6 +239,7 @@ def test_a_lambda_above_zero_must_beat_the_public_start_on_resamples():
     assert confident_lambda({0.0: start, 1.0: noisy}, labels, confidence=0.0)[0] == 1.0  # plain argmax
 
 
+@pytest.mark.integration
 def test_top_layers_trains_only_the_top_adapter_and_caches_below_it(tracking_uri, reports_csv):
     cfg = compose([*_public_start(reports_csv[0]), "privacy.epsilon=3", "finetune.layers_to_transform=null",
                    "finetune.warm.top_layers=1"])
@@ -247,6 +250,7 @@ def test_top_layers_trains_only_the_top_adapter_and_caches_below_it(tracking_uri
     assert prefix_cache.frozen_prefix_layers(module.net.encoder, cfg.finetune) == layers - 1
 
 
+@pytest.mark.integration
 def test_labels_map_by_name_and_the_others_start_fresh(tracking_uri, reports_csv, tmp_path):
     from radpriv.model.bundle import load_bundle
     from radpriv.model.warm_start import fetch_bundle

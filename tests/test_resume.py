@@ -15,6 +15,8 @@ import pytest
 
 from tests.synthetic import write_fabricated_ct_csv
 
+pytestmark = pytest.mark.integration  # make test-all (the integration tier)
+
 COMMAND = ["model=tiny_bert", "data=ct_rate_text", "data.max_length=32", "trainer.max_epochs=3",
            "trainer.progress_bar=false", "privacy.expected_batch_size=8",
            "privacy.max_physical_batch_size=8", "privacy.epsilon=3", "tracking.log_model=false"]

@@ -26,6 +26,8 @@ from radpriv.data.schemas import CT_RATE18
 from radpriv.model.bundle import load_bundle, predict_proba
 from tests.helpers.cli import TINY, train_json
 
+pytestmark = pytest.mark.integration  # make test-all (the integration tier)
+
 SERVE_TIMEOUT_S = 180
 
 

@@ -43,6 +43,7 @@ def _training_runs(client) -> list:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_nothing(
         tracking_uri, reports_csv, capsys, tmp_path, monkeypatch):
     csv_path, texts = reports_csv
@@ -117,8 +118,9 @@ def test_sweep_trains_the_grid_logs_table_and_plots_and_a_second_run_trains_noth
         out["metrics"]["dp_lora/tiny_albert/eps10/f1_weighted"])
 
 
+@pytest.mark.integration
 def test_a_sweep_with_no_epsilon_trains_only_its_nonprivate_cell(tracking_uri, reports_csv, capsys, tmp_path):
-    """Part of a grid (the README's parallel recipe): the full fine-tuning cell alone, no ε."""
+    """Part of a grid (docs/COMMANDS.md's parallel recipe): the full fine-tuning cell alone, no ε."""
     csv_path, _ = reports_csv
     grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[]", "sweep.nonprivate=[full]", "sweep.seeds=[42]",
             "sweep.baselines=[tfidf_lr]"]
@@ -130,6 +132,7 @@ def test_a_sweep_with_no_epsilon_trains_only_its_nonprivate_cell(tracking_uri, r
     assert (local / "plots" / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.integration
 def test_a_sweep_on_patients_says_each_rows_unit(tracking_uri, capsys, tmp_path):
     """Data that name patients: the DP-LoRA cell protects patients (its privacy.json), DP-LR reports."""
     path = tmp_path / "patients.csv"
@@ -150,6 +153,7 @@ def test_a_sweep_on_patients_says_each_rows_unit(tracking_uri, capsys, tmp_path)
     assert json.loads((local / "sweep.json").read_text())["rows"][0]["privacy.unit"] is None  # LoRA first
 
 
+@pytest.mark.integration
 def test_a_runs_unit_comes_from_its_tag_else_its_privacy_json(tracking_uri, tmp_path):
     """Runs logged before the `radpriv.unit` tag existed still name their unit in privacy.json."""
     from radpriv.sweep.run import row_unit, run_unit
@@ -174,6 +178,7 @@ def test_a_runs_unit_comes_from_its_tag_else_its_privacy_json(tracking_uri, tmp_
     assert row_unit(["report", "patient"], "x") == "patient+report"  # never one unit for mixed runs
 
 
+@pytest.mark.integration
 def test_cells_are_found_whatever_the_threads_and_progress_bar_but_only_with_the_same_secret(
         tracking_uri, reports_csv, capsys, tmp_path):
     """Workers run with one thread and no bar; the command that builds the table need not. The run
@@ -210,6 +215,7 @@ class _StopAtSecondEpoch(L.Callback):
             raise RuntimeError("stopped after epoch 1")
 
 
+@pytest.mark.integration
 def test_plan_only_says_what_is_finished_started_and_left_and_trains_nothing(tracking_uri, reports_csv, capsys):
     csv_path, _ = reports_csv
     base = [*(o for o in SMALL if o != "trainer.max_epochs=1"), "trainer.max_epochs=2", "data=ct_rate_text",
@@ -559,6 +565,7 @@ def test_build_grid_rejects_a_non_list():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_public_start_sweep_has_cold_warm_and_public_alone_rows(tracking_uri, reports_csv, capsys, tmp_path):
     csv_path, _ = reports_csv
     # the private cells train on shard 1/2 of the CSV; the public model on shard 0/2 of the same CSV

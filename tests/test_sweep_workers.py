@@ -24,6 +24,8 @@ from radpriv.sweep import claims
 from radpriv.sweep.claims import CLAIMED, DONE, ClaimStore
 from tests.helpers.cli import sweep_json
 
+pytestmark = pytest.mark.integration  # make test-all (the integration tier)
+
 ROOT = Path(__file__).resolve().parents[1]
 # tiny encoders, one epoch, one thread each, no bars: a cell trains in seconds
 TRAIN = ["data=ct_rate_text", "data.max_length=48", "trainer.max_epochs=1", "trainer.num_threads=1",

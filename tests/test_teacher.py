@@ -59,6 +59,7 @@ def teacher_run(teacher_store, tmp_path, monkeypatch) -> str:
     return teacher_store[1]
 
 
+@pytest.mark.integration
 def test_label_then_student_round_trip_says_not_protected(teacher_run, teacher_store, reports_csv, tmp_path,
                                                           capsys):
     tracking_uri = teacher_store[0]

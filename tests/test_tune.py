@@ -357,6 +357,7 @@ def _live_costs(study, flt):
     return [float(run_rdp(c.mechanism.as_list(), [flt["order"]])[0]) for c in live]
 
 
+@pytest.mark.integration
 def test_composed_search_end_to_end_then_resumed(tracking_uri, reports_csv, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("radpriv.tune.sampling.make_pruner", lambda *a: _PruneTrialOne())
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -437,6 +438,7 @@ def test_composed_search_end_to_end_then_resumed(tracking_uri, reports_csv, caps
     assert len(children(client, out2["run_id"])) == 1
 
 
+@pytest.mark.integration
 def test_a_composed_search_stops_at_its_budget(tracking_uri, reports_csv, capsys, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = [*SMALL, f"data.path={reports_csv[0]}", "privacy.epsilon=2", f"tune.storage={storage}",
@@ -479,6 +481,7 @@ def test_a_composed_search_stops_at_its_budget(tracking_uri, reports_csv, capsys
     assert exit_info.value.code == 2 and len(lines) == 1 and "tune.budget" in lines[0], lines
 
 
+@pytest.mark.integration
 def test_a_search_across_two_models_keeps_one_ledger_and_registers_the_winner(tracking_uri, reports_csv, capsys,
                                                                              tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # bert_small is not in this machine's HF cache: skipped
@@ -703,6 +706,7 @@ def test_a_study_keeps_the_unit_it_was_created_with(patient_csv):
     assert ledger.search_privacy(study_with(old, name="o"), old)["unit"] == "report"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["random_search", "compose"])
 def test_a_search_at_the_patient_unit_runs_the_mechanism_it_planned(tracking_uri, patient_csv, capsys, tmp_path, mode):
     """The trials' own calibration (radpriv.train) counts patients; the search's plan must too, or a

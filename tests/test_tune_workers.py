@@ -30,6 +30,8 @@ import pytest
 from radpriv.tune import ledger
 from tests.helpers.cli import TINY
 
+pytestmark = pytest.mark.integration  # make test-all (the integration tier)
+
 ROOT = Path(__file__).resolve().parents[1]
 # tune.budget: room for both workers' trials (the default would be one worker's planned cost)
 WORKER = [*TINY, "trainer.max_epochs=1", "privacy.epsilon=2", "tune.n_trials=2", "tune.budget=100",

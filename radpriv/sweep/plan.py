@@ -1,7 +1,7 @@
 """`radpriv sweep sweep.plan_only=true`: where a sweep stands, without training anything.
 
-A sweep that runs for hours, across sessions or on several workers (the README's parallel
-recipe) raises the same question again and again: which cells are done, which are under way,
+A sweep that runs for hours, across sessions or on several workers (docs/COMMANDS.md, "In
+parallel") raises the same question again and again: which cells are done, which are under way,
 and how much is left. The answer comes from the lookups the sweep itself makes — the search for
 a finished run by run key, and the epoch-end checkpoint a started cell resumes from — so a cell
 called finished here is exactly one the sweep will reuse. Nothing is opened or written: no
