@@ -1,23 +1,19 @@
-"""Give memory that training freed back to the OS between the runs of one process.
+"""Give memory that training freed back to the OS between the runs of one process, and measure
+each run's peak.
 
-A sweep or a study trains many models in one process. After a cell, every tensor of it is
-gone (measured: 3-5 live tensors, 11 nn.Modules, the same after each cell), yet the process
-stays at its peak resident size: glibc keeps the freed blocks of its heaps for reuse rather
-than returning them. The next cell, whose allocations are shaped differently, fragments them
-further. Two CT sweep processes were OOM-killed at 11-12 GB after a few cells (docs/RESULTS.md;
-measured since, one CT DP-LoRA cell alone peaks at 10.8-11.1 GB, so the kept memory matters
-most to whatever runs beside the process). `malloc_trim(0)` returns the free pages of every
-heap to the OS; measured on a MiniLM cell at 256 tokens, 3.98 GB resident after the cell ->
-0.69 GB after the call.
+Why: a sweep or a study trains many models in one process. After a run its tensors are gone,
+but glibc keeps the freed blocks of its heaps for reuse instead of returning them, so the
+process stays at its peak resident size, and the next run, shaped differently, fragments them
+further. On a machine shared by sweep workers that kept memory decides how many runs fit at
+once (on CT reports a DP-LoRA run peaks at about 11 GB and full fine-tuning at 12 GB:
+docs/RESULTS.md; `radpriv sweep sweep.plan_only=true` gives the peak per kind of cell). `malloc_trim(0)` returns the free pages
+of every heap to the OS (a MiniLM run at 256 tokens: 3.98 GB resident after the run, 0.69 GB
+after the call). Only glibc has `malloc_trim`; elsewhere (macOS, musl) this is a no-op that
+says so once.
 
-Only glibc has `malloc_trim`; elsewhere (macOS, musl) this is a no-op that says so once.
-
-Each training run also logs its peak resident memory (`memory/peak_resident_gb`): on a machine
-shared by sweep workers it is memory, not cores, that decides how many cells can run at once (on
-CT reports a full fine-tuning cell peaked at 12.0 GB and a DP-LoRA cell at 11.1 GB; with a third
-process beside them on 23 GiB, the kernel killed one). Linux keeps one high-water mark per
-process; a run resets it when it starts, so the peak is the run's own, not that of the cells
-before it in a sweep.
+Each training run logs its peak resident memory (`memory/peak_resident_gb`). Linux keeps one
+high-water mark per process; a run resets it when it starts, so the peak is the run's own, not
+that of the runs before it in the same process.
 """
 
 from __future__ import annotations
