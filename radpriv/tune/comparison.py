@@ -108,23 +108,28 @@ def plot(rows: list[ModelRow], results: list[TrialResult], path: Path) -> Path |
     import matplotlib.pyplot as plt
 
     models = [r.model for r in rows]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(models) + 1.5), 3.6))
-    for x, row in enumerate(rows):
-        mine = [r for r in results if r.model == row.model]
-        offsets = [0.0] if len(mine) == 1 else [-0.15 + 0.3 * i / (len(mine) - 1) for i in range(len(mine))]
-        for dx, r in zip(offsets, mine):
-            best = r.number == row.best_trial
-            ax.scatter(x + dx, r.val_f1, marker="o", color="tab:blue", s=60 if best else 22,
-                       edgecolors="black" if best else "none", zorder=3)
-            if math.isfinite(r.test_f1):
-                ax.scatter(x + dx, r.test_f1, marker="x", color="tab:orange", s=40 if best else 18, zorder=3)
-    ax.scatter([], [], marker="o", color="tab:blue", label="validation (best trial outlined)")
-    ax.scatter([], [], marker="x", color="tab:orange", label="test")
-    ax.set_xticks(range(len(models)), models)
-    ax.set_ylabel("weighted F1")
-    ax.set_title("completed trials per model")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    with plt.style.context("default"):  # Optuna's plots switch the global style
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(models) + 1.5), 3.6))
+        for x, row in enumerate(rows):
+            mine = [r for r in results if r.model == row.model]
+            if not mine:
+                ax.annotate(f"no completed trial\n({row.pruned} pruned)", (x, 0.5), xycoords=("data", "axes fraction"),
+                            ha="center", va="center", fontsize=8, color="gray")
+            offsets = [0.0] if len(mine) <= 1 else [-0.2 + 0.4 * i / (len(mine) - 1) for i in range(len(mine))]
+            for dx, r in zip(offsets, mine):
+                best = r.number == row.best_trial
+                ax.scatter(x + dx, r.val_f1, marker="o", color="tab:blue", s=60 if best else 22,
+                           edgecolors="black" if best else "none", zorder=3)
+                if math.isfinite(r.test_f1):
+                    ax.scatter(x + dx, r.test_f1, marker="x", color="tab:orange", s=40 if best else 18, zorder=3)
+        ax.scatter([], [], marker="o", color="tab:blue", label="validation (best trial outlined)")
+        ax.scatter([], [], marker="x", color="tab:orange", label="test")
+        ax.set_xticks(range(len(models)), models)
+        ax.set_xlim(-0.5, len(models) - 0.5)
+        ax.set_ylabel("weighted F1")
+        ax.set_title("completed trials per model")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
