@@ -1,5 +1,8 @@
 """`radpriv evaluate run_id=<id> data=<name> data.path=<file>`: score a logged model.
 
+`run_id=` takes a run id or any other model reference radpriv/tracking/model_ref.py resolves
+(`runs:/<id>/model`, `models:/<name>@<alias>`, `models:/<name>/<version>`, a bundle folder).
+
 Every usable row of the given file is evaluated (the file's own train/val/test split is
 ignored), with the per-label thresholds stored in the model. Read-only: nothing is written to
 the tracking store.
@@ -22,31 +25,15 @@ from radpriv.model.metrics import classification_metrics
 log = logging.getLogger(__name__)
 
 
-def download_bundle(run_id: str, tracking_uri: str, dst: Path) -> Path:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/model",
-                                                    dst_path=str(dst))
-    except MlflowException as e:
-        raise ModelError(f"run {run_id} has no logged model in {tracking_uri}: "
-                         f"{str(e).splitlines()[0]}") from None
-    bundle = next(Path(local).rglob("radpriv_model.json"), None)
-    if bundle is None:
-        raise ModelError(f"run {run_id}'s model is not a radpriv model (no radpriv_model.json)")
-    return bundle.parent
-
-
 def evaluate(cfg: DictConfig) -> dict:
-    from radpriv.tracking.mlflow_run import tracking_uri
+    from radpriv.tracking.model_ref import local_bundle
 
     if not cfg.get("run_id"):
         raise ConfigError("evaluate needs run_id=<MLflow run id>")
     table = load_table(cfg.data, int(cfg.seed))
+    run_id = str(cfg.run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_bundle(download_bundle(str(cfg.run_id), tracking_uri(cfg.tracking.get("uri")), Path(tmp)))
+        model = load_bundle(local_bundle(run_id, cfg.tracking.get("uri"), Path(tmp), f"run_id={run_id}").folder)
     if list(model.label_names) != list(table.label_names):
         raise ModelError(f"the model's labels {model.label_names} differ from {table.name}'s "
                          f"{list(table.label_names)}: evaluate it on data with the same label schema")

@@ -1,7 +1,7 @@
 """`radpriv predict model=<ref> input=<csv | folder of .txt> output=<csv>`: label new reports.
 
 The model is any trained radpriv model: a run id, `runs:/<id>/model`, `models:/<name>@<alias>`,
-`models:/<name>/<version>` (resolved by radpriv/tracking/registry.py) or a local bundle folder
+`models:/<name>/<version>` (resolved by radpriv/tracking/model_ref.py) or a local bundle folder
 (one holding radpriv_model.json, e.g. a downloaded `model/` artifact). The output CSV has, per
 input report, its id, one 0/1 column per label (at the per-label thresholds stored with the
 model, chosen on its validation split; 0.5 where a model stores none) and one `prob_<label>`
@@ -226,62 +226,6 @@ def write_predictions(output: Path, ids: Sequence[str], probs: torch.Tensor, thr
 
 # --------------------------------------------------------------------------- model
 
-@dataclass
-class ModelSource:
-    bundle_dir: Path
-    facts: dict
-    where: str  # for the log line: "runs:/… (run …)", "models:/x@champion (version 3, run …)"
-
-
-def fetch_model(ref: str, tracking_uri: str | None, dst: Path) -> ModelSource:
-    """A local bundle folder and the model's privacy facts, for any reference predict accepts.
-
-    Facts come from the registered version's tags (models:/), else the run's privacy.json
-    (runs), else the bundle's radpriv_model.json (a local folder, or an older run).
-    """
-    from radpriv.model.bundle import META, load_meta
-    from radpriv.tracking import registry
-
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / META).is_file():
-            found = next(path.rglob(META), None)
-            if found is None:
-                raise ModelError(f"model={ref}: no radpriv model ({META}) in that folder")
-            path = found.parent
-        return ModelSource(path, registry.facts_from_bundle_meta(load_meta(path)), str(path))
-    from radpriv.evaluate import download_bundle
-    from radpriv.tracking.mlflow_run import tracking_uri as resolve_uri
-
-    uri = resolve_uri(tracking_uri)
-    resolved = registry.resolve_model_uri(ref, uri)
-    if resolved.artifact_path == registry.MODEL_ARTIFACT:
-        bundle = download_bundle(resolved.run_id, uri, dst)
-    else:  # runs:/<id>/<another path>: not what radpriv logs, but allowed if it is a bundle
-        bundle = fetch_other_path(resolved.uri, uri, dst, ref)
-    client, _ = registry.registry_client(uri)
-    facts = {}
-    if resolved.version is not None:
-        facts = registry.facts_from_tags(client.get_model_version(resolved.name, resolved.version).tags)
-        where = f"{ref} (version {resolved.version}, run {resolved.run_id})"
-    else:
-        where = f"run {resolved.run_id}" if ref == resolved.run_id else f"{ref} (run {resolved.run_id})"
-    if "epsilon" not in facts and "private" not in facts:
-        facts = registry.run_facts(client, resolved.run_id)
-    if "private" not in facts:
-        facts = {**registry.facts_from_bundle_meta(load_meta(bundle)), **facts}
-    return ModelSource(bundle, facts, where)
-
-
-def fetch_other_path(artifact_uri: str, tracking_uri: str, dst: Path, ref: str) -> Path:
-    import mlflow
-
-    from radpriv.model.bundle import download_bundle
-
-    mlflow.set_tracking_uri(tracking_uri)
-    return download_bundle(artifact_uri, dst, f"model={ref}")
-
-
 def check_labels(requested: Sequence[str] | None, label_names: Sequence[str], ref: str) -> None:
     """The model must predict exactly the labels asked for (any order)."""
     if requested is None:
@@ -327,6 +271,7 @@ def predict(options: PredictOptions) -> dict:
     """Read, load, check, predict, write; returns the summary printed as the final JSON line."""
     from radpriv.model.bundle import load_bundle, load_meta
     from radpriv.tracking import registry
+    from radpriv.tracking.model_ref import local_bundle, privacy_facts
 
     check_writable(options.output)
     reports = read_reports(options.input, options.text_columns, options.id_column)
@@ -334,11 +279,12 @@ def predict(options: PredictOptions) -> dict:
         torch.set_num_threads(options.num_threads)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        source = fetch_model(options.model, options.tracking_uri, Path(tmp))
-        meta = load_meta(source.bundle_dir)
+        source = local_bundle(options.model, options.tracking_uri, Path(tmp), f"model={options.model}")
+        facts = privacy_facts(source, options.tracking_uri)
+        meta = load_meta(source.folder)
         check_labels(options.labels, meta["label_names"], options.model)
-        log.info("model %s: %s", source.where, registry.describe_facts(source.facts))
-        model = load_bundle(source.bundle_dir, options.precision)
+        log.info("model %s: %s", source.display, registry.describe_facts(facts))
+        model = load_bundle(source.folder, options.precision)
     t_load = time.perf_counter() - t0
     empty = [not t.strip() for t in reports.texts]
     n_empty = sum(empty)
@@ -358,7 +304,7 @@ def predict(options: PredictOptions) -> dict:
              rate, model.precision, t_load, options.output)
     return {"output": str(options.output), "model": options.model, "n_reports": len(reports.texts),
             "n_predicted": len(keep), "n_empty": n_empty, "labels": list(model.label_names),
-            "privacy": {k: v for k, v in source.facts.items() if k != "labels"}, "time/load_s": round(t_load, 3),
+            "privacy": {k: v for k, v in facts.items() if k != "labels"}, "time/load_s": round(t_load, 3),
             "time/predict_s": round(t_predict, 3), "reports_per_s": round(rate, 2),
             "precision": model.precision}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import accounting, distributed, independent_check
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
 from radpriv.privacy.step_journal import StepJournal
+from radpriv.tracking.model_ref import local_bundle
 from radpriv.tracking.release import private_folder, train_digest
 from radpriv.tracking.resume import (
     CHECKPOINT,
@@ -279,11 +281,14 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     warm, warm_source = None, None
     if cfg.finetune.get("init_from"):
         train_split = dm.splits["train"]
-        warm = apply_warm_start(net, public_ref or str(cfg.finetune.init_from), label_names=table.label_names,
-                                spec=spec, mode=str(cfg.finetune.mode), dataset=table.name,
-                                train_fingerprints=(train_digest(private_folder(cfg), train_split),
-                                                    train_split.fingerprint()),
-                                tracking_uri=cfg.tracking.get("uri"), verified_disjoint=public_ref is not None)
+        ref = public_ref or str(cfg.finetune.init_from)
+        with tempfile.TemporaryDirectory() as tmp:
+            source = local_bundle(ref, cfg.tracking.get("uri"), Path(tmp), f"finetune.init_from={ref}")
+            warm = apply_warm_start(net, source.folder, ref, label_names=table.label_names, spec=spec,
+                                    mode=str(cfg.finetune.mode), dataset=table.name,
+                                    train_fingerprints=(train_digest(private_folder(cfg), train_split),
+                                                        train_split.fingerprint()),
+                                    verified_disjoint=public_ref is not None)
         if public is not None and public_ref is not None:
             warm = dataclasses.replace(warm, public=public)
         warm_source = adapt_from_warm_start(cfg, net)

@@ -253,7 +253,7 @@ def test_top_layers_trains_only_the_top_adapter_and_caches_below_it(tracking_uri
 @pytest.mark.integration
 def test_labels_map_by_name_and_the_others_start_fresh(tracking_uri, reports_csv, tmp_path):
     from radpriv.model.bundle import load_bundle
-    from radpriv.model.warm_start import fetch_bundle
+    from radpriv.tracking.model_ref import local_bundle
 
     path = reports_csv[0]
     rows = list(csv.reader(path.open(encoding="utf-8")))
@@ -275,7 +275,7 @@ def test_labels_map_by_name_and_the_others_start_fresh(tracking_uri, reports_csv
     assert warm.labels_fresh == ("Fresh finding",)
     assert warm.labels_from_source == ("Cardiomegaly", "Atelectasis")
     assert warm.public["schema"] == "ct_rate18" and warm.public["overlap_guard"]["compared_by"] == "normalised text"
-    source = load_bundle(fetch_bundle(warm.source, tracking_uri, tmp_path / "src"))
+    source = load_bundle(local_bundle(warm.source, tracking_uri, tmp_path / "src").folder)
     for j, name in enumerate(labels):
         if name in source.label_names:
             torch.testing.assert_close(module.net.head.weight[j],

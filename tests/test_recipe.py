@@ -17,7 +17,7 @@ from radpriv.config import CONF_DIR, compose
 from radpriv.data.sources import load_table
 from radpriv.model.bundle import load_bundle, predict_proba
 from radpriv.model.metrics import fit_thresholds
-from radpriv.model.warm_start import fetch_bundle
+from radpriv.tracking.model_ref import local_bundle
 from tests.helpers.cli import TINY, train_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_thresholds_are_fitted_on_validation_reports_only(tracking_uri, reports_
     table = load_table(compose([*base, f"data.path={path}"]).data, 42)
     val = table.subset("val")
     out, _ = train_json(capsys, [*base, f"data.path={path}"])
-    model = load_bundle(fetch_bundle(out["run_id"], tracking_uri, tmp_path / "a"))
+    model = load_bundle(local_bundle(out["run_id"], tracking_uri, tmp_path / "a").folder)
     # the stored thresholds are exactly the F1-optimal ones on the validation split
     expected = fit_thresholds(predict_proba(model, val.texts).numpy(), val.labels)
     np.testing.assert_allclose(model.thresholds, expected)
@@ -109,7 +109,7 @@ def test_thresholds_are_fitted_on_validation_reports_only(tracking_uri, reports_
     flipped = tmp_path / "flipped.csv"
     _write_with_test_labels_flipped(path, flipped, set(table.subset("test").ids))
     out2, _ = train_json(capsys, [*base, f"data.path={flipped}"])
-    model2 = load_bundle(fetch_bundle(out2["run_id"], tracking_uri, tmp_path / "b"))
+    model2 = load_bundle(local_bundle(out2["run_id"], tracking_uri, tmp_path / "b").folder)
     assert model2.thresholds == model.thresholds
     assert out2["metrics"]["test/f1_weighted"] != out["metrics"]["test/f1_weighted"]
 

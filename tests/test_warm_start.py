@@ -15,7 +15,7 @@ from radpriv.data.sources import load_table
 from radpriv.data.splits import parse_shard
 from radpriv.errors import DataError
 from radpriv.model.bundle import load_bundle
-from radpriv.model.warm_start import fetch_bundle
+from radpriv.tracking.model_ref import local_bundle
 from radpriv.train import build
 from tests.helpers.cli import TINY, error_lines, train_json
 
@@ -52,7 +52,7 @@ def test_warm_start_loads_the_source_weights_and_leaves_the_accountant_alone(
         tracking_uri, reports_csv, capsys, tmp_path):
     path = f"data.path={reports_csv[0]}"
     source, _ = train_json(capsys, [*TINY, path, PUBLIC, "privacy.epsilon=null", "finetune.lr=0.05"])
-    bundle = fetch_bundle(source["run_id"], tracking_uri, tmp_path)
+    bundle = local_bundle(source["run_id"], tracking_uri, tmp_path).folder
     src = load_bundle(bundle)
 
     private = [*TINY, path, PRIVATE, "privacy.epsilon=3"]

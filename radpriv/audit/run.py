@@ -148,8 +148,8 @@ def audit(cfg: DictConfig) -> dict:
     from radpriv.data.sources import load_table
     from radpriv.model.bundle import load_bundle
     from radpriv.model.encoder import load_encoder, resolve_spec
-    from radpriv.model.warm_start import fetch_bundle
     from radpriv.privacy import accounting
+    from radpriv.tracking.model_ref import local_bundle
     from radpriv.train import train
 
     s = settings(cfg)
@@ -193,7 +193,7 @@ def audit(cfg: DictConfig) -> dict:
         delta = float(summary["metrics"].get("privacy/delta", delta))
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_bundle(fetch_bundle(run_id, cfg.tracking.get("uri"), Path(tmp)))
+        model = load_bundle(local_bundle(run_id, cfg.tracking.get("uri"), Path(tmp), f"audited run {run_id}").folder)
     batch = int(cfg.trainer.eval_batch_size)
     # one loss per canary: a canary patient's k reports are copies of one text with one label
     # vector, so the loss of that text is the loss of each of them

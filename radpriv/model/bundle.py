@@ -103,22 +103,6 @@ def load_meta(path: Path) -> dict:
     return json.loads(meta_file.read_text())
 
 
-def download_bundle(artifact_uri: str, dst: Path, what: str) -> Path:
-    """The bundle folder inside a logged model (`runs:/…` or `models:/…`), downloaded under
-    `dst`; `what` names the reference in errors (e.g. "model=<ref>")."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst))
-    except MlflowException as e:
-        raise ModelError(f"{what}: {str(e).splitlines()[0]}") from None
-    found = next(Path(local).rglob(META), None)
-    if found is None:
-        raise ModelError(f"{what}: not a radpriv model (no {META})")
-    return found.parent
-
-
 def load_bundle(path: Path, precision: str | None = None) -> LoadedModel:
     """`precision`: auto | 32-true | bf16-mixed; None: $RADPRIV_PRECISION, else auto (bf16 where
     this CPU computes it natively). Inference runs on CPU."""

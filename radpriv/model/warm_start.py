@@ -5,7 +5,9 @@ weights — the LoRA matrices (or, for `finetune=full`, the encoder) and the cla
 into the freshly built classifier before training (`init_from=public` first finds or trains the
 public model of the run's label schema: public_start.py). Head rows are matched by label name: a
 label the source lacks keeps its fresh row, and the run records which. Decision thresholds are
-not taken over: they are fitted again on this run's validation split (or the public one).
+not taken over: they are fitted again on this run's validation split (or the public one). The
+reference is resolved to a local bundle folder by the caller (radpriv/tracking/model_ref.py):
+this module reads that folder and never talks to MLflow.
 
 Privacy: the starting point is an input of the training algorithm that does not depend on this
 run's private reports, so DP-SGD's guarantee for them is unchanged and the warm start costs
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,14 +35,11 @@ import torch
 from safetensors.torch import load_file
 
 from radpriv.errors import ConfigError, ModelError, PrivacyError
-from radpriv.model.bundle import HEAD, META, download_bundle, load_meta
+from radpriv.model.bundle import HEAD, load_meta
 from radpriv.model.classifier import ReportClassifier
 from radpriv.model.encoder import EncoderSpec
 
 log = logging.getLogger(__name__)
-
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
 
 @dataclass(frozen=True)
 class WarmStart:
@@ -60,28 +58,6 @@ class WarmStart:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def fetch_bundle(ref: str, tracking_uri: str | None, dst: Path) -> Path:
-    """A local bundle folder for a run id, a runs:/ or models:/ URI, or a local folder."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if (path / META).is_file():
-            return path
-        found = next(path.rglob(META), None)
-        if found is None:
-            raise ModelError(f"finetune.init_from={ref}: no radpriv model ({META}) in that folder")
-        return found.parent
-    if not (ref.startswith(("runs:/", "models:/")) or _RUN_ID.match(ref)):
-        raise ModelError(f"finetune.init_from={ref!r} is not a folder, an MLflow run id, runs:/… or "
-                         "models:/… URI")
-    import mlflow
-
-    from radpriv.tracking.mlflow_run import tracking_uri as resolve_uri
-
-    mlflow.set_tracking_uri(resolve_uri(tracking_uri))
-    uri = f"runs:/{ref}/model" if _RUN_ID.match(ref) else ref
-    return download_bundle(uri, dst, f"finetune.init_from={ref}")
 
 
 def _check_compatible(meta: Mapping, label_names, spec: EncoderSpec, mode: str, ref: str) -> None:
@@ -149,23 +125,24 @@ def _load_full(net: ReportClassifier, encoder_dir: Path, ref: str) -> None:
         raise ModelError(f"finetune.init_from={ref}: its encoder weights do not fit this encoder")
 
 
-def apply_warm_start(net: ReportClassifier, ref: str, *, label_names, spec: EncoderSpec, mode: str,
-                     dataset: str, train_fingerprints: tuple[str, str], tracking_uri: str | None = None,
+def apply_warm_start(net: ReportClassifier, bundle: Path, ref: str, *, label_names, spec: EncoderSpec,
+                     mode: str, dataset: str, train_fingerprints: tuple[str, str],
                      verified_disjoint: bool = False) -> WarmStart:
     """Load the source's trainable weights into `net` (in place) and say where they came from.
 
+    `bundle`: the source's bundle folder, already resolved from `ref` (the reference as written,
+    for errors and the record: radpriv.tracking.model_ref.local_bundle).
     `verified_disjoint`: the overlap guard has checked the source's reports against this run's
     training reports (init_from=public), so a same-dataset source needs no warning."""
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = fetch_bundle(str(ref), tracking_uri, Path(tmp))
-        meta = load_meta(bundle)
-        _check_compatible(meta, label_names, spec, mode, ref)
-        same_dataset = _check_source_data(meta, dataset, train_fingerprints, ref, verified_disjoint)
-        if mode == "lora":
-            _load_lora(net, bundle / "adapter", ref)
-        else:
-            _load_full(net, bundle / "encoder", ref)
-        shared = _load_head_by_name(net, load_file(str(bundle / HEAD)), list(meta["label_names"]), label_names)
+    bundle = Path(bundle)
+    meta = load_meta(bundle)
+    _check_compatible(meta, label_names, spec, mode, ref)
+    same_dataset = _check_source_data(meta, dataset, train_fingerprints, ref, verified_disjoint)
+    if mode == "lora":
+        _load_lora(net, bundle / "adapter", ref)
+    else:
+        _load_full(net, bundle / "encoder", ref)
+    shared = _load_head_by_name(net, load_file(str(bundle / HEAD)), list(meta["label_names"]), label_names)
     fresh = tuple(n for n in label_names if n not in shared)
     if fresh:
         log.warning("warm start: %d of %d labels are not in %s and start fresh: %s", len(fresh),

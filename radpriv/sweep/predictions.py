@@ -23,11 +23,11 @@ def logged_model_predictions(run_id: str, tracking_uri: str, test: ReportTable, 
     by_name: the model may have other labels (a public model of a related schema): its columns
     are matched to the test split's by name, and a test label it lacks is never predicted
     (threshold +inf), which is all a model that never saw that label can do."""
-    from radpriv.evaluate import download_bundle
     from radpriv.model.bundle import load_bundle, load_meta, predict_proba
+    from radpriv.tracking.model_ref import local_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = download_bundle(run_id, tracking_uri, Path(tmp))
+        folder = local_bundle(run_id, tracking_uri, Path(tmp), f"run {run_id}").folder
         # in the precision the run's own test metrics were computed in (older runs: fp32), so the
         # sweep's statistics are those of the logged F1, whatever this machine's default
         model = load_bundle(folder, load_meta(folder).get("trained_precision", "32-true"))

@@ -150,6 +150,7 @@ def label(options: LabelOptions) -> dict:
     from radpriv.model.bundle import load_bundle, load_meta
     from radpriv.teacher import provenance
     from radpriv.tracking import registry
+    from radpriv.tracking.model_ref import local_bundle, privacy_facts
 
     predict.check_writable(options.output)
     if options.output.resolve() == options.input.resolve():
@@ -159,13 +160,14 @@ def label(options: LabelOptions) -> dict:
         torch.set_num_threads(options.num_threads)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        source = predict.fetch_model(options.teacher, options.tracking_uri, Path(tmp))
-        meta = load_meta(source.bundle_dir)
+        source = local_bundle(options.teacher, options.tracking_uri, Path(tmp), f"teacher={options.teacher}")
+        facts = privacy_facts(source, options.tracking_uri)
+        meta = load_meta(source.folder)
         predict.check_labels(options.labels, meta["label_names"], options.teacher)
         check_columns(reports.extra_columns, meta["label_names"], options.input)
-        guarantee = provenance.single_teacher_guarantee(source.facts)
-        log.info("teacher %s: %s", source.where, registry.describe_facts(source.facts))
-        model = load_bundle(source.bundle_dir, options.precision)
+        guarantee = provenance.single_teacher_guarantee(facts)
+        log.info("teacher %s: %s", source.display, registry.describe_facts(facts))
+        model = load_bundle(source.folder, options.precision)
     t_load = time.perf_counter() - t0
     empty = [not t.strip() for t in reports.texts]
     keep = [i for i, e in enumerate(empty) if not e]
@@ -182,9 +184,9 @@ def label(options: LabelOptions) -> dict:
     record = provenance.build(
         mode="teacher", teacher=options.teacher, labels=model.label_names, guarantee=guarantee,
         output=options.output, n_reports=len(reports.ids), n_labelled=len(keep),
-        teacher_privacy={k: v for k, v in source.facts.items() if k != "labels"},
+        teacher_privacy={k: v for k, v in facts.items() if k != "labels"},
         thresholds=dict(zip(model.label_names, map(float, thresholds))),
-        teacher_resolved=source.where, teacher_encoder=meta.get("encoder", {}).get("name"),
+        teacher_resolved=source.display, teacher_encoder=meta.get("encoder", {}).get("name"),
     )
     prov = provenance.write(record, options.output)
     if not guarantee["protected"]:

@@ -311,10 +311,11 @@ def _open_parent(cfg, k: int, sigma: float, mlflow_run_id: str | None) -> tuple[
 def _teacher_votes(run_id: str, tracking_uri: str, texts: list[str], batch_size: int) -> np.ndarray:
     """One teacher's 0/1 votes (reports × labels) at its stored (fixed 0.5) thresholds."""
     from radpriv.model.bundle import load_bundle
-    from radpriv.predict import fetch_model, predict_reports
+    from radpriv.predict import predict_reports
+    from radpriv.tracking.model_ref import local_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_bundle(fetch_model(run_id, tracking_uri, Path(tmp)).bundle_dir)
+        model = load_bundle(local_bundle(run_id, tracking_uri, Path(tmp), f"teacher run {run_id}").folder)
     probs = predict_reports(model, texts, batch_size, progress=False)
     return (probs >= torch.as_tensor(model.thresholds, dtype=probs.dtype)).numpy().astype(np.int64)
 

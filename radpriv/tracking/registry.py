@@ -9,7 +9,8 @@ the training wrote beside the model), never recomputed here; the bundle's
 
 Used by `radpriv train tracking.register=<name> [tracking.register_alias=<alias>]`, by sweeps
 and searches that promote their best run (`register_model` + `set_alias(..., "champion")`),
-and by `radpriv predict`, which accepts every reference `resolve_model_uri` understands.
+and by radpriv/tracking/model_ref.py, which turns every reference `resolve_model_uri`
+understands (and a local folder) into a local bundle for every command that loads a model.
 """
 
 from __future__ import annotations
@@ -271,33 +272,36 @@ def model_version_facts(name: str, version_or_alias: str, tracking_uri: str | No
 
 # --------------------------------------------------------------------------- resolution
 
-def resolve_model_uri(ref: str, tracking_uri: str | None = None) -> ResolvedModel:
+def resolve_model_uri(ref: str, tracking_uri: str | None = None, what: str | None = None) -> ResolvedModel:
     """A run id, `runs:/<id>/<path>`, `models:/<name>@<alias>`, `models:/<name>/<version>` or
     `models:/<name>/latest` → the run that logged the model. Anything that does not resolve is
-    a ModelError naming the reference and the store."""
+    a ModelError naming the reference (`what`, e.g. "model=<ref>"; default "model '<ref>'") and
+    the store. The form is checked before the store is opened."""
     from mlflow.exceptions import MlflowException
 
     ref = str(ref).strip()
+    what = what or f"model {ref!r}"
+    is_run = bool(_RUN_ID.match(ref)) or ref.startswith("runs:/")
+    if not is_run and not ref.startswith("models:/"):
+        raise ModelError(f"{what} is not a folder, a run id, runs:/<id>/model or "
+                         "models:/<name>@<alias> | models:/<name>/<version>")
     client, uri = registry_client(tracking_uri)
-    if _RUN_ID.match(ref) or ref.startswith("runs:/"):
+    if is_run:
         run_id, _, path = ref.removeprefix("runs:/").strip("/").partition("/")
         try:
             client.get_run(run_id)
         except MlflowException:
-            raise ModelError(f"model {ref!r}: no run {run_id} in {uri}; check the run id and "
+            raise ModelError(f"{what}: no run {run_id} in {uri}; check the run id and "
                              "MLFLOW_TRACKING_URI") from None
         return ResolvedModel(ref=ref, run_id=run_id, artifact_path=path or MODEL_ARTIFACT)
-    if not ref.startswith("models:/"):
-        raise ModelError(f"model {ref!r} is not a folder, a run id, runs:/<id>/model or "
-                         "models:/<name>@<alias> | models:/<name>/<version>")
     body = ref.removeprefix("models:/").strip("/")
     if body.startswith("m-") and "/" not in body and "@" not in body:  # an MLflow 3 LoggedModel id
         try:
             run_id = client.get_logged_model(body).source_run_id
         except MlflowException as e:
-            raise ModelError(f"model {ref!r} does not resolve in {uri}: {_first_line(e)}") from None
+            raise ModelError(f"{what} does not resolve in {uri}: {_first_line(e)}") from None
         if not run_id:
-            raise ModelError(f"model {ref!r} was not logged by a run; use a radpriv training run's model")
+            raise ModelError(f"{what} was not logged by a run; use a radpriv training run's model")
         return ResolvedModel(ref=ref, run_id=run_id)
     try:
         if "@" in body:
@@ -306,18 +310,18 @@ def resolve_model_uri(ref: str, tracking_uri: str | None = None) -> ResolvedMode
         else:
             name, _, version = body.rpartition("/")
             if not name or not version:
-                raise ModelError(f"model {ref!r}: write models:/<name>@<alias> or models:/<name>/<version>")
+                raise ModelError(f"{what}: write models:/<name>@<alias> or models:/<name>/<version>")
             alias = None
             if version == "latest":
                 versions = client.search_model_versions(f"name='{name}'")
                 if not versions:
-                    raise ModelError(f"model {ref!r}: no registered model {name!r} in {uri}")
+                    raise ModelError(f"{what}: no registered model {name!r} in {uri}")
                 mv = max(versions, key=lambda v: int(v.version))
             else:
                 mv = client.get_model_version(name, version)
     except MlflowException as e:
-        raise ModelError(f"model {ref!r} does not resolve in {uri}: {_first_line(e)}") from None
+        raise ModelError(f"{what} does not resolve in {uri}: {_first_line(e)}") from None
     if not mv.run_id:
-        raise ModelError(f"model {ref!r}: version {mv.version} was not logged by a run; "
+        raise ModelError(f"{what}: version {mv.version} was not logged by a run; "
                          "register a radpriv training run's model")
     return ResolvedModel(ref=ref, run_id=mv.run_id, name=name, version=str(mv.version), alias=alias)
