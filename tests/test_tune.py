@@ -672,6 +672,7 @@ def _train_split(args):
     return len({table.patient_ids[i] for i in rows}), len(rows)
 
 
+@pytest.mark.integration
 def test_the_search_plans_per_patient_where_training_does(patient_csv):
     args = [*PATIENTS, f"data.path={patient_csv}", "privacy.epsilon=2"]
     patients, reports = _train_split(args)

@@ -48,6 +48,7 @@ def _plan(overrides):
     return plan
 
 
+@pytest.mark.integration
 def test_warm_start_loads_the_source_weights_and_leaves_the_accountant_alone(
         tracking_uri, reports_csv, capsys, tmp_path):
     path = f"data.path={reports_csv[0]}"
