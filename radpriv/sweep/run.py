@@ -49,7 +49,7 @@ from radpriv.sweep.grid import (
     training_overrides,
 )
 from radpriv.sweep.predictions import binarize, logged_model_predictions
-from radpriv.tracking.mlflow_run import without_env
+from radpriv.tracking.parent_run import open_parent_run
 from radpriv.tracking.resume import find_finished
 
 log = logging.getLogger(__name__)
@@ -118,41 +118,6 @@ def _check_settings(cfg: DictConfig) -> None:
     claims.check_settings(s.claims)
 
 
-def _open_parent(client, cfg: DictConfig, mlflow_run_id: str | None, name: str,
-                 tags: dict) -> tuple[str, str, str, bool]:
-    """(run id, experiment id, experiment name, whether we own the run): the run `mlflow run`
-    opened, or a new one in radpriv-<data>."""
-    from radpriv.tracking.mlflow_run import experiment_name
-
-    if mlflow_run_id:
-        run = client.get_run(mlflow_run_id)
-        exp = client.get_experiment(run.info.experiment_id)
-        for k, v in tags.items():
-            client.set_tag(mlflow_run_id, k, v)
-        return mlflow_run_id, exp.experiment_id, exp.name, False
-    exp_name = experiment_name(cfg)
-    exp_id = _experiment_id(client, exp_name)
-    run = client.create_run(exp_id, run_name=name, tags=tags)
-    return run.info.run_id, exp_id, exp_name, True
-
-
-def _experiment_id(client, name: str) -> str:
-    """The experiment's id, created if missing (workers started together on a new store race to
-    create it: the loser uses the winner's)."""
-    from mlflow.exceptions import MlflowException
-
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
 def _cell_cfg(base: list[str], cell: Cell, parent_id: str, exp_name: str, spelling: str | None = None) -> DictConfig:
     cfg = compose([*cell_overrides(base, cell, spelling), f"tracking.parent_run_id={parent_id}",
                    f"tracking.experiment={exp_name}", "tracking.log_model=true"])
@@ -197,15 +162,16 @@ def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) 
     return list(dict.fromkeys([keys[0] for keys in per_cfg] + [k for keys in per_cfg for k in keys[1:]]))
 
 
-def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, client, uri: str, skipped: dict) -> dict:
+def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, client, uri: str, skipped: dict,
+               mlflow_run_id: str | None = None) -> dict:
     """`sweep.plan_only=true`: each cell's state, who holds it, and what is left (plan.py);
-    opens no run and writes nothing."""
+    opens no run and writes nothing. `mlflow_run_id`: the run `mlflow run` opened (MLFLOW_RUN_ID),
+    whose experiment is searched first, as the sweep itself would (it joins that run)."""
     from radpriv.sweep import plan
     from radpriv.tracking.mlflow_run import experiment_name
 
     exp_name = experiment_name(cfg)
-    run_id = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: its experiment too, as a sweep searches
-    search_ids = _search_ids(client, cfg, client.get_run(run_id).info.experiment_id if run_id else None)
+    search_ids = _search_ids(client, cfg, client.get_run(mlflow_run_id).info.experiment_id if mlflow_run_id else None)
     root = cfg.tracking.get("checkpoint_dir")
     planned = []
     for cell in cells:
@@ -475,7 +441,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    from radpriv.tracking.mlflow_run import flatten, tracking_uri
+    from radpriv.tracking.mlflow_run import experiment_name, flatten, tracking_uri
     from radpriv.train import configure_threads
 
     t0 = time.perf_counter()
@@ -501,45 +467,38 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     uri = tracking_uri(cfg.tracking.get("uri"))
     client = MlflowClient(uri)
     if cfg.sweep.get("plan_only"):
-        return plan_sweep(cfg, cells, base, tables, client, uri, skipped)
+        return plan_sweep(cfg, cells, base, tables, client, uri, skipped, os.environ.get("MLFLOW_RUN_ID"))
     progress = bool(cfg.sweep.progress_bar)
     name = f"sweep {cfg.data.name} {'+'.join(ok)}"
-    with without_env("MLFLOW_RUN_ID") as mlflow_run_id:
-        parent_id, exp_id, exp_name, owned = _open_parent(
-            client, cfg, mlflow_run_id, name, {SWEEP_TAG: "true", "radpriv.dataset": str(cfg.data.name)})
+    with open_parent_run(client, experiment_name(cfg), name,
+                         {SWEEP_TAG: "true", "radpriv.dataset": str(cfg.data.name)}) as parent:
+        parent_id, exp_id, exp_name = parent.run_id, parent.experiment_id, parent.experiment_name
+        search_ids = _search_ids(client, cfg, exp_id)
+        log.info("sweep: %d cells (%s × %d ε%s × %d seeds + %s), parent run %s in %s%s", len(cells),
+                 "+".join(ok), len(cfg.sweep.epsilons),
+                 " × cold/public start" if cfg.sweep.get("init_from") else "",
+                 len(seeds), "/".join(cfg.sweep.nonprivate or []) or "no non-private",
+                 parent_id, exp_name, f"; skipped {sorted(skipped)}" if skipped else "")
+        params = {**flatten({"sweep": OmegaConf.to_container(cfg.sweep, resolve=True)}),
+                  "sweep.base_overrides": " ".join(base)[:6000] or "(none)",
+                  "sweep.skipped_models": ",".join(sorted(skipped)) or "(none)"}
+        client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
+        store = claims.open_store(cfg.sweep.claims, uri)
         try:
-            search_ids = _search_ids(client, cfg, exp_id)
-            log.info("sweep: %d cells (%s × %d ε%s × %d seeds + %s), parent run %s in %s%s", len(cells),
-                     "+".join(ok), len(cfg.sweep.epsilons),
-                     " × cold/public start" if cfg.sweep.get("init_from") else "",
-                     len(seeds), "/".join(cfg.sweep.nonprivate or []) or "no non-private",
-                     parent_id, exp_name, f"; skipped {sorted(skipped)}" if skipped else "")
-            params = {**flatten({"sweep": OmegaConf.to_container(cfg.sweep, resolve=True)}),
-                      "sweep.base_overrides": " ".join(base)[:6000] or "(none)",
-                      "sweep.skipped_models": ",".join(sorted(skipped)) or "(none)"}
-            client.log_batch(parent_id, params=[Param(k, v) for k, v in params.items()])
-            store = claims.open_store(cfg.sweep.claims, uri)
-            try:
-                results = run_cells(cells, base, tables, client, uri, parent_id, exp_name, search_ids,
-                                    int(cfg.trainer.eval_batch_size), progress, store, float(cfg.sweep.claims.poll_s))
-            finally:
-                if store is not None:
-                    store.close()
-            public_out = public_model_results(cells, base, tables, uri, parent_id, exp_name,
-                                              int(cfg.trainer.eval_batch_size))
-            baseline_out = run_baselines(cfg, seeds, tables, progress)
-            b = cfg.sweep.bootstrap
-            boot = stats.Bootstrap(int(b.n_resamples), int(b.seed))
-            rows, per_label = build_rows(results, baseline_out, boot, float(b.alpha), public_out)
-            wall = time.perf_counter() - t0
-            summary = _log_outputs(client, parent_id, cfg, rows, per_label, results, skipped, tables(seeds[0]),
-                                   wall, overrides)
-            if owned:
-                client.set_terminated(parent_id, "FINISHED")
-        except BaseException:
-            if owned:
-                client.set_terminated(parent_id, "FAILED")
-            raise
+            results = run_cells(cells, base, tables, client, uri, parent_id, exp_name, search_ids,
+                                int(cfg.trainer.eval_batch_size), progress, store, float(cfg.sweep.claims.poll_s))
+        finally:
+            if store is not None:
+                store.close()
+        public_out = public_model_results(cells, base, tables, uri, parent_id, exp_name,
+                                          int(cfg.trainer.eval_batch_size))
+        baseline_out = run_baselines(cfg, seeds, tables, progress)
+        b = cfg.sweep.bootstrap
+        boot = stats.Bootstrap(int(b.n_resamples), int(b.seed))
+        rows, per_label = build_rows(results, baseline_out, boot, float(b.alpha), public_out)
+        wall = time.perf_counter() - t0
+        summary = _log_outputs(client, parent_id, cfg, rows, per_label, results, skipped, tables(seeds[0]),
+                               wall, overrides)
     log.info("sweep: finished in %s: %d cells trained, %d reused", hms(wall),
              sum(not r.reused for r in results), sum(r.reused for r in results))
     return {"run_id": parent_id, "experiment": exp_name, **summary}

@@ -65,7 +65,6 @@ import torch
 from radpriv.data.patients import Unit, resolve_unit, training_units
 from radpriv.errors import ConfigError, DataError, PrivacyError
 from radpriv.privacy import randomness
-from radpriv.tracking.mlflow_run import without_env
 
 log = logging.getLogger(__name__)
 
@@ -295,19 +294,6 @@ def parse_args(args: Sequence[str]) -> tuple[PateOptions, list[str]]:
     ), [o for o in overrides if o not in FORCED]
 
 
-def _open_parent(cfg, k: int, sigma: float, mlflow_run_id: str | None) -> tuple[object, str]:
-    from radpriv.tracking import mlflow_run
-
-    client = mlflow_run.client(cfg)
-    if mlflow_run_id:
-        return client, mlflow_run_id
-    name = mlflow_run.experiment_name(cfg)
-    exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(name)
-    run = client.create_run(exp_id, run_name=f"pate-k{k}-sigma{sigma:g}", tags={"radpriv.pate": "true"})
-    return client, run.info.run_id
-
-
 def _teacher_votes(run_id: str, tracking_uri: str, texts: list[str], batch_size: int) -> np.ndarray:
     """One teacher's 0/1 votes (reports × labels) at its stored (fixed 0.5) thresholds."""
     from radpriv.model.bundle import load_bundle
@@ -373,7 +359,9 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
     from radpriv.privacy import accounting
     from radpriv.teacher import provenance
     from radpriv.teacher.label import check_columns, read_input, write_labelled
+    from radpriv.tracking import mlflow_run
     from radpriv.tracking.mlflow_run import tracking_uri as resolve_uri
+    from radpriv.tracking.parent_run import open_parent_run
     from radpriv.train import train
 
     seeded = options.seed is not None
@@ -408,54 +396,49 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
     texts = [reports.texts[i] for i in keep]
     counts = np.zeros((len(keep), n_labels), dtype=np.int64)
     teacher_runs: list[str] = []
-    with without_env("MLFLOW_RUN_ID") as outer:
-        client, parent = _open_parent(cfg, options.k, options.sigma, outer)
-        try:
-            # public, data-independent facts only: no count or size of the expert data
-            client.log_batch(parent, params=[Param(f"pate.{k}", str(v)) for k, v in (
-                ("k", options.k), ("sigma", options.sigma), ("delta", delta), ("n_queries", len(keep)),
-                ("relation", RELATION), ("unit", unit.name), ("noise_seeded", str(seeded).lower()),
-                ("data", cfg.data.name), ("model", cfg.model.name))])
-            client.set_tag(parent, "radpriv.pate.protected", str(guarantee["protected"]).lower())
-            for t in tqdm(range(options.k), desc="PATE teachers", unit="teacher", disable=not options.progress_bar):
-                tcfg = compose([*overrides, *FORCED, f"tracking.parent_run_id={parent}",
-                                f"run_name=pate-teacher-{t}of{options.k}"])
-                with open_dict(tcfg):
-                    tcfg.tracking.tags = {**(tcfg.tracking.get("tags") or {}),
-                                          "radpriv.pate.teacher": f"{t}/{options.k}", "radpriv.pate.parent": parent}
-                run_id = train(tcfg, table=tables[t])["run_id"]
-                teacher_runs.append(run_id)
-                counts += _teacher_votes(run_id, uri, texts, options.batch_size)
-                log.info("PATE teacher %d/%d: run %s voted", t + 1, options.k, run_id)
-            rng = np.random.default_rng(options.seed) if seeded else randomness.numpy_generator()
-            labels, noisy = noisy_vote(counts, options.k, options.sigma, rng)
-            del counts  # the exact vote counts are never written anywhere
-            probs = torch.full((len(reports.texts), n_labels), math.nan, dtype=torch.float64)
-            probs[keep] = torch.as_tensor(np.clip(noisy / options.k, 0.0, 1.0))
-            empty = [not t.strip() for t in reports.texts]
-            write_labelled(options.output, reports, probs, [0.5] * n_labels, table.label_names, empty)
-            record = provenance.build(
-                mode="pate", teacher={"kind": "pate", "k": options.k, "teacher_runs": teacher_runs,
-                                      "parent_run_id": parent, "teacher_model": cfg.model.name,
-                                      "expert_data": cfg.data.name},
-                labels=table.label_names, guarantee=guarantee, output=options.output,
-                n_reports=len(reports.ids), n_labelled=len(keep), pate=accounting_record(cost, options),
-            )
-            prov = provenance.write(record, options.output)
-            if guarantee["protected"]:
-                for key in EPSILON_KEYS:
-                    client.log_metric(parent, f"pate/{key}", float(cost[key]))
-                client.log_metric(parent, "pate/delta", float(delta))
-            with tempfile.TemporaryDirectory() as tmp:  # the published part only; the CSV holds report text
-                public = Path(tmp) / provenance.ARTIFACT
-                public.write_text(json.dumps(provenance.public_view(record), indent=2, default=float))
-                client.log_artifact(parent, str(public))
-            if not outer:
-                client.set_terminated(parent, "FINISHED")
-        except BaseException:
-            if not outer:
-                client.set_terminated(parent, "FAILED")
-            raise
+    client = mlflow_run.client(cfg)
+    with open_parent_run(client, mlflow_run.experiment_name(cfg), f"pate-k{options.k}-sigma{options.sigma:g}",
+                         {"radpriv.pate": "true"}) as parent_run:
+        parent = parent_run.run_id
+        # public, data-independent facts only: no count or size of the expert data
+        client.log_batch(parent, params=[Param(f"pate.{k}", str(v)) for k, v in (
+            ("k", options.k), ("sigma", options.sigma), ("delta", delta), ("n_queries", len(keep)),
+            ("relation", RELATION), ("unit", unit.name), ("noise_seeded", str(seeded).lower()),
+            ("data", cfg.data.name), ("model", cfg.model.name))])
+        client.set_tag(parent, "radpriv.pate.protected", str(guarantee["protected"]).lower())
+        for t in tqdm(range(options.k), desc="PATE teachers", unit="teacher", disable=not options.progress_bar):
+            tcfg = compose([*overrides, *FORCED, f"tracking.parent_run_id={parent}",
+                            f"run_name=pate-teacher-{t}of{options.k}"])
+            with open_dict(tcfg):
+                tcfg.tracking.tags = {**(tcfg.tracking.get("tags") or {}),
+                                      "radpriv.pate.teacher": f"{t}/{options.k}", "radpriv.pate.parent": parent}
+            run_id = train(tcfg, table=tables[t])["run_id"]
+            teacher_runs.append(run_id)
+            counts += _teacher_votes(run_id, uri, texts, options.batch_size)
+            log.info("PATE teacher %d/%d: run %s voted", t + 1, options.k, run_id)
+        rng = np.random.default_rng(options.seed) if seeded else randomness.numpy_generator()
+        labels, noisy = noisy_vote(counts, options.k, options.sigma, rng)
+        del counts  # the exact vote counts are never written anywhere
+        probs = torch.full((len(reports.texts), n_labels), math.nan, dtype=torch.float64)
+        probs[keep] = torch.as_tensor(np.clip(noisy / options.k, 0.0, 1.0))
+        empty = [not t.strip() for t in reports.texts]
+        write_labelled(options.output, reports, probs, [0.5] * n_labels, table.label_names, empty)
+        record = provenance.build(
+            mode="pate", teacher={"kind": "pate", "k": options.k, "teacher_runs": teacher_runs,
+                                  "parent_run_id": parent, "teacher_model": cfg.model.name,
+                                  "expert_data": cfg.data.name},
+            labels=table.label_names, guarantee=guarantee, output=options.output,
+            n_reports=len(reports.ids), n_labelled=len(keep), pate=accounting_record(cost, options),
+        )
+        prov = provenance.write(record, options.output)
+        if guarantee["protected"]:
+            for key in EPSILON_KEYS:
+                client.log_metric(parent, f"pate/{key}", float(cost[key]))
+            client.log_metric(parent, "pate/delta", float(delta))
+        with tempfile.TemporaryDirectory() as tmp:  # the published part only; the CSV holds report text
+            public = Path(tmp) / provenance.ARTIFACT
+            public.write_text(json.dumps(provenance.public_view(record), indent=2, default=float))
+            client.log_artifact(parent, str(public))
     claimed = {k: (None if seeded else cost[k]) for k in (*EPSILON_KEYS, "delta")}
     log.info("PATE: %d reports labelled -> %s (+ %s); expert reports: %s", len(keep), options.output, prov.name,
              provenance.NOT_PROTECTED + " (seeded)" if seeded else f"ε={cost['epsilon']:.4g} at δ={delta:.3g}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 from radpriv.errors import ConfigError
 
@@ -104,16 +103,3 @@ def mark_failed(logger) -> None:
             logger.experiment.set_terminated(logger.run_id, "FAILED")
     except Exception:  # noqa: BLE001 - best effort while reporting another error
         pass
-
-
-@contextmanager
-def without_env(name: str) -> Iterator[str | None]:
-    """Hide an environment variable for a block, e.g. MLFLOW_RUN_ID: `mlflow run` sets it for the
-    whole process, and a command that opens runs of its own (sweep cells, PATE teachers, nested
-    under it) must not log into it. Yields its value (None when unset)."""
-    value = os.environ.pop(name, None)
-    try:
-        yield value
-    finally:
-        if value is not None:
-            os.environ[name] = value

@@ -26,10 +26,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
@@ -322,49 +320,10 @@ def enqueue_recipe(study, search: Search, limit: int) -> None:
             log.info("tune: trial with the recipe's own values %s (tune.enqueue_recipe)", params)
 
 
-@contextmanager
-def parent_run(client, experiment: str, run_name: str, tags: dict):
-    """The invocation's parent run: the one `mlflow run` opened (MLFLOW_RUN_ID), else a new one.
-
-    MLFLOW_RUN_ID is hidden from the trials meanwhile (radpriv.train would join that run).
-    Yields (run id, experiment name).
-    """
-    from mlflow.exceptions import MlflowException
-
-    joined = os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        if joined:
-            run = client.get_run(joined)
-            experiment = client.get_experiment(run.info.experiment_id).name
-            for k, v in tags.items():
-                client.set_tag(joined, k, v)
-            run_id = joined
-        else:
-            exp = client.get_experiment_by_name(experiment)
-            if exp is None:
-                try:
-                    exp_id = client.create_experiment(experiment)
-                except MlflowException:  # another worker created it meanwhile
-                    exp_id = client.get_experiment_by_name(experiment).experiment_id
-            else:
-                exp_id = exp.experiment_id
-            run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-        try:
-            yield run_id, experiment
-        except BaseException as e:
-            if not joined:
-                client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-            raise
-        if not joined:
-            client.set_terminated(run_id, "FINISHED")
-    finally:
-        if joined:
-            os.environ["MLFLOW_RUN_ID"] = joined
-
-
 def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
     from radpriv.tracking.mlflow_run import client as tracking_client
     from radpriv.tracking.mlflow_run import experiment_name
+    from radpriv.tracking.parent_run import open_parent_run
     from radpriv.tune.report import finish, log_parent_config, log_privacy
     from radpriv.tune.sampling import make_pruner, make_sampler
     from radpriv.tune.study_record import load_record, new_record, open_study
@@ -408,7 +367,8 @@ def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
     if search.models:
         tags["radpriv.tune.models"] = ",".join(search.models)
         tags["radpriv.tune.skipped_models"] = ",".join(search.skipped_models) or "(none)"
-    with parent_run(client, experiment_name(cfg), f"tune {name}", tags) as (parent_id, experiment):
+    with open_parent_run(client, experiment_name(cfg), f"tune {name}", tags) as parent:
+        parent_id, experiment = parent.run_id, parent.experiment_name
         log_parent_config(client, parent_id, cfg)
         try:
             objective = Objective(search, study_name=name, parent_run_id=parent_id, experiment=experiment,
