@@ -10,9 +10,10 @@ from radpriv.tracking.parent_run import ParentRun, experiment_id, open_parent_ru
 TAGS = {"radpriv.sweep": "true", "radpriv.dataset": "demo"}
 
 
-@pytest.fixture
-def client(tmp_path):
-    return mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """One store for the module (a fresh sqlite store costs seconds); each test its own names."""
+    return mlflow.MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('parent_run') / 'm.db'}")
 
 
 def test_a_new_run_in_the_experiment_ends_finished(client):
@@ -40,13 +41,13 @@ def test_keyboard_interrupt_ends_it_killed(client):
 
 @pytest.mark.parametrize("error", [None, ValueError])
 def test_the_mlflow_run_is_joined_tagged_hidden_and_left_alone(client, monkeypatch, error):
-    exp = client.create_experiment("outer-exp")
+    exp = client.create_experiment(f"outer-exp-{error}")
     outer = client.create_run(exp, run_name="mlflow run").info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", outer)
     try:
         with open_parent_run(client, "ignored", "ignored", TAGS) as parent:
             assert "MLFLOW_RUN_ID" not in os.environ
-            assert parent == ParentRun(outer, exp, "outer-exp", owned=False, joined_from_mlflow_run=True)
+            assert parent == ParentRun(outer, exp, f"outer-exp-{error}", owned=False, joined_from_mlflow_run=True)
             if error:
                 raise error("boom")
     except ValueError:
