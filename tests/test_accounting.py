@@ -16,6 +16,7 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from radpriv.errors import ConfigError, PrivacyError
+from radpriv.privacy import accountants
 from radpriv.privacy import accounting as acc
 from radpriv.privacy import independent_check as ind
 
@@ -116,16 +117,16 @@ def test_prv_is_opacus_upper_bound():
         warnings.simplefilter("ignore")
         assert ours.get_epsilon(1e-5, eps_error=0.01) == pytest.approx(
             stock.get_epsilon(1e-5, eps_error=0.01), rel=1e-8)
-    bound = acc._prv_bounds(history, 1e-5, 0.01)
+    bound = accountants.prv_bounds(history, 1e-5, 0.01)
     assert bound.upper >= bound.estimate + bound.eps_error - 1e-12
     assert bound.lower <= bound.estimate <= bound.upper
     # the default path: error bar min(0.5 % of ε, 0.01) (here ε ≈ 7: Opacus' 0.01)
-    assert acc._prv_epsilon(history, 1e-5).upper == pytest.approx(bound.upper, rel=1e-6)
+    assert accountants.prv_epsilon(history, 1e-5).upper == pytest.approx(bound.upper, rel=1e-6)
     small = ((2.0, 0.01, 100),)  # ε ≈ 0.35
-    relative = acc._prv_epsilon(small, 1e-5)
+    relative = accountants.prv_epsilon(small, 1e-5)
     assert relative.eps_error == pytest.approx(acc.PRV_REL_EPS_ERROR * relative.estimate,
                                                rel=0.05)
-    assert relative.upper < acc._prv_bounds(small, 1e-5, 0.01).upper
+    assert relative.upper < accountants.prv_bounds(small, 1e-5, 0.01).upper
 
 
 # σ, q, steps, δ: ε ≈ 0.01 and 0.1 (Open-i), ≈ 8 (Open-i, little noise), large q, tiny q with

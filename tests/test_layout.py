@@ -1,4 +1,4 @@
-"""The test suite's layout: no test module imports another test module.
+"""The layout: no test module imports another test module; radpriv.privacy's imports form no cycle.
 
 Importing a test module from another runs the imported module's top level (fixtures, constants,
 imports of heavy libraries) and ties the two files together, so that moving or editing one test
@@ -77,3 +77,85 @@ def test_no_test_module_imports_another_test_module():
                 for line, name in imports_of_test_modules(path.read_text(encoding="utf-8"), str(path))]
     assert not offences, ("a test module imports another test module; move what they share to "
                           "tests/helpers/:\n" + "\n".join(offences))
+
+
+PRIVACY = TESTS.parent / "radpriv" / "privacy"
+
+
+def privacy_imports(source: str, modules: set[str], filename: str = "<privacy>") -> set[str]:
+    """Every module imported by `source` (top level or inside a function), resolved to a name in
+    `modules` (radpriv.privacy's own modules, by file stem) or, for anything else, kept as the
+    full dotted name: `import radpriv.privacy.x`, `from radpriv.privacy.x import y`,
+    `from radpriv.privacy import x`, `from . import x`, `from .x import y`."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        dotted: list[str] = []
+        if isinstance(node, ast.Import):
+            dotted = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "radpriv.privacy" if node.level == 1 else (node.module if node.level == 0 else None)
+            if node.level == 1 and node.module:
+                base = f"radpriv.privacy.{node.module}"
+            if base is None:
+                continue
+            dotted = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        for name in dotted:
+            parts = name.split(".")
+            if parts[:2] == ["radpriv", "privacy"] and len(parts) > 2:
+                if parts[2] in modules:
+                    found.add(parts[2])
+            elif parts[:2] != ["radpriv", "privacy"]:
+                found.add(name)
+    return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for succ in sorted(graph.get(node, ())):
+            if state.get(succ) == 1:
+                return stack[stack.index(succ):] + [succ]
+            if succ not in state and (found := visit(succ)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+_PRIVACY_FORMS = """\
+import radpriv.privacy.a
+from radpriv.privacy.b import x
+from radpriv.privacy import c, not_a_module
+def f():
+    from . import d
+    from .e import y
+    import mlflow.tracking
+"""
+
+
+def test_privacy_package_imports_have_no_cycle_and_no_mlflow():
+    modules = {"a", "b", "c", "d", "e"}
+    assert privacy_imports(_PRIVACY_FORMS, modules) == {"a", "b", "c", "d", "e", "mlflow.tracking"}
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+    paths = sorted(PRIVACY.glob("*.py"))
+    names = {path.stem for path in paths} - {"__init__"}
+    assert {"accounting", "accountants", "calibration", "independent_check", "privacy_params"} <= names
+    imports = {path.stem: privacy_imports(path.read_text(encoding="utf-8"), names, str(path))
+               for path in paths}
+    graph = {name: {dep for dep in deps if dep in names and dep != name} for name, deps in imports.items()}
+    assert _cycle(graph) is None, f"radpriv.privacy imports itself in a cycle: {' -> '.join(_cycle(graph))}"
+    with_mlflow = sorted(name for name, deps in imports.items()
+                         if any(dep == "mlflow" or dep.startswith("mlflow.") for dep in deps))
+    assert not with_mlflow, f"radpriv.privacy must not import mlflow: {with_mlflow}"

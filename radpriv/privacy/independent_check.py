@@ -3,7 +3,7 @@
 Add/remove: :func:`independent_epsilons` recomputes ε with Google's ``dp_accounting`` (a
 separate code base from Opacus, whose accountants report it): its PLD accountant (pessimistic
 discretisation with interval 1e-4·ε) and its RDP accountant (over
-:data:`radpriv.privacy.accounting.RDP_ORDERS`); the reported ε is compared with the same-family
+:data:`radpriv.privacy.privacy_params.RDP_ORDERS`); the reported ε is compared with the same-family
 value (Opacus PRV ↔ PLD, Opacus RDP ↔ RDP).
 
 Replace-one (the guarantee radpriv states, :mod:`radpriv.privacy.replace_one`): only
@@ -18,7 +18,7 @@ to 10). What the bracket cannot see, an error that keeps the value between the t
 catch by recomputing with a fresh dp_accounting accountant (tests/test_accounting.py).
 
 Either way under-reporting and unexplained disagreement (beyond ``rel_tol``) stop the run.
-Kept apart from ``accounting.py`` so that the code which computes ε and the code which checks
+Kept apart from ``accountants.py`` so that the code which computes ε and the code which checks
 it share no arithmetic beyond the dp_accounting library itself.
 """
 
@@ -30,17 +30,17 @@ import math
 from typing import Any
 
 from radpriv.errors import PrivacyError
-from radpriv.privacy.accounting import (
+from radpriv.privacy.accountants import epsilon_spent
+from radpriv.privacy.privacy_params import (
     PLD_REL_DISCRETIZATION,
     RDP_ORDERS,
     History,
-    _as_float,
-    _as_history,
-    _canonical,
-    _check_accountant_name,
-    _check_delta_value,
+    as_float,
+    as_history,
+    canonical_history,
+    check_accountant_name,
+    check_delta_value,
     check_relation,
-    epsilon_spent,
 )
 
 
@@ -110,18 +110,18 @@ def independent_epsilons(noise_multiplier: float, sample_rate: float, steps: int
     directions; pessimistic discretisation with interval 1e-4·ε, converged to ≲ 1e-4 relative).
     ``rdp``: ``RdpAccountant`` over :data:`RDP_ORDERS`. Both are upper bounds on the exact ε.
     """
-    history = _canonical(_as_history((noise_multiplier, sample_rate, steps)))
-    pld, rdp = _independent_cached(history, _check_delta_value(delta))
+    history = canonical_history(as_history((noise_multiplier, sample_rate, steps)))
+    pld, rdp = _independent_cached(history, check_delta_value(delta))
     return {"pld": pld, "rdp": rdp}
 
 
 def _check_add_remove(reported_epsilon: float, accountant_name: str, history: History,
                       delta: float, rel_tol: float) -> dict[str, float]:
-    name = _check_accountant_name(accountant_name)
-    reported = _as_float(reported_epsilon, "reported ε")
-    d = _check_delta_value(delta)
-    tol = _as_float(rel_tol, "rel_tol")
-    history = _canonical(history)
+    name = check_accountant_name(accountant_name)
+    reported = as_float(reported_epsilon, "reported ε")
+    d = check_delta_value(delta)
+    tol = as_float(rel_tol, "rel_tol")
+    history = canonical_history(history)
     pld, rdp = _independent_cached(history, d)
     same = pld if name == "prv" else rdp
     family = "dp_accounting PLD" if name == "prv" else "dp_accounting RDP"
@@ -160,12 +160,11 @@ def _check_add_remove(reported_epsilon: float, accountant_name: str, history: Hi
 def _check_replace_one(reported_epsilon: float, accountant_name: str, history: History,
                        delta: float, rel_tol: float) -> dict[str, float]:
     from radpriv.privacy import replace_one_rdp
-    from radpriv.privacy.accounting import RDP_ORDERS
 
-    reported = _as_float(reported_epsilon, "reported ε")
-    d = _check_delta_value(delta)
-    tol = _as_float(rel_tol, "rel_tol")
-    history = _canonical(history)
+    reported = as_float(reported_epsilon, "reported ε")
+    d = check_delta_value(delta)
+    tol = as_float(rel_tol, "rel_tol")
+    history = canonical_history(history)
     # the add/remove figure of the same steps, itself checked across code bases
     add_remove = _check_add_remove(epsilon_spent(accountant_name, history, d, "add_remove"),
                                    accountant_name, history, d, tol)
@@ -210,7 +209,7 @@ def cross_check(reported_epsilon: float, accountant_name: str, noise_multiplier:
     two implementations is wrong for this regime, and which one is unknown). PRV reports ≈ 0.5 %
     above PLD by design (its error bar); the 1 % tolerance holds for ε ≥ 0.01 up to ≈ 5,000
     steps at δ ≈ 1e-4, and for ε ≳ 0.025 with 25,000 steps at δ ≈ 1.5e-6 (MIMIC-sized); below
-    that the grid-capped error bar exceeds 1 % and this raises (see accounting's docstring).
+    that the grid-capped error bar exceeds 1 % and this raises (see accountants' docstring).
     Returns ``privacy/epsilon``, ``privacy/epsilon_pld``, ``privacy/epsilon_rdp_independent``,
     ``privacy/epsilon_cross_check_rel_diff`` and ``privacy/epsilon_cross_check_rel_tol``.
 
@@ -224,5 +223,5 @@ def cross_check(reported_epsilon: float, accountant_name: str, noise_multiplier:
     Calling it right after calibration, on ``CalibrationResult.epsilon``, surfaces a problem
     before training rather than after.
     """
-    history = _as_history((noise_multiplier, sample_rate, steps))
+    history = as_history((noise_multiplier, sample_rate, steps))
     return check_history(reported_epsilon, accountant_name, history, delta, relation, rel_tol)

@@ -77,7 +77,7 @@ def refined_epsilon(build, delta: float, rel: float = REL_DISCRETIZATION) -> flo
 def epsilon(history: History, delta: float) -> float:
     """Upper bound on ε at δ of the DP-SGD steps in ``history`` under replace-one adjacency.
 
-    ``history``: canonical ``((σ, q, steps), ...)`` (radpriv.privacy.accounting normalises it).
+    ``history``: canonical ``((σ, q, steps), ...)`` (radpriv.privacy.privacy_params normalises it).
     """
     if not history:
         return 0.0
