@@ -159,3 +159,15 @@ def test_privacy_package_imports_have_no_cycle_and_no_mlflow():
     with_mlflow = sorted(name for name, deps in imports.items()
                          if any(dep == "mlflow" or dep.startswith("mlflow.") for dep in deps))
     assert not with_mlflow, f"radpriv.privacy must not import mlflow: {with_mlflow}"
+
+
+def test_data_and_privacy_import_no_mlflow_or_tracking():
+    """Reading data and accounting for privacy never talk to MLflow: that boundary is tracking/."""
+    root = PRIVACY.parent
+    offenders = []
+    for package in ("data", "privacy"):
+        for path in sorted((root / package).glob("*.py")):
+            for name in privacy_imports(path.read_text(encoding="utf-8"), set(), str(path)):
+                if name.split(".")[0] == "mlflow" or name.startswith("radpriv.tracking"):
+                    offenders.append(f"{package}/{path.name}: {name}")
+    assert not offenders, offenders
