@@ -18,8 +18,6 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import open_dict
-
 from radpriv.errors import ConfigError
 from radpriv.tune import ledger, privacy_filter
 from radpriv.tune.comparison import log_comparison
@@ -123,8 +121,6 @@ def _retrain(search, study, client, parent_id: str, experiment: str, params: dic
         overrides += [f"privacy.epsilon={rs['per_run_epsilon']!r}", f"privacy.delta={search.delta!r}"]
     cfg = run_config(overrides, parent_run_id=parent_id, experiment=experiment, run_name="final (best parameters)",
                      tags={"radpriv.tune.study": study.study_name, "radpriv.tune.role": "final"}, trial=False)
-    with open_dict(cfg):
-        cfg.tracking.tags["radpriv.tune.model"] = str(cfg.model.name)
 
     def record(plan) -> None:
         admit_run(search, study, "retrain", parent_id, plan, "the retrain")

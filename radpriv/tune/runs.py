@@ -60,7 +60,9 @@ def run_config(overrides: Sequence[str], *, parent_run_id: str, experiment: str,
         cfg.tracking.parent_run_id = parent_run_id
         cfg.tracking.experiment = experiment
         cfg.tracking.checkpoint_dir = None
-        cfg.tracking.tags = {**(cfg.tracking.get("tags") or {}), **{k: str(v) for k, v in tags.items()}}
+        # the run's model as a tag too (in a search across models, the UI's column to compare by)
+        cfg.tracking.tags = {**(cfg.tracking.get("tags") or {}), **{k: str(v) for k, v in tags.items()},
+                             "radpriv.tune.model": str(cfg.model.name)}
         if trial:
             cfg.tracking.register = None
             cfg.tracking.log_model = False

@@ -237,8 +237,11 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
     base = strip_tune_overrides(overrides)
     models, skipped = None, {}
     if (requested := requested_models(t)) is not None:
+        stripped = strip_model_overrides(base)  # each run's model is its trial's (or the best trial's)
+        if len(stripped) != len(base):
+            log.info("tune: tune.models=%s is searched; `model=` is ignored", requested)
+        base = stripped
         models, skipped = _available(requested, base)
-        base = strip_model_overrides(base)  # each run's model is its trial's (or the best trial's)
     table = load_table(cfg.data, int(cfg.seed))
     unit, n_private = private_units(cfg, table)
     delta = accounting.resolve_delta(cfg.privacy.get("delta"), n_private)
@@ -261,13 +264,11 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
 
 
 def _available(models: list[str], base: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The requested models that load here, and why each other one does not (one line each)."""
+    """The requested models that load here, and why each other one does not (one line each).
+    `base`: the training overrides without a `model=` choice."""
     from radpriv.model.encoder import available_models
 
-    stripped = strip_model_overrides(base)
-    if len(stripped) != len(base):
-        log.info("tune: tune.models=%s is searched; `model=` is ignored", models)
-    sources = {m: str(compose([*stripped, f"model={m}"]).model.source) for m in models}
+    sources = {m: str(compose([*base, f"model={m}"]).model.source) for m in models}
     return available_models(sources, "tune")
 
 

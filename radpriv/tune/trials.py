@@ -12,7 +12,6 @@ import hashlib
 import logging
 
 import optuna
-from omegaconf import open_dict
 
 from radpriv.errors import ConfigError
 from radpriv.process_memory import return_freed_memory
@@ -52,8 +51,6 @@ class Objective:
                          experiment=self.experiment, run_name=f"trial {trial.number}", trial=True,
                          tags={"radpriv.tune.study": self.study_name, "radpriv.tune.role": "trial",
                                "radpriv.tune.trial": trial.number, "radpriv.tune.split_seed": cfg_seed(search)})
-        with open_dict(cfg):  # the trial's model, as a tag (the MLflow UI's columns and searches)
-            cfg.tracking.tags["radpriv.tune.model"] = str(cfg.model.name)
         # one split for every trial (the table, made with the study's seed), but each trial its own
         # initialisation and dropout; its Poisson batches and noise come from fresh OS entropy in
         # every run whatever the seed (radpriv.privacy.randomness), as the analyses assume
