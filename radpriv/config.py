@@ -43,6 +43,12 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     return cfg
 
 
+def model_sources(models: Sequence[str], overrides: Sequence[str] = ()) -> dict[str, str]:
+    """{model group: its `model.source`} as each would compose with `overrides` (what
+    radpriv.model.encoder.available_models checks before a sweep or a search starts)."""
+    return {m: str(compose([*overrides, f"model={m}"]).model.source) for m in models}
+
+
 def resolve_auto_precision(cfg: DictConfig) -> None:
     """`trainer.precision=auto`: bf16-mixed where this machine's device computes bf16 natively,
     else 32-true (radpriv/model/precision.py); resolved here so that run keys and params show it."""

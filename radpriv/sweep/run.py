@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from radpriv.config import compose
+from radpriv.config import compose, model_sources
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError
@@ -450,7 +450,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     base = training_overrides(overrides)
     models = list(dict.fromkeys(c.model for c in cells))
     compose([*base, *cells[0].overrides()])  # a bad base override fails here, before any model loads
-    ok, skipped = available_models({m: compose([*base, f"model={m}"]).model.source for m in models}, "sweep")
+    ok, skipped = available_models(model_sources(models, base), "sweep")
     cells = [c for c in cells if c.model in ok]
     seeds = list(dict.fromkeys(c.seed for c in cells))
     configure_threads(cfg.trainer.get("num_threads"))

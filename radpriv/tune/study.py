@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from radpriv.config import compose, group_options
+from radpriv.config import compose, group_options, model_sources
 from radpriv.data.patients import Unit, privacy_unit, training_units
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError
+from radpriv.model.encoder import available_models
 from radpriv.privacy import accounting
 from radpriv.tune import privacy_cost
 from radpriv.tune.data_check import check_public_data
@@ -241,7 +242,7 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
         if len(stripped) != len(base):
             log.info("tune: tune.models=%s is searched; `model=` is ignored", requested)
         base = stripped
-        models, skipped = _available(requested, base)
+        models, skipped = available_models(model_sources(requested, base), "tune")
     table = load_table(cfg.data, int(cfg.seed))
     unit, n_private = private_units(cfg, table)
     delta = accounting.resolve_delta(cfg.privacy.get("delta"), n_private)
@@ -261,15 +262,6 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
     elif mode == "random_search":
         _calibrate_random_search(search)
     return search
-
-
-def _available(models: list[str], base: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The requested models that load here, and why each other one does not (one line each).
-    `base`: the training overrides without a `model=` choice."""
-    from radpriv.model.encoder import available_models
-
-    sources = {m: str(compose([*base, f"model={m}"]).model.source) for m in models}
-    return available_models(sources, "tune")
 
 
 def _calibrate_random_search(search: Search) -> None:
