@@ -20,17 +20,29 @@ Writes gpu.json and gpu.md under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scaling import GRID_CELLS_PER_MODEL, MIMIC_REPORTS, ROOT, _child, random_encoder  # noqa: E402
+from _harness import ROOT, header, write_result  # noqa: E402
+from scaling import GRID_CELLS_PER_MODEL, MIMIC_REPORTS, _child, random_encoder  # noqa: E402
 
 PRECISIONS = ("bf16-mixed", "32-true")
 MODELS = ("minilm", "bert_small", "bert_medium")
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# GPU ({result['date']}, {result['device']})", "", f"Command: `{result['command']}`", "",
+             "| encoder | tokens | DP | precision | reports/s | peak GB | one DP cell on MIMIC-CXR (h) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["points"]:
+        lines.append(f"| {r['model']} | {r['length']} | {'yes' if r['private'] else 'no'} | {r['precision']} | "
+                     f"{r['reports_per_s']:.0f} | {r['peak_device_gb']:.1f} | {r['hours_one_cell']:.2f} |")
+    lines += ["", f"The paper's grid ({GRID_CELLS_PER_MODEL} cells per encoder, {result['epochs']} epochs, bf16, "
+              "DP cost for every cell) on one GPU, hours: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in result["grid_hours"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -65,14 +77,8 @@ def main() -> int:
                         points.append(r)
                         print(f"{model} {length} tokens {'DP' if private else 'non-private'} {precision}: "
                               f"{r['reports_per_s']:.0f} reports/s, peak {r['peak_device_gb']:.1f} GB", flush=True)
-    lines = [f"# GPU ({time.strftime('%Y-%m-%d %H:%M')}, {device})", "",
-             "| encoder | tokens | DP | precision | reports/s | peak GB | one DP cell on MIMIC-CXR (h) |",
-             "|---|---|---|---|---|---|---|"]
     for r in points:
-        hours = MIMIC_REPORTS * args.epochs / r["reports_per_s"] / 3600
-        r["hours_one_cell"] = hours
-        lines.append(f"| {r['model']} | {r['length']} | {'yes' if r['private'] else 'no'} | {r['precision']} | "
-                     f"{r['reports_per_s']:.0f} | {r['peak_device_gb']:.1f} | {hours:.2f} |")
+        r["hours_one_cell"] = MIMIC_REPORTS * args.epochs / r["reports_per_s"] / 3600
     grid = {}
     for model in args.models:
         for length in args.lengths:
@@ -80,13 +86,8 @@ def main() -> int:
                   and r["precision"] == PRECISIONS[0]]
             if dp:
                 grid[f"{model}@{length}"] = dp[0]["hours_one_cell"] * GRID_CELLS_PER_MODEL
-    lines += ["", f"The paper's grid ({GRID_CELLS_PER_MODEL} cells per encoder, {args.epochs} epochs, bf16, DP "
-              "cost for every cell) on one GPU, hours: " + ", ".join(f"{k} {v:.1f}" for k, v in grid.items())]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps({"device": device, "points": points, "grid_hours": grid}, indent=2))
-    (out / "gpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(args.out, "gpu", {**header(), "device": device, "epochs": args.epochs, "points": points,
+                                   "grid_hours": grid}, markdown)
     return 0
 
 

@@ -28,7 +28,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import ROOT, fit_timed_steps, header, run_child, write_result  # noqa: E402
+
 # bf16 mixed precision (the default where it is native, as on the CPU this was tuned on) unless
 # a configuration says fp32; both are named explicitly so the ratios mean the same everywhere
 BF16 = "trainer.precision=bf16-mixed"
@@ -68,7 +70,7 @@ RATIOS = [
 
 # --------------------------------------------------------------------------- one configuration
 def _timed_steps(step_fn, batches, steps: int) -> tuple[float, int]:
-    """Run steps+1 optimisation steps; time the last `steps` (the first warms up)."""
+    """Run steps+1 optimisation steps of a hand-written loop; time the last `steps` (the first warms up)."""
     it = iter(batches)
     step_fn(next(it))
     n, t0 = 0, time.perf_counter()
@@ -79,7 +81,6 @@ def _timed_steps(step_fn, batches, steps: int) -> tuple[float, int]:
 
 def measure(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
     """Train `steps` timed DP/non-private steps of one configuration in this process."""
-    import lightning as L
     import torch
 
     from radpriv.config import compose
@@ -99,45 +100,13 @@ def measure(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
     if loop == "plain":
         seconds, reports = _plain_opacus_loop(module, dm, plan, steps, cfg.trainer.precision)
     else:
-        from radpriv.privacy.callback import DPCallback
-
-        timer = _StepTimer(steps)
-        trainer = L.Trainer(max_steps=steps + 1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu",
-                            precision=cfg.trainer.precision,
-                            callbacks=[*([DPCallback(plan)] if plan is not None else []), timer])
-        trainer.fit(module, datamodule=dm)
+        timer = fit_timed_steps(module, dm, plan, steps, cfg.trainer.precision)
         seconds, reports = timer.seconds, timer.reports
     return {"name": name, "overrides": overrides, "loop": loop, "steps": steps,
             "reports": reports, "seconds": seconds, "reports_per_s": reports / seconds,
             "prefix_cache_s": t_cache,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads(), "precision": cfg.trainer.precision}
-
-
-class _StepTimer:
-    """A Lightning callback timing optimisation steps 2..steps+1 and counting their reports."""
-
-    def __new__(cls, steps: int):
-        import lightning as L
-
-        class Timer(L.Callback):
-            def __init__(self):
-                self.steps, self.seen, self.reports, self.seconds, self.t0 = steps, 0, 0, 0.0, None
-
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                if self.seen >= 1:
-                    self.t0 = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if self.t0 is not None:
-                    self.seconds += time.perf_counter() - self.t0
-                    self.reports += batch.size
-                    self.t0 = None
-                self.seen += 1
-
-        return Timer()
 
 
 def _plain_opacus_loop(module, dm, plan, steps: int, precision: str) -> tuple[float, int]:
@@ -279,13 +248,7 @@ def measure_e2e_pair(reps: int = 2) -> dict:
 
 # --------------------------------------------------------------------------- driver
 def _run_child(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(steps),
-                           *[f"--set={o}" for o in extra]],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return run_child(__file__, ["--one", name, "--steps", str(steps), *[f"--set={o}" for o in extra]], name)
 
 
 def markdown(result: dict) -> str:
@@ -355,20 +318,14 @@ def main() -> None:
             # time per report ratio = throughput(den) / throughput(num)
             value = configs[den]["reports_per_s"] / configs[num]["reports_per_s"]
             ratios.append({"name": label, "value": value, "target": target, "direction": direction})
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} CPU cores",
-              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "steps": args.steps, "configs": configs, "ratios": ratios, "runs": runs}
+    result = {**header(), "steps": args.steps, "configs": configs, "ratios": ratios, "runs": runs}
     if not args.no_pyfunc:
         result["pyfunc"] = measure_pyfunc(args.pyfunc_reports, args.set)
     if args.e2e:
         result["e2e"] = measure_e2e()
     if args.e2e or args.pair:
         result["e2e_pair"] = measure_e2e_pair()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "perf.json").write_text(json.dumps(result, indent=2))
-    (out / "perf.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(args.out, "perf", result, markdown)
 
 
 if __name__ == "__main__":

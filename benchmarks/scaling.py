@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import ROOT, fit_timed_steps, header, run_child, write_result  # noqa: E402
+
 PRECISIONS = ("32-true", "bf16-mixed")
 DP = ["privacy.epsilon=1", "trainer.progress_bar=false"]
 # the paper's encoders, by shape (transformers config fields); MiniLM is the real one here
@@ -102,11 +103,9 @@ def random_encoder(name: str, where: Path) -> Path:
 
 def shape_steps(overrides: list[str], steps: int) -> dict:
     """Reports per second over `steps` timed DP steps (after one warm-up step)."""
-    import lightning as L
     import torch
 
     from radpriv.config import compose
-    from radpriv.privacy.callback import DPCallback
     from radpriv.train import attach_prefix_cache, build
 
     cfg = compose([*DP, *overrides])  # a later privacy.epsilon in overrides wins
@@ -114,42 +113,21 @@ def shape_steps(overrides: list[str], steps: int) -> dict:
     table, spec, tokenizer, dm, module, plan = build(cfg)
     dm.setup("fit")
     attach_prefix_cache(cfg, dm, module)
-    timing = {"reports": 0, "seconds": 0.0, "seen": 0, "t0": None}
-
-    class Timer(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            timing["t0"] = time.perf_counter() if timing["seen"] >= 1 else None
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if timing["t0"] is not None:
-                timing["seconds"] += time.perf_counter() - timing["t0"]
-                timing["reports"] += batch.size
-            timing["seen"] += 1
-
     accelerator = "gpu" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"
-    callbacks = [DPCallback(plan)] if plan is not None else []
-    trainer = L.Trainer(max_steps=steps + 1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, devices=1,
-                        accelerator=accelerator, precision=cfg.trainer.precision, callbacks=[*callbacks, Timer()])
     if accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()
-    trainer.fit(module, datamodule=dm)
+    timer = fit_timed_steps(module, dm, plan, steps, cfg.trainer.precision, accelerator)
     if accelerator == "gpu":
         torch.cuda.synchronize()
     return {"overrides": overrides, "precision": cfg.trainer.precision, "private": plan is not None,
-            "reports_per_s": timing["reports"] / timing["seconds"], "reports": timing["reports"],
+            "reports_per_s": timer.reports / timer.seconds, "reports": timer.reports,
             "peak_device_gb": torch.cuda.max_memory_allocated() / 2**30 if accelerator == "gpu" else None}
 
 
 def _child(kind: str, overrides: list[str], steps: int) -> dict:
     """One point in a fresh process (its own memory peak; no warm caches from the last)."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", kind, "--steps", str(steps),
-                           *[f"--set={o}" for o in overrides]],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        raise SystemExit(f"{kind} {' '.join(overrides)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    return run_child(Path(__file__).resolve(), ["--one", kind, "--steps", str(steps),
+                                                *[f"--set={o}" for o in overrides]], f"{kind} {' '.join(overrides)}")
 
 
 # --------------------------------------------------------------------------- projection
@@ -247,15 +225,9 @@ def main() -> None:
             else:
                 r = _child("epoch", [*args.set, *point, f"trainer.precision={prec}"], 0)
                 (by_n if kind == "n" else by_length).append(r)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} CPU cores",
-              "command": "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "by_n": by_n, "by_length": by_length, "shapes": shapes, "epochs": args.epochs,
+    result = {**header(), "by_n": by_n, "by_length": by_length, "shapes": shapes, "epochs": args.epochs,
               "projection": project(by_n, shapes, args.epochs, args.workers)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling.json").write_text(json.dumps(result, indent=2))
-    (out / "scaling.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(args.out, "scaling", result, markdown)
 
 
 if __name__ == "__main__":

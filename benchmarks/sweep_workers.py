@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import ROOT, header, write_result  # noqa: E402
+
 GRID = ["sweep.epsilons=[1,10]", "sweep.seeds=[42,43]", "sweep.nonprivate=[]", "sweep.baselines=[]",
         "trainer.max_epochs=1", "sweep.bootstrap.n_resamples=200", "trainer.progress_bar=false",
         "sweep.progress_bar=false"]
@@ -64,19 +66,19 @@ def main() -> None:
             results.append(_sweep(Path(tmp), overrides, workers, threads))
             print(json.dumps(results[-1]), flush=True)
     one, many = results
-    ratio = one["wall_s"] / many["wall_s"]
-    md = (f"# Sweep workers ({time.strftime('%Y-%m-%d %H:%M')}, {cores} CPU cores)\n\n"
-          f"Command: `python benchmarks/sweep_workers.py {' '.join(sys.argv[1:])}`; grid: `{' '.join(overrides)}`\n\n"
-          "| workers × threads | wall (s) | training runs | distinct cells | trained per worker |\n"
-          "|---|---|---|---|---|\n"
-          + "".join(f"| {r['workers']} × {r['threads']} | {r['wall_s']:.0f} | {r['training_runs']} | "
-                    f"{r['distinct_cells']} | {r['trained_per_worker']} |\n" for r in results)
-          + f"\nSpeed-up of {many['workers']} workers: {ratio:.2f}×\n")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep_workers.json").write_text(json.dumps({"runs": results, "speedup": ratio}, indent=2))
-    (out / "sweep_workers.md").write_text(md)
-    print(md)
+    write_result(args.out, "sweep_workers", {**header(), "grid": overrides, "runs": results,
+                                             "speedup": one["wall_s"] / many["wall_s"]}, markdown)
+
+
+def markdown(result: dict) -> str:
+    runs = result["runs"]
+    return (f"# Sweep workers ({result['date']}, {result['machine']})\n\n"
+            f"Command: `{result['command']}`; grid: `{' '.join(result['grid'])}`\n\n"
+            "| workers × threads | wall (s) | training runs | distinct cells | trained per worker |\n"
+            "|---|---|---|---|---|\n"
+            + "".join(f"| {r['workers']} × {r['threads']} | {r['wall_s']:.0f} | {r['training_runs']} | "
+                      f"{r['distinct_cells']} | {r['trained_per_worker']} |\n" for r in runs)
+            + f"\nSpeed-up of {runs[1]['workers']} workers: {result['speedup']:.2f}×\n")
 
 
 if __name__ == "__main__":
