@@ -48,7 +48,7 @@ test-all: test test-integration
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow --durations=10
 
-# the performance suite (issue 7): ratios side by side, JSON + markdown in benchmarks/out/
+# the performance suite: ratios side by side, JSON + markdown in benchmarks/out/
 perf: install
 	$(BIN)/python benchmarks/perf.py --e2e
 

@@ -1,4 +1,4 @@
-"""Issue 11's study: teacher-labelled students on ct_rate_text, with both guarantees.
+"""The teacher-labelling study: teacher-labelled students on ct_rate_text, with both guarantees.
 
     python benchmarks/teacher_study.py OUT_DIR [--epsilon 10] [--k 5] [--sigmas 2 20]
                                        [--set data.max_length=256 ...]
