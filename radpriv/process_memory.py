@@ -7,8 +7,8 @@ process stays at its peak resident size, and the next run, shaped differently, f
 further. On a machine shared by sweep workers that kept memory decides how many runs fit at
 once (on CT reports a DP-LoRA run peaks at about 11 GB and full fine-tuning at 12 GB:
 docs/RESULTS.md; `radpriv sweep sweep.plan_only=true` gives the peak per kind of cell).
-`malloc_trim(0)` returns the free pages of every heap to the OS (a MiniLM run at 256 tokens:
-3.98 GB resident after the run, 0.69 GB after the call). Only glibc has `malloc_trim`;
+`malloc_trim(0)` returns the free pages of every heap to the OS (3.98 GB resident after a
+cell, 0.69 GB after the call: docs/RESULTS.md, "Memory of a sweep"). Only glibc has `malloc_trim`;
 elsewhere (macOS, musl) this is a no-op that says so once.
 
 Each training run logs its peak resident memory (`memory/peak_resident_gb`). Linux keeps one
