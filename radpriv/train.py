@@ -416,7 +416,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     `table` replaces the configured data (see build); `extra_callbacks` are Lightning callbacks
     added to the trainer (e.g. a search's pruning callback).
     """
-    from radpriv.tracking import mlflow_run
+    from radpriv.tracking import mlflow_run, naming
     from radpriv.tracking.artifacts import log_training_run
 
     t0 = time.perf_counter()
@@ -435,9 +435,10 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     if cfg.tracking.get("checkpoint_dir"):
         resume = find_resume_point_of(Path(cfg.tracking.checkpoint_dir), keys, mlflow_run.client(cfg))
         resume = distributed.agree_on_resume(cfg.trainer, resume)  # DDP: every rank as rank 0 chose
-    logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"),
+    logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name") or naming.run_name(cfg),
                                     run_id=resume.run_id if resume else None)
     try:
+        naming.name_run(logger.experiment, logger.run_id, cfg)  # `mlflow run`'s random name goes
         clock = TrainingClock()
         journal = StepJournal(resume.journal) if resume is not None else None
         callbacks = [DPCallback(plan, journal)] if plan is not None else []

@@ -27,9 +27,11 @@ TINY = ["model=tiny_bert", "data=ct_rate_text", "data.max_length=48", "trainer.m
 
 def _published_text(client, run_id: str, model_name: str, dst: Path) -> str:
     """Everything the run published, as one text: params, tags, metric names and values, every
-    artifact file, the logged model's files, and the registered version's tags and description."""
+    artifact file, the logged model's files, the dataset inputs, and the registered version's tags
+    and description (the model card)."""
     run = client.get_run(run_id)
     parts = [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(run.data.metrics)]
+    parts += [json.dumps(i.dataset.to_dictionary()) for i in run.inputs.dataset_inputs]  # the UI's Datasets
     for root in (mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(dst / "artifacts")),
                  mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(dst / "model"))):
         for path in sorted(Path(root).rglob("*")):

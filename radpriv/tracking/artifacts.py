@@ -20,6 +20,8 @@ from omegaconf import OmegaConf
 from radpriv.model.bundle import save_bundle
 from radpriv.privacy.statement import privacy_statement
 from radpriv.tracking import mlflow_run, release
+from radpriv.tracking.dataset_inputs import log_split_inputs
+from radpriv.tracking.description import run_note, set_run_note
 from radpriv.tracking.plots import per_label_f1_bar
 from radpriv.tracking.pyfunc import log_pyfunc
 
@@ -98,6 +100,9 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
             mlflow.set_tracking_uri(mlflow_run.tracking_uri(cfg.tracking.get("uri")))
             with mlflow.start_run(run_id=run_id):
                 log_pyfunc(bundle, table.label_names)
+    # the UI's Datasets column (metadata only) and Description (the guarantee first)
+    log_split_inputs(client, run_id, table, dm.splits, folder, privacy.get("n_train"))
+    set_run_note(client, run_id, run_note(privacy, cfg, test_metrics, cfg.tracking.get("register")))
     metrics = {k: float(v) for k, v in test_metrics.items()}
     if privacy["private"]:
         metrics.update({"privacy/epsilon": privacy["epsilon"], "privacy/delta": privacy["delta"],

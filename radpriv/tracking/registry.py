@@ -233,6 +233,9 @@ def register_model(run_id: str, name: str, tracking_uri: str | None = None,
         )
     except MlflowException as e:
         raise ModelError(f"registering run {run_id}'s model as {name!r} in {uri}: {_first_line(e)}") from None
+    from radpriv.tracking.model_card import attach_card
+
+    attach_card(client, name, str(version.version), run_id, facts, describe_facts(facts))
     log.info("registered %s version %s: %s", name, version.version, describe_facts(facts))
     if alias:
         set_alias(name, version.version, alias, uri)
