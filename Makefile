@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: install demo test test-integration test-all test-slow perf ui clean
+.PHONY: install demo test test-integration test-all test-slow perf ui ui-check clean
 
 # requirements.lock: the exact versions the results were measured with, as pip constraints
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -54,6 +54,10 @@ perf: install
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+# the MLflow UI in headless Chromium (apt-get install chromium): run name, guarantee, datasets, model card
+ui-check: install
+	$(BIN)/python benchmarks/ui_check.py
 
 clean:
 	rm -rf mlflow.db mlartifacts checkpoints

@@ -79,7 +79,7 @@ def test_a_trained_and_registered_run_explains_itself(tracking_uri, capsys, repo
     run = client.get_run(run_id)
     assert run.info.run_name == "tiny_bert-ct_rate_text-dp-eps2-seed42"
     note = run.data.tags[NOTE_TAG]
-    assert note.startswith("### Privacy\n**Privacy:** (") and "-DP for each report" in note
+    assert note.startswith("### Privacy\n(") and "-DP for each report" in note
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"training", "validation", "testing"}
     privacy = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="privacy.json"))

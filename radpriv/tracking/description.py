@@ -19,7 +19,7 @@ def guarantee_lines(privacy: Mapping) -> list[str]:
         lines = ["**No differential-privacy guarantee**: this model was trained without DP. Do not "
                  "release it outside the environment that may hold the training reports."]
     else:
-        lines = [f"**Privacy:** {privacy['guarantee']}.",
+        lines = [f"{privacy['guarantee']}.",
                  f"ε = {privacy['epsilon']:.4g}, δ = {privacy['delta']:.3g}, unit: {privacy['unit']}, "
                  f"adjacency: {privacy['adjacency'].replace('_', '-')}."]
     for key, what in _UNUSED.items():
