@@ -31,7 +31,7 @@ from radpriv.model.encoder import EncoderSpec, load_encoder, resolve_spec
 from radpriv.model.head_init import HEAD_INITS, init_head_from_label_names
 from radpriv.model.interpolation import WarmSource, check_lambdas
 from radpriv.model.module import ReportClassifierModule
-from radpriv.model.public_start import PUBLIC
+from radpriv.model.public_start import PUBLIC, PublicCorpusData
 from radpriv.model.warm_start import apply_warm_start
 from radpriv.privacy import distributed
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
@@ -79,6 +79,34 @@ def resolve_thresholds(cfg: DictConfig) -> str:
     return value
 
 
+def find_or_train_public_model(cfg: DictConfig, corpus: PublicCorpusData) -> str:
+    """The run id of the public model for this config: a finished one with the same run key, else
+    one trained now (non-private, on public reports only)."""
+    from radpriv.model.public_start import EXPERIMENT, public_run_cfg
+    from radpriv.tracking import mlflow_run
+    from radpriv.tracking.resume import find_finished
+
+    pub = public_run_cfg(cfg, corpus)
+    keys = run_keys(pub, corpus.table.fingerprint(), private_folder(pub))
+    client = mlflow_run.client(pub)
+    # its own experiment, then where a plain `radpriv train` of the same config would have gone
+    exps = [client.get_experiment_by_name(n) for n in (EXPERIMENT, f"radpriv-{corpus.data_cfg.name}")]
+    ids = [e.experiment_id for e in exps if e is not None]
+    found = find_finished(client, ids, keys) if ids else None
+    if found is not None:
+        log.info("public model: reusing run %s (%s, same config and public data)", found.info.run_id,
+                 pub.tracking.register)
+        return found.info.run_id
+    if str(cfg.trainer.get("strategy", "auto")) != "auto":
+        raise ConfigError(f"finetune.init_from=public: no public model {pub.tracking.register} for this "
+                          "config yet, and it is not trained inside a DDP run: run the same command once "
+                          "with trainer.strategy=auto (it trains and registers the public model), then again")
+    log.info("public model: training %s on %s (%d public reports, non-private; once)",
+             pub.tracking.register, corpus.table.name, sum(s == "train" for s in corpus.table.split))
+    summary = train(pub, table=corpus.table)
+    return summary["run_id"]
+
+
 def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):
     """`finetune.init_from=public` and `trainer.thresholds=public`: read the public corpus, refuse an
     overlap with the private training reports, find or train the public model, and take the public
@@ -87,7 +115,7 @@ def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):
     if not from_public and thresholds != "public":
         return table, None, None
     from radpriv.data.overlap import check_no_overlap
-    from radpriv.model.public_start import find_or_train_public_model, load_public_corpus, with_public_validation
+    from radpriv.model.public_start import load_public_corpus, with_public_validation
 
     corpus = load_public_corpus(cfg, table)
     check = check_no_overlap(table, corpus.table, same_dataset=corpus.same_dataset)
