@@ -85,11 +85,9 @@ def run_unit(client, run) -> str | None:
     unit = run.data.tags.get("radpriv.unit")
     if unit:
         return unit
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            facts = json.loads(Path(client.download_artifacts(run.info.run_id, "privacy.json", tmp)).read_text())
-        except Exception:  # noqa: BLE001 - no privacy.json: nothing is known of its unit
-            return None
+    from radpriv.tracking.model_ref import run_json
+
+    facts = run_json(client, run.info.run_id, "privacy.json") or {}  # none: nothing known of its unit
     return facts.get("unit") if facts.get("private") else None
 
 
@@ -371,7 +369,8 @@ def public_model_results(cells: list[Cell], base: list[str], tables, uri: str, p
     """(public, model, 0) → [(SeedPredictions, run id)]: per model and seed of the public-start
     cells, the public model they started from, alone, on the same test reports. Nothing of it
     saw a private report (its thresholds come from the public validation split): ε = 0."""
-    from radpriv.model.public_start import find_or_train_public_model, load_public_corpus
+    from radpriv.model.public_start import load_public_corpus
+    from radpriv.train import find_or_train_public_model
 
     firsts: dict[tuple, Cell] = {}
     for c in cells:
