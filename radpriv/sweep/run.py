@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections import defaultdict
@@ -49,7 +48,7 @@ from radpriv.sweep.grid import (
     training_overrides,
 )
 from radpriv.sweep.predictions import binarize, logged_model_predictions
-from radpriv.tracking.parent_run import open_parent_run
+from radpriv.tracking.parent_run import mlflow_run_id, open_parent_run
 from radpriv.tracking.resume import find_finished
 
 log = logging.getLogger(__name__)
@@ -466,7 +465,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     uri = tracking_uri(cfg.tracking.get("uri"))
     client = MlflowClient(uri)
     if cfg.sweep.get("plan_only"):
-        return plan_sweep(cfg, cells, base, tables, client, uri, skipped, os.environ.get("MLFLOW_RUN_ID"))
+        return plan_sweep(cfg, cells, base, tables, client, uri, skipped, mlflow_run_id())
     progress = bool(cfg.sweep.progress_bar)
     name = f"sweep {cfg.data.name} {'+'.join(ok)}"
     with open_parent_run(client, experiment_name(cfg), name,
