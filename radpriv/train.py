@@ -42,6 +42,8 @@ from radpriv.privacy.plan import (
     logical_batch_size,
     plan_dp_thresholds,
     plan_privacy,
+    sampling_unit,
+    secure_sampling,
     steps_per_epoch,
 )
 from radpriv.privacy.step_journal import StepJournal
@@ -197,7 +199,6 @@ def build(cfg: DictConfig, table: ReportTable | None = None) -> Built:
     max_epochs = int(cfg.trainer.max_epochs)
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be ≥ 1")
-    private = is_private(cfg)
     unit, cap = privacy_unit(cfg.privacy, table)
     _, device_type = precision.of_trainer(cfg.trainer)
     num_workers, pin_memory = precision.loader_settings(cfg.trainer, device_type)
@@ -206,14 +207,13 @@ def build(cfg: DictConfig, table: ReportTable | None = None) -> Built:
         batch_size=int(cfg.privacy.expected_batch_size),
         physical_batch_size=int(cfg.privacy.max_physical_batch_size),
         eval_batch_size=int(cfg.trainer.eval_batch_size), seed=seed,
-        padding=str(cfg.data.get("padding", "dynamic")), poisson=private,
-        # the unit shapes DP-SGD only: without DP there is no guarantee to hold per patient
-        unit=unit.name if private else "report",
+        padding=str(cfg.data.get("padding", "dynamic")), poisson=is_private(cfg),
+        unit=sampling_unit(cfg, unit),
         max_reports_per_patient=cap, num_workers=num_workers, pin_memory=pin_memory,
     )
     plan = plan_privacy(cfg, dm, max_epochs, unit)
     threshold_noise = plan_dp_thresholds(cfg, dm, plan)
-    dm.secure_sampling = plan is not None and plan.secure_mode
+    dm.secure_sampling = secure_sampling(plan)
     dm.batch_size = logical_batch_size(cfg, dm, plan)
     net = build_classifier(encoder, table.num_labels, cfg.finetune)
     head_init = str(cfg.finetune.get("head_init", "random"))

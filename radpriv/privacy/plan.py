@@ -4,7 +4,8 @@
 run may do with them:
 
 - whether the run is private at all (`is_private`), and so whether its batches are Poisson
-  samples of privacy units (the sampled-Gaussian guarantee needs them) or plain shuffled batches;
+  samples of privacy units (the sampled-Gaussian guarantee needs them) or plain shuffled batches
+  of reports (`sampling_unit`), drawn from OS entropy under secure mode (`secure_sampling`);
 - the batch sizes: the configured logical (expected) and physical batch (`check_batch_sizes`),
   the steps an epoch takes (`steps_per_epoch`), and the smaller logical batch a non-private run
   may use (`nonprivate_batch_size`, `logical_batch_size`);
@@ -35,6 +36,17 @@ log = logging.getLogger(__name__)
 def is_private(cfg: DictConfig) -> bool:
     """A DP run (privacy.epsilon set): its batches are Poisson samples of privacy units."""
     return accounting.resolve_epsilon(cfg.privacy.epsilon) is not None
+
+
+def sampling_unit(cfg: DictConfig, unit: Unit) -> str:
+    """The unit a run's batches sample: the privacy unit under DP (patients, with all their
+    reports, at the patient unit); reports without DP, where no guarantee holds per patient."""
+    return unit.name if is_private(cfg) else "report"
+
+
+def secure_sampling(plan: PrivacyPlan | None) -> bool:
+    """Batches drawn from OS entropy: only for a DP run with privacy.secure_mode."""
+    return plan is not None and plan.secure_mode
 
 
 def check_batch_sizes(cfg: DictConfig) -> None:
