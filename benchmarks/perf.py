@@ -90,7 +90,8 @@ def measure(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
     overrides, loop = CONFIGS[name]
     cfg = compose([*extra, *overrides, "trainer.progress_bar=false"])
     torch.set_num_threads(int(cfg.trainer.num_threads or os.cpu_count() or 1))
-    table, spec, tokenizer, dm, module, plan = build(cfg)
+    built = build(cfg)
+    dm, module, plan = built.dm, built.module, built.plan
     dm.setup("fit")
     t_cache = time.perf_counter()
     attach_prefix_cache(cfg, dm, module)

@@ -67,7 +67,8 @@ def one_epoch(overrides: list[str]) -> dict:
 
     cfg = compose([*DP, *overrides])
     torch.set_num_threads(int(cfg.trainer.num_threads or os.cpu_count() or 1))
-    table, spec, tokenizer, dm, module, plan = build(cfg)
+    built = build(cfg)
+    dm, module, plan = built.dm, built.module, built.plan
     dm.setup("fit")
     t0 = time.perf_counter()
     attach_prefix_cache(cfg, dm, module)
@@ -113,7 +114,8 @@ def shape_steps(overrides: list[str], steps: int) -> dict:
 
     cfg = compose([*DP, *overrides])  # a later privacy.epsilon in overrides wins
     torch.set_num_threads(int(cfg.trainer.num_threads or os.cpu_count() or 1))
-    table, spec, tokenizer, dm, module, plan = build(cfg)
+    built = build(cfg)
+    dm, module, plan = built.dm, built.module, built.plan
     dm.setup("fit")
     attach_prefix_cache(cfg, dm, module)
     accelerator = "gpu" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"

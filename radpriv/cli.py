@@ -163,6 +163,9 @@ def _predict(args: list[str]) -> dict:
 
 
 def _label(args: list[str]) -> dict:
+    """`teacher.mode=pate` is `radpriv pate` with the same arguments (one command, two modes)."""
+    if any(a.strip() == "teacher.mode=pate" for a in args):
+        return _pate([a for a in args if a.strip() != "teacher.mode=pate"])
     from radpriv.teacher.label import label_command
 
     return label_command(args)

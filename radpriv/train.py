@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,20 +21,31 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from radpriv import process_memory
 from radpriv.config import resolve_auto_thresholds
 from radpriv.data.datamodule import ReportDataModule
-from radpriv.data.patients import Unit, privacy_unit
+from radpriv.data.patients import privacy_unit
 from radpriv.data.sources import load_table
 from radpriv.data.table import ReportTable
 from radpriv.errors import ConfigError
 from radpriv.model import precision, prefix_cache
 from radpriv.model.classifier import build_classifier
-from radpriv.model.encoder import load_encoder, resolve_spec
+from radpriv.model.encoder import EncoderSpec, load_encoder, resolve_spec
 from radpriv.model.head_init import HEAD_INITS, init_head_from_label_names
 from radpriv.model.interpolation import WarmSource, check_lambdas
 from radpriv.model.module import ReportClassifierModule
-from radpriv.model.public_start import PUBLIC
+from radpriv.model.public_start import PUBLIC, PublicCorpusData
 from radpriv.model.warm_start import apply_warm_start
-from radpriv.privacy import accounting, distributed, independent_check
+from radpriv.privacy import distributed
 from radpriv.privacy.callback import DPCallback, PrivacyPlan
+from radpriv.privacy.plan import (
+    check_batch_sizes,
+    choose_dp_thresholds,
+    is_private,
+    logical_batch_size,
+    plan_dp_thresholds,
+    plan_privacy,
+    sampling_unit,
+    secure_sampling,
+    steps_per_epoch,
+)
 from radpriv.privacy.step_journal import StepJournal
 from radpriv.tracking.model_ref import local_bundle
 from radpriv.tracking.release import private_folder, train_digest
@@ -57,105 +67,6 @@ def configure_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
-def steps_per_epoch(cfg: DictConfig, dm: ReportDataModule) -> int:
-    """Optimisation steps per epoch, honouring trainer.limit_train_batches (smoke runs)."""
-    limit = cfg.trainer.get("limit_train_batches")
-    if limit is None:
-        return dm.steps_per_epoch
-    if isinstance(limit, float) and limit <= 1.0:
-        return max(1, int(dm.steps_per_epoch * limit))
-    return min(int(limit), dm.steps_per_epoch)
-
-
-def nonprivate_batch_size(n_train: int, batch_size: int, min_steps_per_epoch) -> int:
-    """Non-private logical batch: halved from `batch_size` until an epoch has ≥ min_steps steps.
-
-    A DP batch is large because it divides the noise; with no noise, a few hundred reports in
-    batches of 256 give too few optimisation steps (docs/RESULTS.md, "The CT probe").
-    """
-    if min_steps_per_epoch is None:
-        return batch_size
-    if int(min_steps_per_epoch) < 1:
-        raise ConfigError(f"privacy.nonprivate_min_steps_per_epoch={min_steps_per_epoch}: must be ≥ 1 or null")
-    while batch_size > 1 and math.ceil(n_train / batch_size) < int(min_steps_per_epoch):
-        batch_size //= 2
-    return batch_size
-
-
-def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int, unit: Unit) -> PrivacyPlan | None:
-    """Calibrate σ so that exactly the planned steps spend the target ε (None: non-private).
-
-    N, q and the steps count units: patients at the patient unit, else reports."""
-    p = cfg.privacy
-    epsilon = accounting.resolve_epsilon(p.epsilon)
-    if epsilon is None:
-        return None
-    n = dm.num_units
-    delta = float(p.delta) if p.get("delta") is not None else accounting.default_delta(n)
-    accounting.check_delta(delta, n)
-    if p.get("max_grad_norm") is None or float(p.max_grad_norm) <= 0:
-        raise ConfigError(f"privacy.max_grad_norm={p.get('max_grad_norm')}: must be > 0 (null needs a "
-                          "privacy.recipe_by_epsilon row that sets it)")
-    steps = max_epochs * steps_per_epoch(cfg, dm)
-    relation = accounting.GUARANTEE_RELATION  # N is published: replace-one (privacy/replace_one.py)
-    calibration = accounting.calibrate_noise_multiplier(
-        epsilon, delta, dm.sample_rate, steps, accountant=p.accountant, relation=relation)
-    # the independent accountant must agree before any private data is touched, not after
-    independent_check.cross_check(calibration.epsilon, str(p.accountant), calibration.noise_multiplier,
-                                  dm.sample_rate, steps, delta, relation=relation)
-    log.info("privacy plan: ε=%g δ=%.3g (%s, per %s) σ=%.4g q=%.4g steps=%d C=%g", epsilon, delta,
-             relation.replace("_", "-"), unit.name, calibration.noise_multiplier, dm.sample_rate, steps,
-             float(p.max_grad_norm))
-    log.info("privacy unit: %s", unit.why)
-    return PrivacyPlan(
-        target_epsilon=epsilon, delta=delta, noise_multiplier=float(calibration.noise_multiplier),
-        max_grad_norm=float(p.max_grad_norm), sample_rate=dm.sample_rate,
-        expected_batch_size=int(p.expected_batch_size), planned_steps=steps,
-        accountant=str(p.accountant), secure_mode=bool(p.get("secure_mode", False)), adjacency=relation,
-        unit=unit.name, unit_why=unit.why,
-        max_reports_per_patient=dm.max_reports_per_patient if unit.name == "patient" else None,
-    )
-
-
-def plan_dp_thresholds(cfg: DictConfig, dm: ReportDataModule, plan: PrivacyPlan | None) -> float | None:
-    """`trainer.thresholds=dp`: the noise std of the threshold release (radpriv/privacy/dp_thresholds.py),
-    calibrated to `trainer.threshold_epsilon` (default: privacy.epsilon) at the run's δ; else None."""
-    if cfg.trainer.thresholds != "dp":
-        return None
-    from radpriv.privacy import dp_thresholds
-
-    if plan is None:
-        raise ConfigError("trainer.thresholds=dp protects the validation reports of a private run: set "
-                          "privacy.epsilon, or use trainer.thresholds=validation|fixed without DP")
-    n_val = len(dm.splits["val"])
-    if n_val < 2:
-        raise ConfigError(f"trainer.thresholds=dp needs a validation split ({n_val} reports): set data.val_fraction")
-    given = cfg.trainer.get("threshold_epsilon")
-    epsilon = plan.target_epsilon if given is None else accounting.resolve_epsilon(given)
-    if epsilon is None:
-        raise ConfigError(f"trainer.threshold_epsilon={given!r}: must be a positive number (null: privacy.epsilon)")
-    accounting.check_delta(plan.delta, n_val)  # δ < 1/N for the validation reports too
-    noise = dp_thresholds.calibrate_threshold_noise(epsilon, plan.delta, dm.table.num_labels)
-    log.info("DP thresholds: ε=%g δ=%.3g on %d validation reports (noise std %.4g on every count)",
-             epsilon, plan.delta, n_val, noise)
-    return noise
-
-
-def choose_dp_thresholds(module: ReportClassifierModule, dp: DPCallback) -> None:
-    """Thresholds by the DP mechanism, and what privacy.json says of it (ε, and the total composed
-    with the training's steps, PLD under replace-one)."""
-    from radpriv.privacy import dp_thresholds
-    from radpriv.privacy.randomness import PrivateRandomness
-
-    noise, plan, n_labels = module.threshold_noise, dp.plan, len(module.label_names)
-    randomness = PrivateRandomness(plan.secure_mode)
-    module.set_thresholds_from_validation(
-        lambda probs, labels: dp_thresholds.dp_fit_thresholds(probs, labels, noise, randomness))
-    module.threshold_privacy = {
-        **dp_thresholds.release_record(noise, n_labels, plan.delta),
-        "epsilon_total": dp_thresholds.composed_epsilon(dp.accountant.history, noise, n_labels, plan.delta)}
-
-
 THRESHOLDS = ("validation", "fixed", "dp", "public")
 
 
@@ -170,6 +81,34 @@ def resolve_thresholds(cfg: DictConfig) -> str:
     return value
 
 
+def find_or_train_public_model(cfg: DictConfig, corpus: PublicCorpusData) -> str:
+    """The run id of the public model for this config: a finished one with the same run key, else
+    one trained now (non-private, on public reports only)."""
+    from radpriv.model.public_start import EXPERIMENT, public_run_cfg
+    from radpriv.tracking import mlflow_run
+    from radpriv.tracking.resume import find_finished
+
+    pub = public_run_cfg(cfg, corpus)
+    keys = run_keys(pub, corpus.table.fingerprint(), private_folder(pub))
+    client = mlflow_run.client(pub)
+    # its own experiment, then where a plain `radpriv train` of the same config would have gone
+    exps = [client.get_experiment_by_name(n) for n in (EXPERIMENT, f"radpriv-{corpus.data_cfg.name}")]
+    ids = [e.experiment_id for e in exps if e is not None]
+    found = find_finished(client, ids, keys) if ids else None
+    if found is not None:
+        log.info("public model: reusing run %s (%s, same config and public data)", found.info.run_id,
+                 pub.tracking.register)
+        return found.info.run_id
+    if str(cfg.trainer.get("strategy", "auto")) != "auto":
+        raise ConfigError(f"finetune.init_from=public: no public model {pub.tracking.register} for this "
+                          "config yet, and it is not trained inside a DDP run: run the same command once "
+                          "with trainer.strategy=auto (it trains and registers the public model), then again")
+    log.info("public model: training %s on %s (%d public reports, non-private; once)",
+             pub.tracking.register, corpus.table.name, sum(s == "train" for s in corpus.table.split))
+    summary = train(pub, table=corpus.table)
+    return summary["run_id"]
+
+
 def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):
     """`finetune.init_from=public` and `trainer.thresholds=public`: read the public corpus, refuse an
     overlap with the private training reports, find or train the public model, and take the public
@@ -178,7 +117,7 @@ def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):
     if not from_public and thresholds != "public":
         return table, None, None
     from radpriv.data.overlap import check_no_overlap
-    from radpriv.model.public_start import find_or_train_public_model, load_public_corpus, with_public_validation
+    from radpriv.model.public_start import load_public_corpus, with_public_validation
 
     corpus = load_public_corpus(cfg, table)
     check = check_no_overlap(table, corpus.table, same_dataset=corpus.same_dataset)
@@ -227,7 +166,21 @@ def adapt_from_warm_start(cfg: DictConfig, net) -> WarmSource | None:
     return WarmSource(net)
 
 
-def build(cfg: DictConfig, table: ReportTable | None = None):
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What `build` makes of a config: the report table (after any public validation split), the
+    encoder spec, its tokenizer, the DataModule (batch sizes as the plan decided), the Lightning
+    module, and the privacy plan (None: a non-private run)."""
+
+    table: ReportTable
+    spec: EncoderSpec
+    tokenizer: object
+    dm: ReportDataModule
+    module: ReportClassifierModule
+    plan: PrivacyPlan | None
+
+
+def build(cfg: DictConfig, table: ReportTable | None = None) -> Built:
     """Data, model and privacy plan: every input check happens here, before MLflow.
 
     `table`: an already-built report table (the audit adds canaries to one); None loads cfg.data.
@@ -242,12 +195,10 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     L.seed_everything(seed, workers=True, verbose=False)
     spec = resolve_spec(cfg.model.source)
     encoder, tokenizer = load_encoder(spec, seed=seed)
-    if int(cfg.privacy.expected_batch_size) < 1 or int(cfg.privacy.max_physical_batch_size) < 1:
-        raise ConfigError("privacy.expected_batch_size and privacy.max_physical_batch_size must be ≥ 1")
+    check_batch_sizes(cfg)
     max_epochs = int(cfg.trainer.max_epochs)
     if max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs}: must be ≥ 1")
-    private = accounting.resolve_epsilon(cfg.privacy.epsilon) is not None
     unit, cap = privacy_unit(cfg.privacy, table)
     _, device_type = precision.of_trainer(cfg.trainer)
     num_workers, pin_memory = precision.loader_settings(cfg.trainer, device_type)
@@ -256,22 +207,14 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         batch_size=int(cfg.privacy.expected_batch_size),
         physical_batch_size=int(cfg.privacy.max_physical_batch_size),
         eval_batch_size=int(cfg.trainer.eval_batch_size), seed=seed,
-        padding=str(cfg.data.get("padding", "dynamic")), poisson=private,
-        # the unit shapes DP-SGD only: without DP there is no guarantee to hold per patient
-        unit=unit.name if private else "report",
+        padding=str(cfg.data.get("padding", "dynamic")), poisson=is_private(cfg),
+        unit=sampling_unit(cfg, unit),
         max_reports_per_patient=cap, num_workers=num_workers, pin_memory=pin_memory,
     )
     plan = plan_privacy(cfg, dm, max_epochs, unit)
     threshold_noise = plan_dp_thresholds(cfg, dm, plan)
-    dm.secure_sampling = plan is not None and plan.secure_mode
-    # checked for every run (a bad value is a one-line error either way), used only without DP
-    own = cfg.finetune.get("nonprivate_batch_size")  # a mode's own non-private batch (full: 32)
-    if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
-        raise ConfigError(f"finetune.nonprivate_batch_size={own!r}: must be an integer ≥ 1 or null")
-    nonprivate_batch = nonprivate_batch_size(dm.num_train, dm.batch_size if own is None else int(own),
-                                             cfg.privacy.get("nonprivate_min_steps_per_epoch"))
-    if plan is None:
-        dm.batch_size = nonprivate_batch
+    dm.secure_sampling = secure_sampling(plan)
+    dm.batch_size = logical_batch_size(cfg, dm, plan)
     net = build_classifier(encoder, table.num_labels, cfg.finetune)
     head_init = str(cfg.finetune.get("head_init", "random"))
     if head_init not in HEAD_INITS:
@@ -310,7 +253,7 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     module.warm_start = warm  # recorded in privacy.json; never part of the privacy plan
     module.warm_source = warm_source  # finetune.warm.interpolate: the start to interpolate against
     module.threshold_noise = threshold_noise
-    return table, spec, tokenizer, dm, module, plan
+    return Built(table=table, spec=spec, tokenizer=tokenizer, dm=dm, module=module, plan=plan)
 
 
 def choose_interpolation(cfg: DictConfig, trainer: L.Trainer, module: ReportClassifierModule,
@@ -422,7 +365,9 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     t0 = time.perf_counter()
     process_memory.reset_peak_resident()  # the run's own peak, not the sweep cells' before it
     configure_threads(cfg.trainer.get("num_threads"))
-    table, spec, tokenizer, dm, module, plan = build(cfg, table)
+    built = build(cfg, table)
+    table, spec, tokenizer, dm, module, plan = (built.table, built.spec, built.tokenizer, built.dm,
+                                                built.module, built.plan)
     t_build = time.perf_counter()
     dm.setup("fit")
     t_tokenize = time.perf_counter()

@@ -260,7 +260,8 @@ def _probe(out: Path) -> None:
 
             DistributedDPOptimizer.add_noise = add_noise_on_every_rank
         try:
-            _, _, _, dm, module, plan = build(cfg, table)
+            built = build(cfg, table)
+            dm, module, plan = built.dm, built.module, built.plan
             dm.setup("fit")
             recorder = Recorder()
             trainer = make_trainer(cfg, False, [DPCallback(plan), recorder], None)

@@ -134,8 +134,9 @@ def test_public_thresholds_replace_the_private_validation_split(reports_csv):
     path = reports_csv[0]
     other = [*TINY, f"data.path={path}", "data.train_shard=1/2",
              f"finetune.public.data={{name:ct_rate_text,path:{path}}}"]
-    private_val = set(build(compose(other))[3].splits["val"].ids)
-    table, _, _, dm, _, _ = build(compose([*other, "trainer.thresholds=public"]))
+    private_val = set(build(compose(other)).dm.splits["val"].ids)
+    built = build(compose([*other, "trainer.thresholds=public"]))
+    table, dm = built.table, built.dm
     val = dm.splits["val"].ids
     assert val and all(i.startswith("public:") for i in val)
     assert not private_val & set(table.ids)  # the private validation reports are not used at all
@@ -181,7 +182,8 @@ def test_init_from_public_trains_the_public_model_once_and_records_the_start(tra
 def test_head_only_adaptation_freezes_the_encoder_and_caches_all_of_it(tracking_uri, reports_csv):
     cfg = compose([*_public_start(reports_csv[0]), "privacy.epsilon=3", "finetune.warm.trainable=head",
                    "finetune.warm.interpolate=true"])
-    *_, module, plan = build(cfg)
+    built = build(cfg)
+    module, plan = built.module, built.plan
     trainable = [n for n, p in module.net.named_parameters() if p.requires_grad]
     assert trainable == ["head.weight", "head.bias"]
     layers = len(prefix_cache.base_encoder(module.net.encoder).encoder.layer)
@@ -243,7 +245,7 @@ def test_a_lambda_above_zero_must_beat_the_public_start_on_resamples():
 def test_top_layers_trains_only_the_top_adapter_and_caches_below_it(tracking_uri, reports_csv):
     cfg = compose([*_public_start(reports_csv[0]), "privacy.epsilon=3", "finetune.layers_to_transform=null",
                    "finetune.warm.top_layers=1"])
-    *_, module, _ = build(cfg)
+    module = build(cfg).module
     encoder = [n for n, p in module.net.encoder.named_parameters() if p.requires_grad]
     layers = len(prefix_cache.base_encoder(module.net.encoder).encoder.layer)
     assert encoder and all(f"layer.{layers - 1}." in n for n in encoder)
@@ -270,7 +272,7 @@ def test_labels_map_by_name_and_the_others_start_fresh(tracking_uri, reports_csv
                    "data.id_column=AccessionNo", f"data.label_columns=[{','.join(labels)}]",
                    "privacy.epsilon=3", "finetune.init_from=public",
                    f"finetune.public.data={{name:ct_rate_text,path:{path}}}"])
-    *_, module, _ = build(cfg)
+    module = build(cfg).module
     warm = module.warm_start
     assert warm.labels_fresh == ("Fresh finding",)
     assert warm.labels_from_source == ("Cardiomegaly", "Atelectasis")

@@ -167,7 +167,7 @@ def test_nonprivate_batch_is_halved_until_an_epoch_has_enough_steps():
     """Open-i (2,609 training reports) keeps the DP batch of 256; ct_rate_text (560) trains
     non-privately at 32, the batch measured in docs/RESULTS.md ("The CT probe")."""
     from radpriv.errors import ConfigError
-    from radpriv.train import nonprivate_batch_size
+    from radpriv.privacy.plan import nonprivate_batch_size
 
     assert nonprivate_batch_size(2609, 256, 10) == 256
     assert nonprivate_batch_size(560, 256, 10) == 32
@@ -190,9 +190,11 @@ def test_only_nonprivate_training_uses_the_smaller_batch(tmp_path):
     table = synthetic_table(n=80)
     base = ["model=tiny_bert", "data.max_length=32", "privacy.expected_batch_size=32",
             "privacy.max_physical_batch_size=8", "privacy.nonprivate_min_steps_per_epoch=4"]
-    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=1"]), table)
+    built = build(compose(base + ["privacy.epsilon=1"]), table)
+    dm, plan = built.dm, built.plan
     assert plan is not None and dm.batch_size == 32 and plan.expected_batch_size == 32
-    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=null"]), table)
+    built = build(compose(base + ["privacy.epsilon=null"]), table)
+    dm, plan = built.dm, built.plan
     assert plan is None and dm.batch_size < 32 and dm.steps_per_epoch >= 4
     assert math.ceil(dm.num_train / (2 * dm.batch_size)) < 4  # the largest halving that gives 4 steps
 
@@ -209,11 +211,13 @@ def test_full_fine_tuning_has_its_own_nonprivate_batch_and_dp_keeps_the_calibrat
     table = synthetic_table(n=200)
     base = ["model=tiny_bert", "data.max_length=32", "finetune=full", "privacy.expected_batch_size=64",
             "privacy.max_physical_batch_size=8", "privacy.nonprivate_min_steps_per_epoch=1"]
-    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=null"]), table)
+    built = build(compose(base + ["privacy.epsilon=null"]), table)
+    dm, plan = built.dm, built.plan
     assert plan is None and dm.batch_size == 32
-    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=null", "finetune.nonprivate_batch_size=8"]), table)
+    dm = build(compose(base + ["privacy.epsilon=null", "finetune.nonprivate_batch_size=8"]), table).dm
     assert dm.batch_size == 8
-    _, _, _, dm, _, plan = build(compose(base + ["privacy.epsilon=1"]), table)
+    built = build(compose(base + ["privacy.epsilon=1"]), table)
+    dm, plan = built.dm, built.plan
     assert plan is not None and dm.batch_size == 64 and plan.expected_batch_size == 64
     try:
         build(compose(base + ["privacy.epsilon=null", "finetune.nonprivate_batch_size=0"]), table)
@@ -230,7 +234,7 @@ def test_full_fine_tuning_trains_its_fresh_head_at_the_lora_rate_and_the_encoder
     from tests.synthetic import synthetic_table
 
     cfg = compose(["model=tiny_bert", "data.max_length=32", "finetune=full", "privacy.epsilon=null"])
-    _, _, _, _, module, _ = build(cfg, synthetic_table(n=60))
+    module = build(cfg, synthetic_table(n=60)).module
     body, head = module.configure_optimizers()["optimizer"].param_groups
     # initial_lr: the warm-up has already scaled "lr" down
     assert math.isclose(body["initial_lr"], 5e-5) and math.isclose(head["initial_lr"], 1e-2)

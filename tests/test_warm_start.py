@@ -44,8 +44,7 @@ def exit_code(argv) -> int:
 
 
 def _plan(overrides):
-    *_, plan = build(compose(overrides))
-    return plan
+    return build(compose(overrides)).plan
 
 
 @pytest.mark.integration
@@ -63,7 +62,7 @@ def test_warm_start_loads_the_source_weights_and_leaves_the_accountant_alone(
     assert warm_plan == cold_plan
 
     # before training, the warm-started net holds the source's adapter and head
-    *_, module, _ = build(compose(warm))
+    module = build(compose(warm)).module
     torch.testing.assert_close(module.net.head.weight, src.net.head.weight)
     src_lora = {n: p for n, p in src.net.named_parameters() if "lora_" in n}
     own_lora = {n: p for n, p in module.net.named_parameters() if "lora_" in n}

@@ -5,7 +5,8 @@ train` makes it from the same overrides (the same params, no `audit.*` among the
 the canaries whose coin came up heads are appended to its training split — so N, the sampling
 rate q, σ and δ are those of the audited run, and its `audit/*` metrics sit in the same MLflow
 run as the `privacy/epsilon` they test (tag `radpriv.audit=true`). A separate parent run would
-only add a second place to look.
+only add a second place to look, so unlike tune, sweep and pate the audit does not use
+radpriv/tracking/parent_run.py: it logs into the audited run, by its id.
 
 Scoring uses the model as *logged* (downloaded from MLflow and loaded with
 radpriv.model.bundle), not the in-process module: the audit then tests exactly what is released.

@@ -59,15 +59,15 @@ def noisy_update_sums(cfg: DictConfig, table, canaries) -> tuple[np.ndarray, obj
 
     `canaries` are radpriv.audit.canaries.Canaries: only their coins and report counts are used
     (a canary's "report" is its gradient). N, q, the steps, δ and σ come from
-    radpriv.train.plan_privacy, on the units the audited run would have.
+    radpriv.privacy.plan.plan_privacy, on the units the audited run would have.
     """
     from opacus.grad_sample import GradSampleHooks
 
     from radpriv.data.datamodule import LogicalBatchCollator
     from radpriv.data.sampling import PoissonBatchSampler, poisson_rate_and_steps
     from radpriv.privacy.dp_step import DPStep, NoisyDPOptimizer, without_lightning
+    from radpriv.privacy.plan import plan_privacy
     from radpriv.privacy.randomness import PrivateRandomness
-    from radpriv.train import plan_privacy
 
     unit, cap = privacy_unit(cfg.privacy, table)
     train = table.subset("train")

@@ -4,7 +4,9 @@ The public model is an ordinary non-private radpriv run on the public corpus (th
 of the schema, radpriv/data/public_corpora.py, or `finetune.public.data`) with the private run's
 encoder and adapter shape, logged to the `radpriv-public` experiment and registered as
 `radpriv-public-<schema>-<model>`. It is trained once: a later run finds it by run key (its
-config and its data, as a sweep finds its finished cells) and starts from it.
+config and its data, as a sweep finds its finished cells) and starts from it. Finding or
+training it needs MLflow and the training loop, so that part is radpriv.train's
+`find_or_train_public_model`; this module only reads the corpus and makes the config.
 
 Before anything is trained, the overlap guard (radpriv/data/overlap.py) refuses a private run
 whose training reports the public corpus contains.
@@ -116,36 +118,6 @@ def public_run_cfg(cfg: DictConfig, corpus: PublicCorpusData) -> DictConfig:
         pub.tracking.register_alias = None
         pub.tracking.tags = {PUBLIC_MODEL_TAG: corpus.choice.corpus.schema}
     return pub
-
-
-def find_or_train_public_model(cfg: DictConfig, corpus: PublicCorpusData) -> str:
-    """The run id of the public model for this config: a finished one with the same run key, else
-    one trained now (non-private, on public reports only)."""
-    from radpriv.tracking import mlflow_run
-    from radpriv.tracking.release import private_folder
-    from radpriv.tracking.resume import find_finished, run_keys
-
-    pub = public_run_cfg(cfg, corpus)
-    keys = run_keys(pub, corpus.table.fingerprint(), private_folder(pub))
-    client = mlflow_run.client(pub)
-    # its own experiment, then where a plain `radpriv train` of the same config would have gone
-    exps = [client.get_experiment_by_name(n) for n in (EXPERIMENT, f"radpriv-{corpus.data_cfg.name}")]
-    ids = [e.experiment_id for e in exps if e is not None]
-    found = find_finished(client, ids, keys) if ids else None
-    if found is not None:
-        log.info("public model: reusing run %s (%s, same config and public data)", found.info.run_id,
-                 pub.tracking.register)
-        return found.info.run_id
-    if str(cfg.trainer.get("strategy", "auto")) != "auto":
-        raise ConfigError(f"finetune.init_from=public: no public model {pub.tracking.register} for this "
-                          "config yet, and it is not trained inside a DDP run: run the same command once "
-                          "with trainer.strategy=auto (it trains and registers the public model), then again")
-    from radpriv.train import train
-
-    log.info("public model: training %s on %s (%d public reports, non-private; once)",
-             pub.tracking.register, corpus.table.name, sum(s == "train" for s in corpus.table.split))
-    summary = train(pub, table=corpus.table)
-    return summary["run_id"]
 
 
 def with_public_validation(table: ReportTable, corpus: PublicCorpusData) -> ReportTable:

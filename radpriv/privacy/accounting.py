@@ -17,6 +17,8 @@
 * :mod:`~radpriv.privacy.randomness`, :mod:`~radpriv.privacy.dp_step` and
   :mod:`~radpriv.privacy.callback`: the noise's randomness, the DP-SGD step, and the Lightning
   callback that runs it and steps the :class:`PrivacyAccountant` below.
+* :mod:`~radpriv.privacy.plan`: **plans a run**: Poisson batches or not, the batch sizes and
+  steps, σ for the target ε (:func:`~radpriv.privacy.plan.plan_privacy`) and the DP thresholds.
 
 This module keeps :class:`PrivacyAccountant` (the accountant of one training run) and re-exports
 the public names of the first three, so ``accounting.epsilon_spent`` and

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections import defaultdict
@@ -49,7 +48,7 @@ from radpriv.sweep.grid import (
     training_overrides,
 )
 from radpriv.sweep.predictions import binarize, logged_model_predictions
-from radpriv.tracking.parent_run import open_parent_run
+from radpriv.tracking.parent_run import mlflow_run_id, open_parent_run
 from radpriv.tracking.resume import find_finished
 
 log = logging.getLogger(__name__)
@@ -85,11 +84,9 @@ def run_unit(client, run) -> str | None:
     unit = run.data.tags.get("radpriv.unit")
     if unit:
         return unit
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            facts = json.loads(Path(client.download_artifacts(run.info.run_id, "privacy.json", tmp)).read_text())
-        except Exception:  # noqa: BLE001 - no privacy.json: nothing is known of its unit
-            return None
+    from radpriv.tracking.model_ref import run_json
+
+    facts = run_json(client, run.info.run_id, "privacy.json") or {}  # none: nothing known of its unit
     return facts.get("unit") if facts.get("private") else None
 
 
@@ -371,7 +368,8 @@ def public_model_results(cells: list[Cell], base: list[str], tables, uri: str, p
     """(public, model, 0) → [(SeedPredictions, run id)]: per model and seed of the public-start
     cells, the public model they started from, alone, on the same test reports. Nothing of it
     saw a private report (its thresholds come from the public validation split): ε = 0."""
-    from radpriv.model.public_start import find_or_train_public_model, load_public_corpus
+    from radpriv.model.public_start import load_public_corpus
+    from radpriv.train import find_or_train_public_model
 
     firsts: dict[tuple, Cell] = {}
     for c in cells:
@@ -467,7 +465,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     uri = tracking_uri(cfg.tracking.get("uri"))
     client = MlflowClient(uri)
     if cfg.sweep.get("plan_only"):
-        return plan_sweep(cfg, cells, base, tables, client, uri, skipped, os.environ.get("MLFLOW_RUN_ID"))
+        return plan_sweep(cfg, cells, base, tables, client, uri, skipped, mlflow_run_id())
     progress = bool(cfg.sweep.progress_bar)
     name = f"sweep {cfg.data.name} {'+'.join(ok)}"
     with open_parent_run(client, experiment_name(cfg), name,

@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from radpriv import cli_args, labelling
 from radpriv.data.patients import Unit, resolve_unit, training_units
 from radpriv.errors import ConfigError, DataError, PrivacyError
 from radpriv.privacy import randomness
@@ -242,22 +243,11 @@ class PateOptions:
 
 def parse_args(args: Sequence[str]) -> tuple[PateOptions, list[str]]:
     """`pate.<key>=<value>` are PATE's; everything else is a Hydra override for the teachers."""
-    values: dict[str, str] = {}
-    overrides: list[str] = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not key.startswith("pate."):
-            overrides.append(arg)
-            continue
-        name = key.removeprefix("pate.")
-        if not sep or name not in KEYS:
-            raise ConfigError(f"pate: unexpected argument {arg!r}; PATE keys are pate.{', pate.'.join(KEYS)}")
-        if value.strip():
-            values[name] = value.strip()
-    missing = [k for k in ("k", "sigma", "input", "output") if k not in values]
-    if missing:
-        raise ConfigError(f"pate needs {' '.join(f'pate.{k}=<…>' for k in missing)}, e.g. radpriv pate "
-                          "data=ct_rate_text pate.k=5 pate.sigma=20 pate.input=unlabelled.csv pate.output=labels.csv")
+    parsed = cli_args.parse(args, command="pate", keys=KEYS, required=("k", "sigma", "input", "output"),
+                            example="radpriv pate data=ct_rate_text pate.k=5 pate.sigma=20 "
+                                    "pate.input=unlabelled.csv pate.output=labels.csv",
+                            prefix="pate.", aliases={}, rest_allowed=True)
+    overrides = parsed.rest
     for o in overrides:
         key, _, value = o.partition("=")
         if key == "privacy.epsilon" and value.strip().lower() not in ("null", "none", "inf"):
@@ -267,42 +257,31 @@ def parse_args(args: Sequence[str]) -> tuple[PateOptions, list[str]]:
             raise PrivacyError("pate: teachers use trainer.thresholds=fixed; thresholds fitted on the shared "
                                "validation split would make every teacher depend on the same reports")
 
-    def number(key: str, cast, low: float):
-        try:
-            v = cast(values[key])
-        except ValueError:
-            v = None
-        if v is None or not v >= low or (isinstance(v, float) and not math.isfinite(v)):
-            raise ConfigError(f"pate.{key}={values[key]!r}: expected a {cast.__name__} ≥ {low:g}")
-        return v
-
-    sigma = number("sigma", float, 0.0)
+    sigma = cli_args.real_number(parsed, "sigma", None)
     if sigma <= 0:
-        raise ConfigError(f"pate.sigma={values['sigma']!r}: must be > 0 (σ = 0 is no privacy at all)")
-    delta = number("delta", float, 0.0) if "delta" in values else None
+        raise ConfigError(f"pate.sigma={parsed['sigma']!r}: must be > 0 (σ = 0 is no privacy at all)")
+    delta = cli_args.real_number(parsed, "delta", None)
     if delta is not None and not 0 < delta < 1:
-        raise ConfigError(f"pate.delta={values['delta']!r}: must be in (0, 1)")
-    progress = values.get("progress_bar", "true").lower()
+        raise ConfigError(f"pate.delta={parsed['delta']!r}: must be in (0, 1)")
     return PateOptions(
-        k=number("k", int, 2), sigma=sigma, input=Path(values["input"]).expanduser(),
-        output=Path(values["output"]).expanduser(), delta=delta,
-        seed=number("seed", int, 0) if "seed" in values else None,
-        text_columns=[c.strip() for c in values["text_column"].split(",")] if "text_column" in values else None,
-        id_column=values.get("id_column"), batch_size=number("batch_size", int, 1) if "batch_size" in values else 32,
-        num_threads=number("num_threads", int, 1) if "num_threads" in values else None,
-        progress_bar=progress in ("true", "1"),
+        k=cli_args.whole_number(parsed, "k", None, low=2), sigma=sigma,
+        input=Path(parsed["input"]).expanduser(), output=Path(parsed["output"]).expanduser(), delta=delta,
+        seed=cli_args.whole_number(parsed, "seed", None, low=0),
+        text_columns=cli_args.comma_list(parsed.get("text_column")), id_column=parsed.get("id_column"),
+        batch_size=cli_args.whole_number(parsed, "batch_size", 32),
+        num_threads=cli_args.whole_number(parsed, "num_threads", None),
+        progress_bar=cli_args.boolean(parsed, "progress_bar", True),
     ), [o for o in overrides if o not in FORCED]
 
 
 def _teacher_votes(run_id: str, tracking_uri: str, texts: list[str], batch_size: int) -> np.ndarray:
     """One teacher's 0/1 votes (reports × labels) at its stored (fixed 0.5) thresholds."""
     from radpriv.model.bundle import load_bundle
-    from radpriv.predict import predict_reports
     from radpriv.tracking.model_ref import local_bundle
 
     with tempfile.TemporaryDirectory() as tmp:
         model = load_bundle(local_bundle(run_id, tracking_uri, Path(tmp), f"teacher run {run_id}").folder)
-    probs = predict_reports(model, texts, batch_size, progress=False)
+    probs = labelling.predict_reports(model, texts, batch_size, progress=False)
     return (probs >= torch.as_tensor(model.thresholds, dtype=probs.dtype)).numpy().astype(np.int64)
 
 
@@ -355,10 +334,8 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
 
     from radpriv.config import compose
     from radpriv.data.sources import load_table
-    from radpriv.predict import check_writable
     from radpriv.privacy import accounting
     from radpriv.teacher import provenance
-    from radpriv.teacher.label import check_columns, read_input, write_labelled
     from radpriv.tracking import mlflow_run
     from radpriv.tracking.mlflow_run import tracking_uri as resolve_uri
     from radpriv.tracking.parent_run import open_parent_run
@@ -366,10 +343,10 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
 
     seeded = options.seed is not None
     cfg = compose([*overrides, *FORCED])
-    check_writable(options.output)
-    reports = read_input(options.input, options.text_columns, options.id_column)
+    labelling.check_writable(options.output)
+    reports = labelling.read_input(options.input, options.text_columns, options.id_column)
     table = load_table(cfg.data, int(cfg.seed))
-    check_columns(reports.extra_columns, table.label_names, options.input)
+    labelling.check_columns(reports.extra_columns, table.label_names, options.input)
     # the teachers train without DP, so privacy.unit only names what the vote protects
     unit, n_expert = expert_units(cfg.privacy.get("unit"), table)
     # the partition key is never written, logged or returned (partition_key)
@@ -422,7 +399,7 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
         probs = torch.full((len(reports.texts), n_labels), math.nan, dtype=torch.float64)
         probs[keep] = torch.as_tensor(np.clip(noisy / options.k, 0.0, 1.0))
         empty = [not t.strip() for t in reports.texts]
-        write_labelled(options.output, reports, probs, [0.5] * n_labels, table.label_names, empty)
+        labelling.write_labelled(options.output, reports, probs, [0.5] * n_labels, table.label_names, empty)
         record = provenance.build(
             mode="pate", teacher={"kind": "pate", "k": options.k, "teacher_runs": teacher_runs,
                                   "parent_run_id": parent, "teacher_model": cfg.model.name,

@@ -58,10 +58,12 @@ def make_logger(cfg: Mapping, run_name: str | None = None, run_id: str | None = 
     """
     from lightning.pytorch.loggers import MLFlowLogger
 
+    from radpriv.tracking.parent_run import mlflow_run_id
+
     return MLFlowLogger(
         experiment_name=experiment_name(cfg),
         tracking_uri=tracking_uri(cfg["tracking"].get("uri")),
-        run_id=os.environ.get("MLFLOW_RUN_ID") or run_id or None,
+        run_id=mlflow_run_id() or run_id or None,
         run_name=run_name,
         log_model=False,
         tags=run_tags(cfg),

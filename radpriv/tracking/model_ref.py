@@ -11,12 +11,17 @@ model is downloaded under a folder the caller owns (usually a temporary one). Ev
 one ModelError line naming the reference as the user wrote it (`what`: "model=<ref>",
 "finetune.init_from=<ref>", "run_id=<id>").
 
+`run_json` reads one small JSON file a run logged (privacy.json, label_schema.json): this module
+is the only place that downloads from the artifact store, so every command fetches the same way.
+
 `privacy_facts` says what a resolved model cost in privacy: the registered version's tags, else
 its run's privacy.json, else the bundle's own radpriv_model.json.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +93,19 @@ def local_bundle(ref: str, tracking_uri: str | None, dst: Path, what: str | None
         display = f"{ref} (run {resolved.run_id})"
     return LocalBundle(folder=folder, ref=ref, display=display, run_id=resolved.run_id,
                        name=resolved.name, version=resolved.version)
+
+
+def run_json(client, run_id: str, name: str) -> dict | list | None:
+    """The JSON artifact `name` of run `run_id` (e.g. privacy.json), or None when the run has no
+    such file (an older or foreign run): callers fall back to what else they know."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, name, tmp)
+        except (MlflowException, OSError):
+            return None
+        return json.loads(Path(path).read_text())
 
 
 def privacy_facts(bundle: LocalBundle, tracking_uri: str | None) -> dict:

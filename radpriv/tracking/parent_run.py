@@ -2,7 +2,8 @@
 
 One context manager, `open_parent_run`, so that every such command joins, creates and ends its
 parent MLflow run the same way; the run ids it hands on (trials, cells, teachers) are passed
-explicitly, never through the environment. `radpriv audit` opens no parent run (the audited
+explicitly, never through the environment; `mlflow_run_id` is the one reader of MLFLOW_RUN_ID.
+`radpriv audit` opens no parent run (the audited
 training run is the audit run: radpriv/audit/run.py).
 """
 
@@ -40,6 +41,14 @@ def experiment_id(client, name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def mlflow_run_id() -> str | None:
+    """The run `mlflow run` opened for this process (MLFLOW_RUN_ID), or None.
+
+    The only reader of that variable: every other module gets the run id from here, or from
+    the ParentRun that `open_parent_run` yields, so a command never joins a run by accident."""
+    return os.environ.get(ENV) or None
 
 
 @contextmanager

@@ -18,10 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from radpriv.errors import ConfigError, ModelError
 
@@ -71,18 +69,11 @@ def _first_line(e: Exception) -> str:
 
 def run_facts(client, run_id: str) -> dict:
     """The privacy facts and label schema a training run wrote (privacy.json, label_schema.json)."""
-    from mlflow.exceptions import MlflowException
+    from radpriv.tracking.model_ref import run_json
 
-    facts: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("privacy.json", "label_schema.json"):
-            try:
-                path = client.download_artifacts(run_id, name, tmp)
-            except (MlflowException, OSError):
-                continue  # an older or foreign run: the caller falls back to the bundle's facts
-            facts[name] = json.loads(Path(path).read_text())
-    privacy = facts.get("privacy.json")
-    schema = facts.get("label_schema.json")
+    # None for an older or foreign run: the caller falls back to the bundle's facts
+    privacy = run_json(client, run_id, "privacy.json")
+    schema = run_json(client, run_id, "label_schema.json")
     if privacy is None and schema is None:
         return {}
     out = {k: privacy[k] for k in _PRIVACY_KEYS if privacy and privacy.get(k) is not None}
