@@ -75,3 +75,49 @@ def test_batch_size_must_be_a_whole_number_in_range(model, value):
 def test_a_single_string_is_not_a_list_of_reports():
     with pytest.raises(RequestError, match="single value"):
         pyfunc.texts_of(SECRET)
+
+
+# --------------------------------------------------------------------------- radpriv serve's answers
+
+def test_mlflow_own_json_error_quotes_the_request_so_serve_answers_its_own():
+    """MLflow's message for a body that is not JSON holds the whole body; `radpriv serve` passes
+    on none of MLflow's messages (radpriv/serve.py `explain`)."""
+    from mlflow.pyfunc.scoring_server import _decode_json_input
+
+    from radpriv.serve import explain
+
+    with pytest.raises(Exception) as info:
+        _decode_json_input(b'{"inputs": ["' + SECRET.encode() + b'"')
+    assert SECRET in str(info.value)  # if MLflow stops echoing, this documents the change
+    status, message = explain(info.value)
+    assert status == 400 and "not valid JSON" in message and SECRET not in message
+
+
+def test_a_request_error_is_answered_with_its_own_message():
+    from mlflow.exceptions import MlflowException
+
+    from radpriv.serve import explain
+
+    # MLflow's scoring server re-raises a model's exception as an MlflowException quoting the data
+    wrapped = MlflowException(f"Failed to predict data '{SECRET}'")
+    wrapped.__context__ = RequestError("row(s) 3: empty report text")
+    assert explain(wrapped) == (400, "row(s) 3: empty report text")
+    assert explain(MlflowException(f"Failed to predict data '{SECRET}'. Model is missing inputs ['text']"))[1] \
+        .startswith("the request has no `text` column")
+    status, message = explain(KeyError(SECRET))
+    assert status == 500 and SECRET not in message
+
+
+def test_serve_arguments():
+    from radpriv.errors import ConfigError
+    from radpriv.serve import parse_args
+
+    o = parse_args(["models:/ct@champion", "workers=2", "port=6000", "precision=bf16-mixed"])
+    assert (o.model, o.workers, o.port, o.host, o.timeout, o.precision) == \
+        ("models:/ct@champion", 2, 6000, "127.0.0.1", 60, "bf16-mixed")
+    assert parse_args(["model=abc"]).model == "abc"
+    for bad, says in [([], "needs a model reference"), (["m", "workers=0"], "workers='0'"),
+                      (["m", "port=http"], "port='http'"), (["m", "colour=red"], "unexpected argument"),
+                      (["m", "n"], "unexpected argument"), (["m", "precision=fp8"], "precision='fp8'")]:
+        with pytest.raises(ConfigError, match=says):
+            parse_args(bad)

@@ -98,14 +98,9 @@ class RadprivClassifierModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(probs.numpy(), columns=self.model.label_names)
 
 
-def log_pyfunc(bundle_dir, label_names, name: str = "model"):
-    """Log the bundle as a pyfunc model with a signature and a synthetic input example.
-
-    The signature declares the optional `batch_size` parameter (a served model accepts
-    `{"inputs": [...], "params": {"batch_size": 16}}`), and the MLmodel file's `metadata`
-    carries the bundle's privacy facts and label schema, so they travel with every copy of
-    the model (`mlflow.models.get_model_info(uri).metadata`), served ones included.
-    """
+def _pyfunc_args(bundle_dir, label_names) -> dict:
+    """What logging and saving the pyfunc model share: the model, its bundle, signature, example
+    and metadata (see log_pyfunc)."""
     import json
     from pathlib import Path
 
@@ -118,12 +113,26 @@ def log_pyfunc(bundle_dir, label_names, name: str = "model"):
     meta = json.loads((Path(bundle_dir) / META).read_text())
     metadata = {"radpriv": {"privacy": meta.get("privacy"), "label_names": list(label_names),
                             "thresholds": meta.get("thresholds")}}
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=RadprivClassifierModel(),
-        artifacts={"bundle": str(bundle_dir)},
-        signature=infer_signature(example, output, params={"batch_size": 64}),
-        input_example=example,
-        pip_requirements=["radpriv"],
-        metadata=metadata,
-    )
+    return {"python_model": RadprivClassifierModel(), "artifacts": {"bundle": str(bundle_dir)},
+            "signature": infer_signature(example, output, params={"batch_size": 64}),
+            "input_example": example, "pip_requirements": ["radpriv"], "metadata": metadata}
+
+
+def log_pyfunc(bundle_dir, label_names, name: str = "model"):
+    """Log the bundle as a pyfunc model with a signature and a synthetic input example.
+
+    The signature declares the optional `batch_size` parameter (a served model accepts
+    `{"inputs": [...], "params": {"batch_size": 16}}`), and the MLmodel file's `metadata`
+    carries the bundle's privacy facts and label schema, so they travel with every copy of
+    the model (`mlflow.models.get_model_info(uri).metadata`), served ones included.
+    """
+    return mlflow.pyfunc.log_model(name=name, **_pyfunc_args(bundle_dir, label_names))
+
+
+def save_pyfunc(bundle_dir, path):
+    """The bundle as a pyfunc model folder at `path` (as log_pyfunc logs it), for serving a
+    bundle that was never logged."""
+    from radpriv.model.bundle import load_meta
+
+    mlflow.pyfunc.save_model(path=str(path), **_pyfunc_args(bundle_dir, load_meta(bundle_dir)["label_names"]))
+    return path
