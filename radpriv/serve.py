@@ -150,6 +150,13 @@ def create_app():
     from fastapi.responses import Response
     from mlflow.pyfunc import load_model, scoring_server
 
+    radpriv_log = logging.getLogger("radpriv")
+    if not radpriv_log.handlers:  # a worker process of its own: radpriv's lines as the CLI prints them
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("radpriv: %(message)s"))
+        radpriv_log.addHandler(handler)
+        radpriv_log.setLevel(logging.INFO)
+        radpriv_log.propagate = False
     if os.environ.get(THREADS_ENV):
         torch.set_num_threads(int(os.environ[THREADS_ENV]))
     model = load_model(os.environ[MODEL_ENV])

@@ -28,8 +28,8 @@ def split(texts: list) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(base url, log path) of `radpriv serve <run id>` for a tiny model trained in a module-own store."""
+def trained(tmp_path_factory):
+    """(run id, tracking uri, folder) of a tiny fp32 non-private model in a module-own store."""
     from radpriv.config import compose
     from radpriv.train import train
     from tests.synthetic import write_fabricated_ct_csv
@@ -44,14 +44,21 @@ def server(tmp_path_factory):
         mp.setenv("RADPRIV_CACHE_DIR", str(root / "cache"))
         summary = train(compose([*TINY, f"data.path={csv_path}", "trainer.max_epochs=1",
                                  "trainer.precision=32-true", "privacy.epsilon=null"]))
-        port, log = free_port(), root / "serve.log"
-        proc = start_radpriv_serve(summary["run_id"], port, log, server_env(uri), "precision=32-true", "timeout=120")
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_until_ready(proc, f"{base}/ping", log)
-            yield base, log
-        finally:
-            stop(proc)
+    return summary["run_id"], uri, root
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    """(base url, log path) of `radpriv serve <run id>`, one worker."""
+    run_id, uri, root = trained
+    port, log = free_port(), root / "serve.log"
+    proc = start_radpriv_serve(run_id, port, log, server_env(uri), "precision=32-true", "timeout=120")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(proc, f"{base}/ping", log)
+        yield base, log
+    finally:
+        stop(proc)
 
 
 def assert_serves(base: str) -> None:
@@ -99,3 +106,28 @@ def test_the_server_log_holds_no_report_text(server):
     text = Path(log).read_text()
     assert "refused a request (400)" in text
     assert MARKER not in text and "effusion" not in text
+
+
+def test_a_bare_bundle_folder_is_served_by_two_workers(trained, tmp_path):
+    """A model folder without an MLmodel file (a bundle copied out of its run) is wrapped as a
+    pyfunc model; two workers each load it and both answer."""
+    import shutil
+
+    import mlflow
+
+    run_id, uri, _ = trained
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "dl"),
+                                                     tracking_uri=uri))
+    bundle = shutil.copytree(next(local.rglob("radpriv_model.json")).parent, tmp_path / "bundle")
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = start_radpriv_serve(str(bundle), port, log, server_env(uri), "workers=2", "precision=32-true")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_ready(proc, f"{base}/ping", log)
+        for _ in range(6):
+            assert_serves(base)
+        status, answer = post_raw(f"{base}/invocations", split([""]))
+        assert status == 400 and "empty report text" in answer
+    finally:
+        stop(proc)
+    assert "2 worker(s)" in log.read_text()
