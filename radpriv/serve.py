@@ -112,6 +112,21 @@ def pyfunc_dir(bundle_folder: Path, dst: Path) -> Path:
     return save_pyfunc(bundle_folder, dst)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A ConfigError now, rather than uvicorn's exit after the model has loaded, when the address
+    cannot be bound (in use, or not an address of this machine)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise ConfigError(f"host={host} port={port}: cannot listen there ({e.strerror or e}); "
+                          "choose another port= (or host=)") from None
+
+
 def serve(options: ServeOptions) -> int:
     """Resolve the model, then run the server until it is stopped (Ctrl-C, SIGTERM)."""
     import uvicorn
@@ -119,6 +134,7 @@ def serve(options: ServeOptions) -> int:
     from radpriv.tracking import registry
     from radpriv.tracking.model_ref import local_bundle, privacy_facts
 
+    check_port_free(options.host, options.port)
     with tempfile.TemporaryDirectory(prefix="radpriv-serve-") as tmp:
         source = local_bundle(options.model, options.tracking_uri, Path(tmp) / "model")
         log.info("model %s: %s", source.display, registry.describe_facts(privacy_facts(source, options.tracking_uri)))

@@ -121,3 +121,16 @@ def test_serve_arguments():
                       (["m", "n"], "unexpected argument"), (["m", "precision=fp8"], "precision='fp8'")]:
         with pytest.raises(ConfigError, match=says):
             parse_args(bad)
+
+
+def test_a_port_in_use_is_one_config_error():
+    import socket
+
+    from radpriv.errors import ConfigError
+    from radpriv.serve import check_port_free
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(ConfigError, match=r"port=\d+: cannot listen there"):
+            check_port_free("127.0.0.1", s.getsockname()[1])
