@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: install demo test test-integration test-all test-slow perf ui ui-check clean
+.PHONY: install demo test test-integration test-all test-slow perf serve-check ui ui-check clean
 
 # requirements.lock: the exact versions the results were measured with, as pip constraints
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -51,6 +51,12 @@ test-slow: install
 # the performance suite: ratios side by side, JSON + markdown in benchmarks/out/
 perf: install
 	$(BIN)/python benchmarks/perf.py --e2e
+
+# radpriv serve under concurrent load (fp32 and bf16, 1 and 2 workers) and hostile input:
+# JSON + markdown in benchmarks/out/; e.g. make serve-check SERVE_CHECK_ARGS="--workers 1,2,4 --requests 500"
+SERVE_CHECK_ARGS ?=
+serve-check: install
+	$(BIN)/python benchmarks/serve_load.py $(SERVE_CHECK_ARGS)
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

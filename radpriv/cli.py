@@ -1,7 +1,7 @@
 """`radpriv <command> [key=value ...]`: the command-line entry point.
 
 Commands (`COMMANDS` below, described in `USAGE`): train, evaluate, data check, tune, audit,
-sweep, predict, label and pate. Mistakes in the user's input (RadprivError) print one line on
+sweep, predict, serve, label and pate. Mistakes in the user's input (RadprivError) print one line on
 stderr and exit with status 2, so scripts and `mlflow run` fail clearly. A command that
 returns a summary prints it as one JSON object on its last stdout line (for scripts); one that
 prints its own output (`data check`) returns its exit status.
@@ -42,6 +42,11 @@ commands:
              probabilities and 0/1 labels; its own key=value arguments (not Hydra), e.g.
              radpriv predict model=models:/chexpert@champion input=reports.csv output=labels.csv
              [text_column=text|a,b id_column=id batch_size=32 labels=chexpert14|a,b,… num_threads=2]
+  serve      serve a trained model over HTTP (MLflow's scoring server, loopback by default;
+             same references as predict): POST /invocations, GET /ping; refusals never quote
+             a report, e.g.
+             radpriv serve models:/chexpert@champion [workers=2 port=5001 host=127.0.0.1
+             timeout=60 precision=auto|32-true|bf16-mixed]
   label      label unlabelled reports with a teacher model (same references as predict): a CSV of
              id, text, 0/1 per label at the teacher's thresholds and prob_<label>, plus
              <output>.provenance.json (teacher, its privacy facts; no text) that a student run
@@ -162,6 +167,12 @@ def _predict(args: list[str]) -> dict:
     return predict_command(args)
 
 
+def _serve(args: list[str]) -> int:
+    from radpriv.serve import serve_command
+
+    return serve_command(args)
+
+
 def _label(args: list[str]) -> dict:
     """`teacher.mode=pate` is `radpriv pate` with the same arguments (one command, two modes)."""
     if any(a.strip() == "teacher.mode=pate" for a in args):
@@ -193,6 +204,7 @@ COMMANDS = {
     "tune": _tune,
     "sweep": _sweep,
     "predict": _predict,
+    "serve": _serve,
     "label": _label,
     "pate": _pate,
 }

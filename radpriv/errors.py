@@ -25,3 +25,11 @@ class PrivacyError(RadprivError):
 
 class ModelError(RadprivError):
     """The encoder or a logged model cannot be resolved or loaded."""
+
+
+class RequestError(RadprivError, ValueError):
+    """A scoring request the served model refuses (too many rows, a report too long, no text).
+
+    Its message names rows and limits, never a report's text: requests carry patient data, and
+    the scoring server returns the message to the caller (HTTP 400).
+    """

@@ -7,15 +7,8 @@ child), is waited for at most SERVE_TIMEOUT_S, and the whole group is killed in 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -25,57 +18,13 @@ import torch
 from radpriv.data.schemas import CT_RATE18
 from radpriv.model.bundle import load_bundle, predict_proba
 from tests.helpers.cli import TINY, train_json
+from tests.helpers.serve import free_port, post, server_env, start, stop, wait_until_ready
 
 pytestmark = pytest.mark.integration  # make test-all (the integration tier)
-
-SERVE_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(url: str, payload: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
 
 
 def as_tensor(predictions: list[dict]) -> torch.Tensor:
     return torch.tensor([[row[n] for n in CT_RATE18] for row in predictions])
-
-
-def wait_until_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow models serve not ready after {SERVE_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (mlflow + uvicorn), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-    try:  # uvicorn may outlive its parent for a moment
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_mlflow_models_serve_answers_with_label_probabilities(tmp_path, tracking_uri, capsys, reports_csv):
@@ -99,15 +48,8 @@ def test_mlflow_models_serve_answers_with_label_probabilities(tmp_path, tracking
     port = free_port()
     mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     log = tmp_path / "serve.log"
-    with log.open("w") as log_file:
-        proc = subprocess.Popen(
-            [mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            # mlflow starts `uvicorn` by name: the environment's bin/ must be on PATH, as it is in
-            # an activated environment (`make test` runs the venv's python without activating it)
-            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
+    proc = start([mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local",
+                  "-h", "127.0.0.1", "-p", str(port), "-w", "1"], log, server_env(tracking_uri))
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(proc, f"{base}/ping", log)

@@ -1,0 +1,240 @@
+"""`radpriv serve <model-ref> [workers=1 port=5001 host=127.0.0.1 timeout=60 precision=auto]`.
+
+Serves a trained model over HTTP with MLflow's scoring server: `POST /invocations` takes MLflow's
+scoring protocol (JSON `{"dataframe_split": {"columns": ["text"], "data": [[...], ...]}}`, JSON
+`{"inputs": [...]}`, or CSV with a `text` column) and answers per-label probabilities; `GET /ping`
+answers 200 once the model is loaded. The reference is anything `radpriv predict` takes (run id,
+runs:/, models:/, a model folder), resolved by radpriv/tracking/model_ref.py.
+
+It is MLflow's own app (`mlflow.pyfunc.scoring_server.init`: ping, version, the request timeout,
+the request parsing) run by uvicorn with N worker processes, with `/invocations` answered by a
+thin wrapper because MLflow's error answers quote the request: an invalid JSON body is echoed
+whole, and a schema error prints the parsed DataFrame. The wrapper answers refusals with its
+own messages, which name rows, limits and formats, never report text:
+
+    400  a RequestError from the model's checks (radpriv/tracking/pyfunc.py: rows, report length,
+         empty text, batch_size), a body that is not UTF-8 or not JSON, a request without a
+         `text` column, or any other request MLflow cannot parse
+    413  a body over MAX_BODY_BYTES (read no further)
+    415  a content type other than JSON, CSV or Parquet (or a charset other than UTF-8)
+    500  an unexpected failure (logged by exception type only)
+    504  a request that ran past timeout= seconds (MLflow's middleware)
+
+The server binds to 127.0.0.1 unless host= says otherwise: it has no authentication and no TLS,
+so anything wider belongs behind a proxy that adds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request  # module level: FastAPI resolves the handler's annotation here
+
+from radpriv.errors import ConfigError, RequestError
+
+log = logging.getLogger(__name__)
+
+KEYS = ("model", "workers", "port", "host", "timeout", "precision", "tracking_uri")
+# the pyfunc model folder and thread count each worker process reads (uvicorn imports the app by name)
+MODEL_ENV = "RADPRIV_SERVE_MODEL"
+THREADS_ENV = "RADPRIV_SERVE_THREADS"
+# the largest valid request (1,000 reports of 50,000 characters) as JSON, with room for escapes
+MAX_BODY_BYTES = 100_000_000
+ACCEPTED = ("application/json", "text/csv", "application/vnd.apache.parquet")
+FORMATS = ('send JSON {"dataframe_split": {"columns": ["text"], "data": [["<report>"], ...]}} or '
+           '{"inputs": ["<report>", ...]}, or CSV with a text column; one report per row')
+EXAMPLE = "radpriv serve models:/chexpert@champion workers=2 port=5001"
+
+
+@dataclass
+class ServeOptions:
+    model: str
+    workers: int = 1
+    port: int = 5001
+    host: str = "127.0.0.1"
+    timeout: int = 60
+    precision: str | None = None  # None: $RADPRIV_PRECISION, else auto
+    tracking_uri: str | None = None
+
+
+def parse_args(args: Sequence[str]) -> ServeOptions:
+    """The model reference (first bare argument, or model=) and key=value options."""
+    values: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep and "model" not in values:
+            key, value = "model", arg
+        key = {"tracking.uri": "tracking_uri", "trainer.precision": "precision"}.get(key, key)
+        if key not in KEYS or (not sep and key != "model"):
+            raise ConfigError(f"serve: unexpected argument {arg!r}; give the model reference, then "
+                              f"key=value with keys {', '.join(KEYS[1:])}, e.g. {EXAMPLE}")
+        if value.strip():
+            values[key] = value.strip()
+    if "model" not in values:
+        raise ConfigError(f"serve needs a model reference (run id, runs:/…, models:/… or a folder), e.g. {EXAMPLE}")
+
+    def integer(key: str, default: int, low: int, high: int) -> int:
+        if key not in values:
+            return default
+        try:
+            n = int(values[key])
+        except ValueError:
+            n = low - 1
+        if not low <= n <= high:
+            raise ConfigError(f"{key}={values[key]!r}: expected a whole number from {low} to {high}")
+        return n
+
+    precision = values.get("precision")
+    if precision is not None:
+        from radpriv.model.precision import resolve_precision
+
+        precision = resolve_precision(precision, "cpu", "precision")
+    return ServeOptions(model=values["model"], workers=integer("workers", 1, 1, 64),
+                        port=integer("port", 5001, 1, 65535), host=values.get("host", "127.0.0.1"),
+                        timeout=integer("timeout", 60, 1, 86400), precision=precision,
+                        tracking_uri=values.get("tracking_uri"))
+
+
+def pyfunc_dir(bundle_folder: Path, dst: Path) -> Path:
+    """The pyfunc model folder a bundle came in (`<model>/artifacts/<bundle>` beside an MLmodel
+    file), else a pyfunc model saved around it under `dst`."""
+    model = bundle_folder.parent.parent
+    if bundle_folder.parent.name == "artifacts" and (model / "MLmodel").is_file():
+        return model
+    from radpriv.tracking.pyfunc import save_pyfunc
+
+    return save_pyfunc(bundle_folder, dst)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A ConfigError now, rather than uvicorn's exit after the model has loaded, when the address
+    cannot be bound (in use, or not an address of this machine)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise ConfigError(f"host={host} port={port}: cannot listen there ({e.strerror or e}); "
+                          "choose another port= (or host=)") from None
+
+
+def serve(options: ServeOptions) -> int:
+    """Resolve the model, then run the server until it is stopped (Ctrl-C, SIGTERM)."""
+    import uvicorn
+
+    from radpriv.tracking import registry
+    from radpriv.tracking.model_ref import local_bundle, privacy_facts
+
+    check_port_free(options.host, options.port)
+    with tempfile.TemporaryDirectory(prefix="radpriv-serve-") as tmp:
+        source = local_bundle(options.model, options.tracking_uri, Path(tmp) / "model")
+        log.info("model %s: %s", source.display, registry.describe_facts(privacy_facts(source, options.tracking_uri)))
+        os.environ[MODEL_ENV] = str(pyfunc_dir(source.folder, Path(tmp) / "pyfunc"))
+        os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(options.timeout)
+        # the cores shared out between the workers, so N workers do not each start a thread per core
+        os.environ[THREADS_ENV] = str(max(1, (os.cpu_count() or 1) // options.workers))
+        if options.precision:
+            os.environ["RADPRIV_PRECISION"] = options.precision
+        if options.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("host=%s: the server has no authentication and no TLS; put it behind a proxy "
+                        "that adds both before other machines reach it", options.host)
+        log.info("serving on http://%s:%d (%d worker(s); POST /invocations, GET /ping)", options.host,
+                 options.port, options.workers)
+        uvicorn.run("radpriv.serve:create_app", factory=True, host=options.host, port=options.port,
+                    workers=options.workers, log_level="info")
+    return 0
+
+
+def serve_command(args: Sequence[str]) -> int:
+    return serve(parse_args(args))
+
+
+# --------------------------------------------------------------------------- the app (one per worker)
+
+def create_app():
+    """MLflow's scoring app for the model in $RADPRIV_SERVE_MODEL, `/invocations` wrapped."""
+    import torch
+    from fastapi.responses import Response
+    from mlflow.pyfunc import load_model, scoring_server
+
+    radpriv_log = logging.getLogger("radpriv")
+    if not radpriv_log.handlers:  # a worker process of its own: radpriv's lines as the CLI prints them
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("radpriv: %(message)s"))
+        radpriv_log.addHandler(handler)
+        radpriv_log.setLevel(logging.INFO)
+        radpriv_log.propagate = False
+    if os.environ.get(THREADS_ENV):
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
+    model = load_model(os.environ[MODEL_ENV])
+    input_schema = model.metadata.get_input_schema()
+    app = scoring_server.init(model)
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/invocations"]
+
+    @app.post("/invocations")
+    async def invocations(request: Request):
+        content_type = request.headers.get("content-type") or ""
+        if content_type.split(";")[0].strip().lower() not in ACCEPTED:
+            return refusal(415, f"content type {content_type.split(';')[0].strip()[:60] or '(none)'!r} is not "
+                                f"accepted; {FORMATS} (Content-Type: application/json or text/csv)")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return refusal(413, f"the request body is over {MAX_BODY_BYTES:,} bytes; send fewer reports "
+                                    "per request")
+        try:
+            result = await asyncio.to_thread(scoring_server.invocations, bytes(body), content_type, model,
+                                             input_schema)
+        except Exception as e:  # noqa: BLE001 - every failure is answered, none with the request's text
+            return refusal(*explain(e))
+        return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
+
+    return app
+
+
+def refusal(status: int, message: str):
+    """A JSON error answer in MLflow's shape ({"error_code", "message"}), also logged (no text)."""
+    import json
+
+    from fastapi.responses import Response
+
+    code = {400: "BAD_REQUEST", 413: "REQUEST_LIMIT_EXCEEDED", 415: "BAD_REQUEST"}.get(status, "INTERNAL_ERROR")
+    log.warning("refused a request (%d): %s", status, message)
+    return Response(content=json.dumps({"error_code": code, "message": message}), status_code=status,
+                    media_type="application/json")
+
+
+def explain(error: BaseException) -> tuple[int, str]:
+    """(status, message) for a failed invocation, from the exception types alone: MLflow's own
+    messages can quote the request, so none is passed on."""
+    from mlflow.exceptions import MlflowException
+
+    chain = []
+    e: BaseException | None = error
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, RequestError):
+            return 400, str(e)
+    if any(isinstance(e, UnicodeDecodeError) for e in chain):
+        return 400, "the request body is not valid UTF-8"
+    if any(type(e).__name__ == "JSONDecodeError" for e in chain):
+        return 400, f"the request body is not valid JSON; {FORMATS}"
+    if not isinstance(error, MlflowException):
+        log.error("an invocation failed with %s", type(error).__name__)
+        return 500, f"the model failed on this request ({type(error).__name__}); the server log has no more detail"
+    if "missing inputs" in error.message:
+        return 400, f"the request has no `text` column; {FORMATS}"
+    status = error.get_http_status_code()
+    return (status if 400 <= status < 500 else 400), f"the request is not in a form the model accepts; {FORMATS}"
