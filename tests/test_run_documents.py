@@ -93,6 +93,7 @@ def test_a_trained_and_registered_run_explains_itself(tracking_uri, capsys, repo
     assert version.description == card and "## Privacy" in card and "## Limitations" in card
 
 
+@pytest.mark.integration
 def test_a_users_run_name_wins_and_a_chosen_name_is_kept(tracking_uri, capsys, reports_csv, monkeypatch):
     client = mlflow.MlflowClient(tracking_uri)
     summary, _ = train_json(capsys, [*TINY, "trainer.max_epochs=1", f"data.path={reports_csv[0]}",
