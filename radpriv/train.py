@@ -59,7 +59,7 @@ def configure_threads(n: int | None) -> None:
 
 def steps_per_epoch(cfg: DictConfig, dm: ReportDataModule) -> int:
     """Optimisation steps per epoch, honouring trainer.limit_train_batches (smoke runs)."""
-    limit = cfg.trainer.get("limit_train_batches")
+    limit = cfg.trainer.limit_train_batches
     if limit is None:
         return dm.steps_per_epoch
     if isinstance(limit, float) and limit <= 1.0:
@@ -91,10 +91,10 @@ def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int, unit: U
     if epsilon is None:
         return None
     n = dm.num_units
-    delta = float(p.delta) if p.get("delta") is not None else accounting.default_delta(n)
+    delta = float(p.delta) if p.delta is not None else accounting.default_delta(n)
     accounting.check_delta(delta, n)
-    if p.get("max_grad_norm") is None or float(p.max_grad_norm) <= 0:
-        raise ConfigError(f"privacy.max_grad_norm={p.get('max_grad_norm')}: must be > 0 (null needs a "
+    if p.max_grad_norm is None or float(p.max_grad_norm) <= 0:
+        raise ConfigError(f"privacy.max_grad_norm={p.max_grad_norm}: must be > 0 (null needs a "
                           "privacy.recipe_by_epsilon row that sets it)")
     steps = max_epochs * steps_per_epoch(cfg, dm)
     relation = accounting.GUARANTEE_RELATION  # N is published: replace-one (privacy/replace_one.py)
@@ -111,7 +111,7 @@ def plan_privacy(cfg: DictConfig, dm: ReportDataModule, max_epochs: int, unit: U
         target_epsilon=epsilon, delta=delta, noise_multiplier=float(calibration.noise_multiplier),
         max_grad_norm=float(p.max_grad_norm), sample_rate=dm.sample_rate,
         expected_batch_size=int(p.expected_batch_size), planned_steps=steps,
-        accountant=str(p.accountant), secure_mode=bool(p.get("secure_mode", False)), adjacency=relation,
+        accountant=str(p.accountant), secure_mode=bool(p.secure_mode), adjacency=relation,
         unit=unit.name, unit_why=unit.why,
         max_reports_per_patient=dm.max_reports_per_patient if unit.name == "patient" else None,
     )
@@ -130,7 +130,7 @@ def plan_dp_thresholds(cfg: DictConfig, dm: ReportDataModule, plan: PrivacyPlan 
     n_val = len(dm.splits["val"])
     if n_val < 2:
         raise ConfigError(f"trainer.thresholds=dp needs a validation split ({n_val} reports): set data.val_fraction")
-    given = cfg.trainer.get("threshold_epsilon")
+    given = cfg.trainer.threshold_epsilon
     epsilon = plan.target_epsilon if given is None else accounting.resolve_epsilon(given)
     if epsilon is None:
         raise ConfigError(f"trainer.threshold_epsilon={given!r}: must be a positive number (null: privacy.epsilon)")
@@ -174,7 +174,7 @@ def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):
     """`finetune.init_from=public` and `trainer.thresholds=public`: read the public corpus, refuse an
     overlap with the private training reports, find or train the public model, and take the public
     validation split. Returns (table, public record or None, public model run id or None)."""
-    from_public = str(cfg.finetune.get("init_from")) == PUBLIC
+    from_public = str(cfg.finetune.init_from) == PUBLIC
     if not from_public and thresholds != "public":
         return table, None, None
     from radpriv.data.overlap import check_no_overlap
@@ -207,23 +207,23 @@ def freeze_below_top_layers(net, top: int) -> None:
 def adapt_from_warm_start(cfg: DictConfig, net) -> WarmSource | None:
     """`finetune.warm`: what DP-SGD trains from the warm start (trainable=all|head), and the
     starting weights to interpolate against afterwards (interpolate=true)."""
-    warm_cfg = cfg.finetune.get("warm") or {}
-    trainable = str(warm_cfg.get("trainable", "all"))
+    warm_cfg = cfg.finetune.warm
+    trainable = str(warm_cfg.trainable)
     if trainable not in ("all", "head"):
         raise ConfigError(f"finetune.warm.trainable={trainable!r}: expected all (what finetune.mode trains) or head")
     if trainable == "head":  # fewer noisy coordinates: the public encoder (and adapter) frozen
         for p in net.encoder.parameters():
             p.requires_grad_(False)
-    top = warm_cfg.get("top_layers")
+    top = warm_cfg.top_layers
     if top is not None and trainable == "all":  # only the adapters of the top `top` layers train
         freeze_below_top_layers(net, int(top))
-    if not warm_cfg.get("interpolate", False):
+    if not warm_cfg.interpolate:
         return None
     if cfg.trainer.thresholds == "dp":
         log.info("warm start: not interpolating (λ is chosen on the validation split, which "
                  "trainer.thresholds=dp keeps for its DP release; trainer.thresholds=public allows it)")
         return None
-    check_lambdas(warm_cfg.get("lambdas", [1.0]))
+    check_lambdas(warm_cfg.lambdas)
     return WarmSource(net)
 
 
@@ -256,7 +256,7 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         batch_size=int(cfg.privacy.expected_batch_size),
         physical_batch_size=int(cfg.privacy.max_physical_batch_size),
         eval_batch_size=int(cfg.trainer.eval_batch_size), seed=seed,
-        padding=str(cfg.data.get("padding", "dynamic")), poisson=private,
+        padding=str(cfg.data.padding), poisson=private,
         # the unit shapes DP-SGD only: without DP there is no guarantee to hold per patient
         unit=unit.name if private else "report",
         max_reports_per_patient=cap, num_workers=num_workers, pin_memory=pin_memory,
@@ -269,21 +269,21 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
     if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
         raise ConfigError(f"finetune.nonprivate_batch_size={own!r}: must be an integer ≥ 1 or null")
     nonprivate_batch = nonprivate_batch_size(dm.num_train, dm.batch_size if own is None else int(own),
-                                             cfg.privacy.get("nonprivate_min_steps_per_epoch"))
+                                             cfg.privacy.nonprivate_min_steps_per_epoch)
     if plan is None:
         dm.batch_size = nonprivate_batch
     net = build_classifier(encoder, table.num_labels, cfg.finetune)
-    head_init = str(cfg.finetune.get("head_init", "random"))
+    head_init = str(cfg.finetune.head_init)
     if head_init not in HEAD_INITS:
         raise ConfigError(f"finetune.head_init={head_init!r}: expected one of {', '.join(HEAD_INITS)}")
     if head_init == "label_names":
         init_head_from_label_names(net, tokenizer, table.label_names, float(cfg.finetune.head_init_scale))
     warm, warm_source = None, None
-    if cfg.finetune.get("init_from"):
+    if cfg.finetune.init_from:
         train_split = dm.splits["train"]
         ref = public_ref or str(cfg.finetune.init_from)
         with tempfile.TemporaryDirectory() as tmp:
-            source = local_bundle(ref, cfg.tracking.get("uri"), Path(tmp), f"finetune.init_from={ref}")
+            source = local_bundle(ref, cfg.tracking.uri, Path(tmp), f"finetune.init_from={ref}")
             warm = apply_warm_start(net, source.folder, ref, label_names=table.label_names, spec=spec,
                                     mode=str(cfg.finetune.mode), dataset=table.name,
                                     train_fingerprints=(train_digest(private_folder(cfg), train_split),
@@ -294,15 +294,15 @@ def build(cfg: DictConfig, table: ReportTable | None = None):
         warm_source = adapt_from_warm_start(cfg, net)
     elif public is not None:
         public = None  # thresholds=public alone: recorded by the statement, not as a warm start
-    if cfg.finetune.get("lr") is None:
+    if cfg.finetune.lr is None:
         raise ConfigError("finetune.lr is null and no privacy.recipe_by_epsilon row sets it: give finetune.lr=<value>")
     total_steps = max_epochs * steps_per_epoch(cfg, dm)
     module = ReportClassifierModule(
         net, table.label_names, lr=float(cfg.finetune.lr),
         weight_decay=float(cfg.finetune.weight_decay), warmup_ratio=float(cfg.finetune.warmup_ratio),
         total_steps=total_steps, schedule=str(cfg.finetune.schedule),
-        optimizer=str(cfg.finetune.get("optimizer", "adamw")),
-        head_lr_multiplier=float(cfg.finetune.get("head_lr_multiplier", 1.0)),
+        optimizer=str(cfg.finetune.optimizer),
+        head_lr_multiplier=float(cfg.finetune.head_lr_multiplier),
         # per-batch training losses are exact functions of private batches: never released under DP
         log_train_loss=plan is None,
         log_validation_metrics=threshold_noise is None,
@@ -332,7 +332,7 @@ def choose_interpolation(cfg: DictConfig, trainer: L.Trainer, module: ReportClas
         thr = (DEFAULT_THRESHOLD if cfg.trainer.thresholds == "fixed"
                else fit_thresholds(probs.numpy(), labels.numpy()))
         preds[lam] = (probs.numpy() >= thr).astype(np.int8)
-    confidence = float(cfg.finetune.warm.get("confidence", 0.0))
+    confidence = float(cfg.finetune.warm.confidence)
     chosen, scores, wins = confident_lambda(preds, labels.numpy(), confidence)
     source.apply(chosen)
     if chosen != lambdas[-1]:  # the last validation pass must be the chosen model's
@@ -352,9 +352,9 @@ def attach_prefix_cache(cfg: DictConfig, dm: ReportDataModule, module: ReportCla
     if not k:
         return
     ids = {name: ds.input_ids for name, ds in dm.datasets.items()}
-    dtype = precision.feature_dtype(cfg.finetune.get("prefix_cache_dtype"))
+    dtype = precision.feature_dtype(cfg.finetune.prefix_cache_dtype)
     need = prefix_cache.estimated_bytes(ids, module.net.encoder.config.hidden_size, dtype)
-    limit = float(cfg.finetune.get("prefix_cache_max_gb", 4.0)) * 2**30
+    limit = float(cfg.finetune.prefix_cache_max_gb) * 2**30
     if need > limit:
         log.info("frozen-prefix cache: %.1f GB needed > finetune.prefix_cache_max_gb; not caching",
                  need / 2**30)
@@ -394,9 +394,9 @@ def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L
     log.info("precision: %s", precision.why(mode, device_type))
     trainer = L.Trainer(
         max_epochs=int(cfg.trainer.max_epochs), precision=mode,
-        limit_train_batches=cfg.trainer.get("limit_train_batches") or None,
+        limit_train_batches=cfg.trainer.limit_train_batches or None,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-        strategy=strategy, num_nodes=int(cfg.trainer.get("num_nodes", 1) or 1),
+        strategy=strategy, num_nodes=int(cfg.trainer.num_nodes),
         use_distributed_sampler=False,  # radpriv's samplers shard themselves (data/distributed_sampling.py)
         logger=logger, callbacks=callbacks,
         enable_checkpointing=False,  # radpriv's own epoch-end checkpoint (resume.py)
@@ -421,7 +421,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
 
     t0 = time.perf_counter()
     process_memory.reset_peak_resident()  # the run's own peak, not the sweep cells' before it
-    configure_threads(cfg.trainer.get("num_threads"))
+    configure_threads(cfg.trainer.num_threads)
     table, spec, tokenizer, dm, module, plan = build(cfg, table)
     t_build = time.perf_counter()
     dm.setup("fit")
@@ -432,10 +432,10 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     resume = None
     keys = run_keys(cfg, table.fingerprint(), private_folder(cfg))
     key = keys[0]
-    if cfg.tracking.get("checkpoint_dir"):
+    if cfg.tracking.checkpoint_dir:
         resume = find_resume_point_of(Path(cfg.tracking.checkpoint_dir), keys, mlflow_run.client(cfg))
         resume = distributed.agree_on_resume(cfg.trainer, resume)  # DDP: every rank as rank 0 chose
-    logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name"),
+    logger = mlflow_run.make_logger(cfg, run_name=cfg.run_name,
                                     run_id=resume.run_id if resume else None)
     try:
         clock = TrainingClock()
@@ -497,7 +497,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
         if peak is not None:  # this invocation's peak, in this process (under DDP: rank 0's)
             timings[process_memory.PEAK_RESIDENT_METRIC] = peak / 2**30
         logger.log_metrics(timings)
-        if cfg.tracking.get("register"):
+        if cfg.tracking.register:
             from radpriv.tracking.registry import register_run_model
 
             summary["registered"] = register_run_model(cfg, logger.run_id)
