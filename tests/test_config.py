@@ -134,3 +134,16 @@ def test_cfg_other_than_job_and_commands_without_a_config_are_one_line(capsys):
 def test_conf_dir_is_the_one_source():
     assert (CONF_DIR / "config.yaml").is_file()
 
+
+@pytest.mark.parametrize("module, name", [("openi", "openi"), ("ct_rate_text", "ct_rate_text"), ("ct_rate", "ct_rate"),
+                                          ("mimic_cxr", "mimic_cxr"), ("generic_csv", "csv")])
+def test_each_readers_defaults_are_its_yaml_group(module, name):
+    """A reader called as a library with a partial dict fills the rest from DEFAULTS: the YAML group."""
+    import importlib
+
+    from radpriv.data.sources import SOURCES
+
+    defaults = importlib.import_module(f"radpriv.data.{module}").DEFAULTS
+    assert defaults == OmegaConf.to_container(compose([f"data={name}"]).data)
+    assert SOURCES[name].__module__ == f"radpriv.data.{module}"
+    assert set(SOURCES) == {"openi", "ct_rate_text", "ct_rate", "mimic_cxr", "csv"}
