@@ -119,6 +119,10 @@ def test_cfg_job_of_the_other_commands(capsys):
     assert _printed_job(capsys, ["audit", "privacy.epsilon=1"])["audit"]["canaries"] is not None
     assert _printed_job(capsys, ["data", "check", "data=ct_rate_text"])["data"]["name"] == "ct_rate_text"
     assert _printed_job(capsys, ["evaluate", "run_id=abc"])["run_id"] == "abc"
+    # pate: the teachers' config, with the settings pate forces on them
+    pate = _printed_job(capsys, ["pate", "data=ct_rate_text", "pate.k=2", "pate.sigma=5", "pate.input=u.csv",
+                                 "pate.output=l.csv"])
+    assert pate["privacy"]["epsilon"] is None and pate["trainer"]["thresholds"] == "fixed"
     assert run(["train", "--cfg=job", "privacy.epsilon=inf"]) == 0
     assert math.isinf(yaml.safe_load(capsys.readouterr().out)["privacy"]["recipe_by_epsilon"][0]["epsilon_at_least"])
 

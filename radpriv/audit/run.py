@@ -179,7 +179,7 @@ def audit(cfg: DictConfig) -> dict:
     train_cfg = cfg.copy()
     with open_dict(train_cfg):
         del train_cfg["audit"]  # the training run's params are those `radpriv train` would log
-    OmegaConf.update(train_cfg, "tracking.tags", {**(train_cfg.tracking.get("tags") or {}),
+    OmegaConf.update(train_cfg, "tracking.tags", {**(train_cfg.tracking.tags or {}),
                                                   "radpriv.audit": "true"}, force_add=True)
     summary = train(train_cfg, table=audited)
     run_id = summary["run_id"]

@@ -65,9 +65,9 @@ def _label_columns(value: object) -> tuple[str, ...]:
 
 
 def _text_columns(cfg: Mapping) -> list[str]:
-    value = cfg.get("text_columns")
+    value = cfg["text_columns"]
     if value is None or (isinstance(value, str) and not value.strip()):
-        value = [cfg.get("text_column") or "text"]
+        value = [cfg["text_column"] or "text"]
     cols = [value] if isinstance(value, str) else list(value)
     cols = [str(c).strip() for c in cols]
     if not cols or not all(cols):

@@ -187,7 +187,7 @@ def _given(value: object) -> Path | None:
 
 
 def _root(cfg: Mapping) -> Path | None:
-    root = _given(cfg.get("path"))
+    root = _given(cfg["path"])
     if root is None:
         dd = data_dir()
         if dd is not None and (dd / "mimic_cxr").is_dir():
@@ -208,7 +208,7 @@ def _no_root(what: str, key: str) -> DataError:
 
 def resolve_reports(cfg: Mapping, root: Path | None) -> tuple[Path, str]:
     """(path, "zip" | "tree") of the reports."""
-    given = _given(cfg.get("reports_path"))
+    given = _given(cfg["reports_path"])
     if given is not None:
         if given.is_dir():
             return given, "tree"
@@ -232,7 +232,7 @@ def resolve_reports(cfg: Mapping, root: Path | None) -> tuple[Path, str]:
 
 def resolve_labels(cfg: Mapping, root: Path | None, labeler: str) -> Path:
     stem = f"mimic-cxr-2.0.0-{labeler}"
-    given = _given(cfg.get("labels_path"))
+    given = _given(cfg["labels_path"])
     if given is not None:
         return require_file(given, f"{labeler} label CSV", f"give data.labels_path = {stem}.csv or .csv.gz")
     if root is None:
@@ -245,7 +245,7 @@ def resolve_labels(cfg: Mapping, root: Path | None, labeler: str) -> Path:
 
 
 def resolve_split(cfg: Mapping, root: Path | None) -> Path | None:
-    given = _given(cfg.get("split_path"))
+    given = _given(cfg["split_path"])
     if given is not None:
         return require_file(given, "split CSV", f"give data.split_path = {SPLIT_STEM}.csv or .csv.gz, "
                             "or data.split_path=null for a seeded split")

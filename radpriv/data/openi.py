@@ -292,7 +292,7 @@ def _read_test_ids(path: Path) -> set[str]:
 
 
 def _text_fields(cfg: Mapping, kind: str) -> list[str]:
-    value = cfg.get("text_fields")
+    value = cfg["text_fields"]
     fields = list(DEFAULT_TEXT_FIELDS) if value is None else ([value] if isinstance(value, str) else list(value))
     fields = [str(f).strip().lower() for f in fields]
     if not fields or not all(fields):

@@ -410,7 +410,7 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
             tcfg = compose([*overrides, *FORCED, f"tracking.parent_run_id={parent}",
                             f"run_name=pate-teacher-{t}of{options.k}"])
             with open_dict(tcfg):
-                tcfg.tracking.tags = {**(tcfg.tracking.get("tags") or {}),
+                tcfg.tracking.tags = {**(tcfg.tracking.tags or {}),
                                       "radpriv.pate.teacher": f"{t}/{options.k}", "radpriv.pate.parent": parent}
             run_id = train(tcfg, table=tables[t])["run_id"]
             teacher_runs.append(run_id)
