@@ -150,7 +150,7 @@ def _check_value(key: str, value: Any, annotation: Any, meta: Mapping[str, Any])
         meta["check"](value)
     if value is None:
         return
-    if meta["choices"] is not None and value not in meta["choices"]:
+    if meta["choices"] is not None and str(value).strip().lower() not in meta["choices"]:  # readers lower-case
         raise ConfigError(f"{key}={value!r}: choose one of {', '.join(map(str, meta['choices']))}")
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         if math.isnan(float(value)):
