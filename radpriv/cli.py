@@ -60,7 +60,12 @@ overrides use Hydra syntax over the config tree in radpriv/conf (conf/ at the re
   data=openi|ct_rate_text|ct_rate|mimic_cxr|csv
   model=minilm|bert_small|bert_medium|albert_base|tiny_bert|tiny_albert|custom
   finetune=lora|full  privacy.epsilon=<float|null>  privacy.delta=<float>  seed=<int>
+  --cfg job  print the configuration the command would run (resolved) and exit, e.g.
+             radpriv train --cfg job privacy.epsilon=0.1
 """
+
+# the commands whose key=value arguments compose a Hydra config (`--cfg job` prints it)
+COMPOSING = ("train", "evaluate", "data", "audit", "tune", "sweep", "pate")
 
 
 def _configure_logging() -> None:
@@ -102,6 +107,25 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _cfg_flag(args: list[str]) -> tuple[list[str], bool]:
+    """`args` less Hydra's `--cfg job` (also `--cfg=job`, `-c job`), and whether it was there."""
+    from radpriv.errors import ConfigError
+
+    out, asked, i = [], False, 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--cfg", "-c") or arg.startswith("--cfg="):
+            value = arg.partition("=")[2] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            if value != "job":
+                raise ConfigError(f"--cfg {value or '(nothing)'}: radpriv prints the job's configuration "
+                                  "only: --cfg job")
+            asked, i = True, i + (1 if "=" in arg else 2)
+            continue
+        out.append(arg)
+        i += 1
+    return out, asked
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -114,12 +138,32 @@ def run(argv: list[str]) -> int:
     if handler is None:
         print(f"radpriv: error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    overrides, print_job = _cfg_flag(overrides)
+    if print_job:
+        return _print_job(command, handler, overrides)
     result = handler(overrides)
     if isinstance(result, int):  # a command that prints its own output returns its exit code
         return result
     if _global_rank() == 0:  # DDP: every rank returns the summary; one copy on stdout, not two interleaved
         print(json.dumps(result, default=float), flush=True)
     return 0
+
+
+def _print_job(command: str, handler, overrides: list[str]) -> int:
+    """`--cfg job`: the command runs up to its config's composition (its own overrides and
+    resolutions included), which prints the config as YAML on stdout; nothing is trained."""
+    from radpriv.config import JobPrinted, printing_job
+    from radpriv.errors import ConfigError
+
+    if command not in COMPOSING:
+        raise ConfigError(f"--cfg job: `radpriv {command}` takes its own key=value arguments, not a Hydra "
+                          f"config; --cfg job applies to {', '.join(COMPOSING)}")
+    with printing_job():
+        try:
+            result = handler(overrides)
+        except JobPrinted:
+            return 0
+    return result if isinstance(result, int) else 0  # e.g. `radpriv data --cfg job`: its usage
 
 
 def _global_rank() -> int:

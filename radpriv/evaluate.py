@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict:
     from radpriv.tracking.model_ref import local_bundle
 
-    if not cfg.get("run_id"):
+    if not cfg.run_id:
         raise ConfigError("evaluate needs run_id=<MLflow run id>")
     table = load_table(cfg.data, int(cfg.seed))
     run_id = str(cfg.run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_bundle(local_bundle(run_id, cfg.tracking.get("uri"), Path(tmp), f"run_id={run_id}").folder)
+        model = load_bundle(local_bundle(run_id, cfg.tracking.uri, Path(tmp), f"run_id={run_id}").folder)
     if list(model.label_names) != list(table.label_names):
         raise ModelError(f"the model's labels {model.label_names} differ from {table.name}'s "
                          f"{list(table.label_names)}: evaluate it on data with the same label schema")

@@ -99,7 +99,7 @@ def find_or_train_public_model(cfg: DictConfig, corpus: PublicCorpusData) -> str
         log.info("public model: reusing run %s (%s, same config and public data)", found.info.run_id,
                  pub.tracking.register)
         return found.info.run_id
-    if str(cfg.trainer.get("strategy", "auto")) != "auto":
+    if str(cfg.trainer.strategy) != "auto":
         raise ConfigError(f"finetune.init_from=public: no public model {pub.tracking.register} for this "
                           "config yet, and it is not trained inside a DDP run: run the same command once "
                           "with trainer.strategy=auto (it trains and registers the public model), then again")
@@ -113,7 +113,7 @@ def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):
     """`finetune.init_from=public` and `trainer.thresholds=public`: read the public corpus, refuse an
     overlap with the private training reports, find or train the public model, and take the public
     validation split. Returns (table, public record or None, public model run id or None)."""
-    from_public = str(cfg.finetune.get("init_from")) == PUBLIC
+    from_public = str(cfg.finetune.init_from) == PUBLIC
     if not from_public and thresholds != "public":
         return table, None, None
     from radpriv.data.overlap import check_no_overlap
@@ -146,23 +146,23 @@ def freeze_below_top_layers(net, top: int) -> None:
 def adapt_from_warm_start(cfg: DictConfig, net) -> WarmSource | None:
     """`finetune.warm`: what DP-SGD trains from the warm start (trainable=all|head), and the
     starting weights to interpolate against afterwards (interpolate=true)."""
-    warm_cfg = cfg.finetune.get("warm") or {}
-    trainable = str(warm_cfg.get("trainable", "all"))
+    warm_cfg = cfg.finetune.warm
+    trainable = str(warm_cfg.trainable)
     if trainable not in ("all", "head"):
         raise ConfigError(f"finetune.warm.trainable={trainable!r}: expected all (what finetune.mode trains) or head")
     if trainable == "head":  # fewer noisy coordinates: the public encoder (and adapter) frozen
         for p in net.encoder.parameters():
             p.requires_grad_(False)
-    top = warm_cfg.get("top_layers")
+    top = warm_cfg.top_layers
     if top is not None and trainable == "all":  # only the adapters of the top `top` layers train
         freeze_below_top_layers(net, int(top))
-    if not warm_cfg.get("interpolate", False):
+    if not warm_cfg.interpolate:
         return None
     if cfg.trainer.thresholds == "dp":
         log.info("warm start: not interpolating (λ is chosen on the validation split, which "
                  "trainer.thresholds=dp keeps for its DP release; trainer.thresholds=public allows it)")
         return None
-    check_lambdas(warm_cfg.get("lambdas", [1.0]))
+    check_lambdas(warm_cfg.lambdas)
     return WarmSource(net)
 
 
@@ -207,7 +207,7 @@ def build(cfg: DictConfig, table: ReportTable | None = None) -> Built:
         batch_size=int(cfg.privacy.expected_batch_size),
         physical_batch_size=int(cfg.privacy.max_physical_batch_size),
         eval_batch_size=int(cfg.trainer.eval_batch_size), seed=seed,
-        padding=str(cfg.data.get("padding", "dynamic")), poisson=is_private(cfg),
+        padding=str(cfg.data.padding), poisson=is_private(cfg),
         unit=sampling_unit(cfg, unit),
         max_reports_per_patient=cap, num_workers=num_workers, pin_memory=pin_memory,
     )
@@ -216,17 +216,17 @@ def build(cfg: DictConfig, table: ReportTable | None = None) -> Built:
     dm.secure_sampling = secure_sampling(plan)
     dm.batch_size = logical_batch_size(cfg, dm, plan)
     net = build_classifier(encoder, table.num_labels, cfg.finetune)
-    head_init = str(cfg.finetune.get("head_init", "random"))
+    head_init = str(cfg.finetune.head_init)
     if head_init not in HEAD_INITS:
         raise ConfigError(f"finetune.head_init={head_init!r}: expected one of {', '.join(HEAD_INITS)}")
     if head_init == "label_names":
         init_head_from_label_names(net, tokenizer, table.label_names, float(cfg.finetune.head_init_scale))
     warm, warm_source = None, None
-    if cfg.finetune.get("init_from"):
+    if cfg.finetune.init_from:
         train_split = dm.splits["train"]
         ref = public_ref or str(cfg.finetune.init_from)
         with tempfile.TemporaryDirectory() as tmp:
-            source = local_bundle(ref, cfg.tracking.get("uri"), Path(tmp), f"finetune.init_from={ref}")
+            source = local_bundle(ref, cfg.tracking.uri, Path(tmp), f"finetune.init_from={ref}")
             warm = apply_warm_start(net, source.folder, ref, label_names=table.label_names, spec=spec,
                                     mode=str(cfg.finetune.mode), dataset=table.name,
                                     train_fingerprints=(train_digest(private_folder(cfg), train_split),
@@ -237,15 +237,15 @@ def build(cfg: DictConfig, table: ReportTable | None = None) -> Built:
         warm_source = adapt_from_warm_start(cfg, net)
     elif public is not None:
         public = None  # thresholds=public alone: recorded by the statement, not as a warm start
-    if cfg.finetune.get("lr") is None:
+    if cfg.finetune.lr is None:
         raise ConfigError("finetune.lr is null and no privacy.recipe_by_epsilon row sets it: give finetune.lr=<value>")
     total_steps = max_epochs * steps_per_epoch(cfg, dm)
     module = ReportClassifierModule(
         net, table.label_names, lr=float(cfg.finetune.lr),
         weight_decay=float(cfg.finetune.weight_decay), warmup_ratio=float(cfg.finetune.warmup_ratio),
         total_steps=total_steps, schedule=str(cfg.finetune.schedule),
-        optimizer=str(cfg.finetune.get("optimizer", "adamw")),
-        head_lr_multiplier=float(cfg.finetune.get("head_lr_multiplier", 1.0)),
+        optimizer=str(cfg.finetune.optimizer),
+        head_lr_multiplier=float(cfg.finetune.head_lr_multiplier),
         # per-batch training losses are exact functions of private batches: never released under DP
         log_train_loss=plan is None,
         log_validation_metrics=threshold_noise is None,
@@ -275,7 +275,7 @@ def choose_interpolation(cfg: DictConfig, trainer: L.Trainer, module: ReportClas
         thr = (DEFAULT_THRESHOLD if cfg.trainer.thresholds == "fixed"
                else fit_thresholds(probs.numpy(), labels.numpy()))
         preds[lam] = (probs.numpy() >= thr).astype(np.int8)
-    confidence = float(cfg.finetune.warm.get("confidence", 0.0))
+    confidence = float(cfg.finetune.warm.confidence)
     chosen, scores, wins = confident_lambda(preds, labels.numpy(), confidence)
     source.apply(chosen)
     if chosen != lambdas[-1]:  # the last validation pass must be the chosen model's
@@ -295,9 +295,9 @@ def attach_prefix_cache(cfg: DictConfig, dm: ReportDataModule, module: ReportCla
     if not k:
         return
     ids = {name: ds.input_ids for name, ds in dm.datasets.items()}
-    dtype = precision.feature_dtype(cfg.finetune.get("prefix_cache_dtype"))
+    dtype = precision.feature_dtype(cfg.finetune.prefix_cache_dtype)
     need = prefix_cache.estimated_bytes(ids, module.net.encoder.config.hidden_size, dtype)
-    limit = float(cfg.finetune.get("prefix_cache_max_gb", 4.0)) * 2**30
+    limit = float(cfg.finetune.prefix_cache_max_gb) * 2**30
     if need > limit:
         log.info("frozen-prefix cache: %.1f GB needed > finetune.prefix_cache_max_gb; not caching",
                  need / 2**30)
@@ -337,9 +337,9 @@ def make_trainer(cfg: DictConfig, logger, callbacks, ckpt_dir: Path | None) -> L
     log.info("precision: %s", precision.why(mode, device_type))
     trainer = L.Trainer(
         max_epochs=int(cfg.trainer.max_epochs), precision=mode,
-        limit_train_batches=cfg.trainer.get("limit_train_batches") or None,
+        limit_train_batches=cfg.trainer.limit_train_batches or None,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-        strategy=strategy, num_nodes=int(cfg.trainer.get("num_nodes", 1) or 1),
+        strategy=strategy, num_nodes=int(cfg.trainer.num_nodes),
         use_distributed_sampler=False,  # radpriv's samplers shard themselves (data/distributed_sampling.py)
         logger=logger, callbacks=callbacks,
         enable_checkpointing=False,  # radpriv's own epoch-end checkpoint (resume.py)
@@ -364,7 +364,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
 
     t0 = time.perf_counter()
     process_memory.reset_peak_resident()  # the run's own peak, not the sweep cells' before it
-    configure_threads(cfg.trainer.get("num_threads"))
+    configure_threads(cfg.trainer.num_threads)
     built = build(cfg, table)
     table, spec, tokenizer, dm, module, plan = (built.table, built.spec, built.tokenizer, built.dm,
                                                 built.module, built.plan)
@@ -377,10 +377,10 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     resume = None
     keys = run_keys(cfg, table.fingerprint(), private_folder(cfg))
     key = keys[0]
-    if cfg.tracking.get("checkpoint_dir"):
+    if cfg.tracking.checkpoint_dir:
         resume = find_resume_point_of(Path(cfg.tracking.checkpoint_dir), keys, mlflow_run.client(cfg))
         resume = distributed.agree_on_resume(cfg.trainer, resume)  # DDP: every rank as rank 0 chose
-    logger = mlflow_run.make_logger(cfg, run_name=cfg.get("run_name") or naming.run_name(cfg),
+    logger = mlflow_run.make_logger(cfg, run_name=cfg.run_name or naming.run_name(cfg),
                                     run_id=resume.run_id if resume else None)
     try:
         naming.name_run(logger.experiment, logger.run_id, cfg)  # `mlflow run`'s random name goes
@@ -443,7 +443,7 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
         if peak is not None:  # this invocation's peak, in this process (under DDP: rank 0's)
             timings[process_memory.PEAK_RESIDENT_METRIC] = peak / 2**30
         logger.log_metrics(timings)
-        if cfg.tracking.get("register"):
+        if cfg.tracking.register:
             from radpriv.tracking.registry import register_run_model
 
             summary["registered"] = register_run_model(cfg, logger.run_id)

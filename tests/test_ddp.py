@@ -20,6 +20,7 @@ import torch
 
 from radpriv.data.distributed_sampling import DistributedPoissonBatchSampler, DistributedShuffledBatchSampler
 from radpriv.privacy.randomness import PrivateRandomness
+from tests.helpers.dp import LORA
 from tests.synthetic import write_fabricated_ct_csv
 
 pytestmark = pytest.mark.integration  # make test-all (the integration tier)
@@ -288,7 +289,7 @@ def _exactness(out: Path, rank: int, world: int) -> None:
     from radpriv.privacy.dp_step import DPStep, NoisyDPOptimizer
     from tests.synthetic import synthetic_table
 
-    lora = {"mode": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"], "head_dropout": 0.0}
+    lora = LORA
     table = synthetic_table(12)
     b, clip = 6, 0.05  # a small C: clipping is active
 

@@ -28,9 +28,9 @@ from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.model.module import per_sample_loss
 from radpriv.privacy.dp_step import DPStep, NoisyDPOptimizer
 from radpriv.privacy.randomness import PrivateRandomness
+from tests.helpers.dp import LORA
 from tests.synthetic import PATIENT_CSV, synthetic_table, write_patient_csv
 
-LORA = {"mode": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"], "head_dropout": 0.0}
 TINY = ["model=tiny_bert", "data.max_length=32", "trainer.max_epochs=2", "trainer.progress_bar=false",
         "privacy.expected_batch_size=4", "privacy.max_physical_batch_size=8", "privacy.max_reports_per_patient=6",
         "trainer.eval_batch_size=32", "tracking.log_model=false"]

@@ -23,9 +23,9 @@ from radpriv.privacy.callback import DPCallback, PrivacyPlan
 from radpriv.privacy.dp_step import DPStep, NoisyDPOptimizer
 from radpriv.privacy.fp32_grad_sample import Fp32GradSampleHooks
 from radpriv.privacy.randomness import PrivateRandomness
+from tests.helpers.dp import LORA
 from tests.synthetic import synthetic_table
 
-LORA = {"mode": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"], "head_dropout": 0.0}
 BF16 = torch.bfloat16
 
 
@@ -74,10 +74,10 @@ def test_compose_resolves_precision_and_fp32_keeps_the_run_keys_of_earlier_runs(
 
 def test_loader_settings():
     assert precision.loader_settings({"num_workers": "auto", "pin_memory": "auto"}, "cuda") == (4, True)
-    assert precision.loader_settings({}, "cpu") == (0, False)
+    assert precision.loader_settings(compose([]).trainer, "cpu") == (0, False)  # conf/: auto
     assert precision.loader_settings({"num_workers": 2, "pin_memory": True}, "cpu") == (2, True)
     with pytest.raises(ConfigError, match="num_workers"):
-        precision.loader_settings({"num_workers": -1}, "cpu")
+        precision.loader_settings({"num_workers": -1, "pin_memory": "auto"}, "cpu")
 
 
 # -- DP-SGD under bf16 ------------------------------------------------------------------------

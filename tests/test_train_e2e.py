@@ -13,12 +13,26 @@ from radpriv.data.schemas import CT_RATE18
 from tests.helpers.cli import TINY, all_files_text, error_lines, train_json
 
 
+def printed_job_is_logged(capsys, overrides, params) -> None:
+    """`radpriv train --cfg job` printed exactly the config the run logged as its params."""
+    import yaml
+
+    from radpriv.cli import run
+    from radpriv.tracking.mlflow_run import flatten
+
+    assert run(["train", "--cfg", "job", *overrides]) == 0
+    printed = flatten(yaml.safe_load(capsys.readouterr().out))
+    assert printed and {k: params.get(k) for k in printed} == printed
+
+
 def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsys, reports_csv):
     csv_path, texts = reports_csv
-    out, printed = train_json(capsys, [*TINY, f"data.path={csv_path}", "privacy.epsilon=2"])
+    overrides = [*TINY, f"data.path={csv_path}", "privacy.epsilon=2"]
+    out, printed = train_json(capsys, overrides)
     run_id = out["run_id"]
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
+    printed_job_is_logged(capsys, overrides, run.data.params)
     m = run.data.metrics
     for key in ("val/f1_weighted", "test/f1_weighted", "test/f1_micro", "test/f1_macro",
                 "test/auroc_macro", "test/f1/Cardiomegaly", "privacy/epsilon", "privacy/delta",
@@ -82,8 +96,10 @@ def test_private_run_logs_the_contract_and_no_text(tmp_path, tracking_uri, capsy
 
 
 def test_non_private_run_through_the_same_code(tmp_path, tracking_uri, capsys, reports_csv):
-    out, _ = train_json(capsys, [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=null"])
+    overrides = [*TINY, f"data.path={reports_csv[0]}", "privacy.epsilon=null"]
+    out, _ = train_json(capsys, overrides)
     m = mlflow.MlflowClient(tracking_uri).get_run(out["run_id"]).data.metrics
+    printed_job_is_logged(capsys, overrides, mlflow.MlflowClient(tracking_uri).get_run(out["run_id"]).data.params)
     assert "test/f1_weighted" in m and "privacy/epsilon" not in m
     assert "train/loss" in m
 

@@ -75,8 +75,8 @@ def settings(cfg: DictConfig) -> Settings:
     if m < 1:
         raise ConfigError(f"audit.canaries={m}: need at least 1 canary (the paper's audits use ≥ 1000)")
     default = m // 10  # fixed before any score is seen: "in" for the top 10%, "out" for the bottom 10%
-    k_plus = max(1, default) if a.get("k_plus") is None else int(a.k_plus)
-    k_minus = default if a.get("k_minus") is None else int(a.k_minus)
+    k_plus = max(1, default) if a.k_plus is None else int(a.k_plus)
+    k_minus = default if a.k_minus is None else int(a.k_minus)
     if k_plus < 0 or k_minus < 0 or k_plus + k_minus < 1:
         raise ConfigError(f"audit.k_plus={k_plus}, audit.k_minus={k_minus}: need ≥ 0 each and ≥ 1 guess")
     if k_plus + k_minus > m:
@@ -84,17 +84,17 @@ def settings(cfg: DictConfig) -> Settings:
     confidence = float(a.confidence)
     if not 0 < confidence < 1:
         raise ConfigError(f"audit.confidence={confidence}: must be in (0, 1), e.g. 0.95")
-    delta = None if a.get("delta") is None else float(a.delta)
+    delta = None if a.delta is None else float(a.delta)
     if delta is not None and not 0 <= delta < 1:
         raise ConfigError(f"audit.delta={delta}: must be in [0, 1)")
     if int(a.words_per_canary) < 1:
         raise ConfigError(f"audit.words_per_canary={a.words_per_canary}: need at least 1 word")
-    per = a.get("reports_per_canary")
+    per = a.reports_per_canary
     if per is not None and (isinstance(per, bool) or not isinstance(per, int) or per < 1):
         raise ConfigError(f"audit.reports_per_canary={per!r}: must be a whole number ≥ 1, or null")
-    if not cfg.tracking.get("log_model", True):
+    if not cfg.tracking.log_model:
         raise ConfigError("tracking.log_model=false: the audit scores the logged model; drop that override")
-    mode = str(a.get("mode", "black_box"))
+    mode = str(a.mode)
     if mode not in ("black_box", "white_box"):
         raise ConfigError(f"audit.mode={mode!r}: expected black_box or white_box")
     return Settings(m, k_plus, k_minus, confidence, delta, int(a.words_per_canary), int(a.seed), per, mode)
@@ -134,7 +134,7 @@ def _audit_delta(s: Settings, cfg: DictConfig, private: bool, n_train: int) -> f
     counts training units (patients at the patient unit), as the run's default δ does."""
     from radpriv.privacy import accounting
 
-    run_delta = (float(cfg.privacy.delta) if cfg.privacy.get("delta") is not None
+    run_delta = (float(cfg.privacy.delta) if cfg.privacy.delta is not None
                  else accounting.default_delta(n_train))
     if s.delta is None:
         return run_delta
@@ -168,7 +168,7 @@ def audit(cfg: DictConfig) -> dict:
     if s.mode == "white_box":
         return _white_box(cfg, table, canaries, s)
     audited = with_canaries(table, canaries)
-    if resolve_unit(cfg.privacy.get("unit"), audited).name != unit.name:  # with_canaries keeps the format
+    if resolve_unit(cfg.privacy.unit, audited).name != unit.name:  # with_canaries keeps the format
         raise PrivacyError(f"audit: the canaries changed the privacy unit from {unit.name}")
     n_train = training_units(audited, unit)
     delta = _audit_delta(s, cfg, private, n_train)
@@ -180,7 +180,7 @@ def audit(cfg: DictConfig) -> dict:
     train_cfg = cfg.copy()
     with open_dict(train_cfg):
         del train_cfg["audit"]  # the training run's params are those `radpriv train` would log
-    OmegaConf.update(train_cfg, "tracking.tags", {**(train_cfg.tracking.get("tags") or {}),
+    OmegaConf.update(train_cfg, "tracking.tags", {**(train_cfg.tracking.tags or {}),
                                                   "radpriv.audit": "true"}, force_add=True)
     summary = train(train_cfg, table=audited)
     run_id = summary["run_id"]
@@ -194,7 +194,7 @@ def audit(cfg: DictConfig) -> dict:
         delta = float(summary["metrics"].get("privacy/delta", delta))
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_bundle(local_bundle(run_id, cfg.tracking.get("uri"), Path(tmp), f"audited run {run_id}").folder)
+        model = load_bundle(local_bundle(run_id, cfg.tracking.uri, Path(tmp), f"audited run {run_id}").folder)
     batch = int(cfg.trainer.eval_batch_size)
     # one loss per canary: a canary patient's k reports are copies of one text with one label
     # vector, so the loss of that text is the loss of each of them

@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,21 @@ CACHE_DIR_ENV = "RADPRIV_CACHE_DIR"
 
 # Accepted spellings of a 0/1 label cell (pandas writes 0/1 ints as "0.0"/"1.0" after a NaN).
 _BINARY = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0}
+
+
+def reader_defaults(name: str) -> dict:
+    """conf/data/<name>.yaml as a dict: the one set of defaults of a reader that is also called
+    as a library with a partial `data` dict (composed configs carry every key already)."""
+    from omegaconf import OmegaConf
+
+    from radpriv.config import CONF_DIR
+
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml"), resolve=True)
+
+
+def with_defaults(defaults: Mapping, cfg: Mapping) -> dict:
+    """A `data` config over its reader's DEFAULTS: a key the caller left out has its YAML value."""
+    return {**defaults, **{str(k): cfg[k] for k in cfg}}
 
 
 def data_dir() -> Path | None:

@@ -114,8 +114,7 @@ def patients_in_several_splits(table: ReportTable) -> int:
 def unit_summary(table: ReportTable, cfg: DictConfig, train_sizes: np.ndarray | None) -> tuple[dict, str | None]:
     """({setting, name, why, ...}, error or None): the unit `privacy.unit` gives on this table, as
     `radpriv train` resolves it; at the patient unit, how many training patients exceed the cap."""
-    privacy = cfg.get("privacy") or {}
-    setting = privacy.get("unit")
+    setting = cfg.privacy.unit
     shown = "auto" if setting is None else str(setting).strip().lower()
     if shown not in ("auto", *UNITS):
         resolve_unit(setting, table)  # a bad value is a bad command (exit 2), not a data problem
@@ -137,7 +136,7 @@ def _load_tokenizer(cfg: DictConfig):
     from radpriv.model.encoder import load_encoder, resolve_spec
 
     spec = resolve_spec(str(cfg.model.source))
-    _, tokenizer = load_encoder(spec, seed=int(cfg.get("seed", 0)))
+    _, tokenizer = load_encoder(spec, seed=int(cfg.seed))
     return tokenizer
 
 
@@ -152,7 +151,7 @@ def summarize(table: ReportTable, cfg: DictConfig, tokenizer=None, tokenizer_err
     patients, per_patient, train_sizes = patient_counts(table)
     unit, unit_error = unit_summary(table, cfg, train_sizes)
     prevalence = label_prevalence(table)
-    max_length = int(cfg.data.get("max_length", 512))
+    max_length = int(cfg.data.max_length)
 
     tokens: dict | None = None
     if tokenizer is not None:
@@ -168,7 +167,7 @@ def summarize(table: ReportTable, cfg: DictConfig, tokenizer=None, tokenizer_err
         problem("error", "no usable reports")
     if counts["train"] == 0:
         problem("error", "the training split is empty")
-    thresholds = str(cfg.get("trainer", {}).get("thresholds", "validation"))
+    thresholds = str(cfg.trainer.thresholds)
     if counts["val"] == 0 and thresholds == "validation":
         problem("error", "the validation split is empty, and thresholds are chosen on it "
                          "(raise data.val_fraction, or set trainer.thresholds=fixed)")
@@ -218,7 +217,7 @@ def check_data(cfg: DictConfig, load_tokenizer: Callable | None = None) -> dict:
     """
     from radpriv.data.sources import load_table
 
-    table = load_table(cfg.data, int(cfg.get("seed", 0)))
+    table = load_table(cfg.data, int(cfg.seed))
     tokenizer, tokenizer_error = None, None
     try:
         tokenizer = (load_tokenizer or _load_tokenizer)(cfg)

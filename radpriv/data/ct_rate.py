@@ -51,8 +51,10 @@ from radpriv.data._io import (
     data_dir,
     label_list,
     read_csv,
+    reader_defaults,
     require_file,
     warn_never_positive,
+    with_defaults,
 )
 from radpriv.data.schemas import CT_RATE18
 from radpriv.data.splits import check_fraction, split_by_patient
@@ -60,6 +62,9 @@ from radpriv.data.table import ReportTable
 from radpriv.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+# conf/data/ct_rate.yaml: the value of a key the caller leaves out (tests/test_config.py)
+DEFAULTS = reader_defaults("ct_rate")
 
 ID_COLUMN = "VolumeName"
 REPORTS_DIR = "radiology_text_reports"
@@ -172,16 +177,17 @@ def _read_part(folder: Path, part: str, text_fields: list[str], label_names: tup
 
 def load_ct_rate(cfg: Mapping, seed: int) -> ReportTable:
     """CT-RATE as a ReportTable (see the module docstring and conf/data/ct_rate.yaml)."""
-    text_fields = _text_fields(cfg.get("text_fields"))
-    label_names = label_list(cfg.get("labels"), CT_RATE18)
-    val_fraction = check_fraction("val_fraction", cfg.get("val_fraction", 0.1))
-    test_fraction = check_fraction("test_fraction", cfg.get("test_fraction", 0.2))
-    max_missing = check_max_fraction(cfg.get("max_missing_reports_fraction", 0.01))
-    official_validation = str(cfg.get("official_validation") or "test").strip().lower()
+    cfg = with_defaults(DEFAULTS, cfg)
+    text_fields = _text_fields(cfg["text_fields"])
+    label_names = label_list(cfg["labels"], CT_RATE18)
+    val_fraction = check_fraction("val_fraction", cfg["val_fraction"])
+    test_fraction = check_fraction("test_fraction", cfg["test_fraction"])
+    max_missing = check_max_fraction(cfg["max_missing_reports_fraction"])
+    official_validation = str(cfg["official_validation"] or "test").strip().lower()
     if official_validation not in OFFICIAL_VALIDATION:
         raise DataError(f"data.official_validation={official_validation!r}: use test or val")
 
-    folder = _dataset_folder(cfg.get("path"))
+    folder = _dataset_folder(cfg["path"])
     valid_files = [folder / REPORTS_DIR / PARTS["valid"][0], folder / LABELS_DIR / PARTS["valid"][1]]
     have_valid = [p.is_file() for p in valid_files]
     if any(have_valid) and not all(have_valid):

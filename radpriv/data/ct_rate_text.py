@@ -12,13 +12,24 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from radpriv.data._io import binary_labels, check_unique, data_dir, read_csv, require_file
+from radpriv.data._io import (
+    binary_labels,
+    check_unique,
+    data_dir,
+    read_csv,
+    reader_defaults,
+    require_file,
+    with_defaults,
+)
 from radpriv.data.schemas import CT_RATE18
 from radpriv.data.splits import check_fraction, split_by_patient
 from radpriv.data.table import ReportTable
 from radpriv.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+# conf/data/ct_rate_text.yaml: the value of a key the caller leaves out (tests/test_config.py)
+DEFAULTS = reader_defaults("ct_rate_text")
 
 ID_COLUMN = "AccessionNo"
 TEXT_COLUMN = "report_text"
@@ -50,9 +61,10 @@ def _resolve_path(value: object) -> Path:
 
 def load_ct_rate_text(cfg: Mapping, seed: int) -> ReportTable:
     """The CT-RATE text CSV as a ReportTable, split by patient (see conf/data/ct_rate_text.yaml)."""
-    val_fraction = check_fraction("val_fraction", cfg.get("val_fraction", 0.1))
-    test_fraction = check_fraction("test_fraction", cfg.get("test_fraction", 0.2))
-    path = _resolve_path(cfg.get("path"))
+    cfg = with_defaults(DEFAULTS, cfg)
+    val_fraction = check_fraction("val_fraction", cfg["val_fraction"])
+    test_fraction = check_fraction("test_fraction", cfg["test_fraction"])
+    path = _resolve_path(cfg["path"])
 
     table = read_csv(path, [ID_COLUMN, TEXT_COLUMN, *CT_RATE18], what="CT-RATE text CSV")
     ids = [r[ID_COLUMN].strip() for r in table.rows]

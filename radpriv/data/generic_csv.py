@@ -30,16 +30,21 @@ from radpriv.data._io import (
     data_dir,
     label_list,
     read_csv,
+    reader_defaults,
     require_file,
     ternary_labels,
     uncertain_policy,
     warn_never_positive,
+    with_defaults,
 )
 from radpriv.data.splits import check_fraction, split_by_patient
 from radpriv.data.table import ReportTable
 from radpriv.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+# conf/data/csv.yaml: the value of a key the caller leaves out (tests/test_config.py)
+DEFAULTS = reader_defaults("csv")
 
 SPLIT_VALUES = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
 
@@ -60,9 +65,9 @@ def _label_columns(value: object) -> tuple[str, ...]:
 
 
 def _text_columns(cfg: Mapping) -> list[str]:
-    value = cfg.get("text_columns")
+    value = cfg["text_columns"]
     if value is None or (isinstance(value, str) and not value.strip()):
-        value = [cfg.get("text_column") or "text"]
+        value = [cfg["text_column"] or "text"]
     cols = [value] if isinstance(value, str) else list(value)
     cols = [str(c).strip() for c in cols]
     if not cols or not all(cols):
@@ -90,16 +95,17 @@ def _teacher_provenance(cfg: Mapping) -> tuple[dict, Path] | None:
 
 def load_generic_csv(cfg: Mapping, seed: int) -> ReportTable:
     """The CSV as a ReportTable (see the module docstring and conf/data/csv.yaml)."""
+    cfg = with_defaults(DEFAULTS, cfg)
     teacher = _teacher_provenance(cfg)
-    label_columns = _label_columns(cfg.get("label_columns") or (teacher[0]["labels"] if teacher else None))
+    label_columns = _label_columns(cfg["label_columns"] or (teacher[0]["labels"] if teacher else None))
     text_columns = _text_columns(cfg)
-    id_column = _column(cfg.get("id_column"))
-    patient_column = _column(cfg.get("patient_column"))
-    split_column = _column(cfg.get("split_column"))
-    policy = uncertain_policy(cfg.get("uncertain", "ignore"))
-    val_fraction = check_fraction("val_fraction", cfg.get("val_fraction", 0.1))
-    test_fraction = check_fraction("test_fraction", cfg.get("test_fraction", 0.2))
-    path = _path(cfg.get("path"))
+    id_column = _column(cfg["id_column"])
+    patient_column = _column(cfg["patient_column"])
+    split_column = _column(cfg["split_column"])
+    policy = uncertain_policy(cfg["uncertain"])
+    val_fraction = check_fraction("val_fraction", cfg["val_fraction"])
+    test_fraction = check_fraction("test_fraction", cfg["test_fraction"])
+    path = _path(cfg["path"])
     overlap = set(label_columns) & set(text_columns)
     if overlap:
         raise DataError(f"data.label_columns and data.text_columns share {sorted(overlap)}; "

@@ -63,10 +63,12 @@ from radpriv.data._io import (
     first_existing,
     label_list,
     read_csv,
+    reader_defaults,
     require_file,
     ternary_labels,
     uncertain_policy,
     warn_never_positive,
+    with_defaults,
 )
 from radpriv.data.schemas import CHEXPERT14
 from radpriv.data.splits import check_fraction, split_by_patient
@@ -74,6 +76,9 @@ from radpriv.data.table import ReportTable
 from radpriv.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+# conf/data/mimic_cxr.yaml: the value of a key the caller leaves out (tests/test_config.py)
+DEFAULTS = reader_defaults("mimic_cxr")
 
 REPORTS_ZIP = "mimic-cxr-reports.zip"
 REPORTS_DIR = "files"
@@ -182,7 +187,7 @@ def _given(value: object) -> Path | None:
 
 
 def _root(cfg: Mapping) -> Path | None:
-    root = _given(cfg.get("path"))
+    root = _given(cfg["path"])
     if root is None:
         dd = data_dir()
         if dd is not None and (dd / "mimic_cxr").is_dir():
@@ -203,7 +208,7 @@ def _no_root(what: str, key: str) -> DataError:
 
 def resolve_reports(cfg: Mapping, root: Path | None) -> tuple[Path, str]:
     """(path, "zip" | "tree") of the reports."""
-    given = _given(cfg.get("reports_path"))
+    given = _given(cfg["reports_path"])
     if given is not None:
         if given.is_dir():
             return given, "tree"
@@ -227,7 +232,7 @@ def resolve_reports(cfg: Mapping, root: Path | None) -> tuple[Path, str]:
 
 def resolve_labels(cfg: Mapping, root: Path | None, labeler: str) -> Path:
     stem = f"mimic-cxr-2.0.0-{labeler}"
-    given = _given(cfg.get("labels_path"))
+    given = _given(cfg["labels_path"])
     if given is not None:
         return require_file(given, f"{labeler} label CSV", f"give data.labels_path = {stem}.csv or .csv.gz")
     if root is None:
@@ -240,7 +245,7 @@ def resolve_labels(cfg: Mapping, root: Path | None, labeler: str) -> Path:
 
 
 def resolve_split(cfg: Mapping, root: Path | None) -> Path | None:
-    given = _given(cfg.get("split_path"))
+    given = _given(cfg["split_path"])
     if given is not None:
         return require_file(given, "split CSV", f"give data.split_path = {SPLIT_STEM}.csv or .csv.gz, "
                             "or data.split_path=null for a seeded split")
@@ -356,18 +361,19 @@ def _sections(value: object) -> tuple[str, ...]:
 
 def load_mimic_cxr(cfg: Mapping, seed: int) -> ReportTable:
     """MIMIC-CXR as a ReportTable (see the module docstring and conf/data/mimic_cxr.yaml)."""
-    labeler = str(cfg.get("labeler") or "chexpert").strip().lower()
+    cfg = with_defaults(DEFAULTS, cfg)
+    labeler = str(cfg["labeler"] or "chexpert").strip().lower()
     if labeler not in LABELERS:
         raise DataError(f"data.labeler={labeler!r}: use one of {list(LABELERS)}")
-    label_names = label_list(cfg.get("labels"), CHEXPERT14)
-    policy = uncertain_policy(cfg.get("uncertain", "ignore"))
-    sections = _sections(cfg.get("sections"))
-    fallback = str(cfg.get("section_fallback") or "last_paragraph").strip().lower()
+    label_names = label_list(cfg["labels"], CHEXPERT14)
+    policy = uncertain_policy(cfg["uncertain"])
+    sections = _sections(cfg["sections"])
+    fallback = str(cfg["section_fallback"] or "last_paragraph").strip().lower()
     if fallback not in FALLBACKS:
         raise DataError(f"data.section_fallback={fallback!r}: use one of {list(FALLBACKS)}")
-    max_missing = check_max_fraction(cfg.get("max_missing_reports_fraction", 0.01))
-    val_fraction = check_fraction("val_fraction", cfg.get("val_fraction", 0.1))
-    test_fraction = check_fraction("test_fraction", cfg.get("test_fraction", 0.2))
+    max_missing = check_max_fraction(cfg["max_missing_reports_fraction"])
+    val_fraction = check_fraction("val_fraction", cfg["val_fraction"])
+    test_fraction = check_fraction("test_fraction", cfg["test_fraction"])
 
     # every input is located (and checked to exist) before the big read
     root = _root(cfg)

@@ -38,7 +38,9 @@ from radpriv.data._io import (
     data_dir,
     read_csv,
     read_text_utf8,
+    reader_defaults,
     require_file,
+    with_defaults,
 )
 from radpriv.data.schemas import (
     CHEXPERT14,
@@ -54,6 +56,9 @@ from radpriv.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# conf/data/openi.yaml: the value of a key the caller leaves out (tests/test_config.py)
+DEFAULTS = reader_defaults("openi")
+
 OPENI_ARCHIVE_URL = "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_reports.tgz"
 ARCHIVE_NAME = "NLMCXR_reports.tgz"
 CSV_NAME = "indiana_reports.csv"
@@ -65,7 +70,6 @@ DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation: fail fast when offline
 LABEL_MODES = ("chexpert_mesh", "negbio")
 DEFAULT_TEXT_FIELDS = ("findings", "impression")
 XML_TEXT_FIELDS = ("findings", "impression", "indication", "comparison")  # AbstractText Labels
-DEFAULT_TEST_FRACTION = 0.2  # used only when NegBio's test split is not available
 
 # Rows whose MeSH terms are only these carry no usable label (README: "exclude by default").
 # first-level term (casefolded) -> exclusion reason
@@ -288,7 +292,7 @@ def _read_test_ids(path: Path) -> set[str]:
 
 
 def _text_fields(cfg: Mapping, kind: str) -> list[str]:
-    value = cfg.get("text_fields")
+    value = cfg["text_fields"]
     fields = list(DEFAULT_TEXT_FIELDS) if value is None else ([value] if isinstance(value, str) else list(value))
     fields = [str(f).strip().lower() for f in fields]
     if not fields or not all(fields):
@@ -312,17 +316,18 @@ def _beside(cfg_value: object, folder: Path, name: str) -> tuple[Path, bool]:
 
 def load_openi(cfg: Mapping, seed: int) -> ReportTable:
     """The Open-i reports as a ReportTable (see the module docstring and conf/data/openi.yaml)."""
-    mode = str(cfg.get("labels") or "chexpert_mesh")
+    cfg = with_defaults(DEFAULTS, cfg)
+    mode = str(cfg["labels"] or "chexpert_mesh")
     if mode not in LABEL_MODES:
         raise DataError(f"data.labels={mode!r} is not an Open-i label mode; use one of {list(LABEL_MODES)}")
-    val_fraction = check_fraction("val_fraction", cfg.get("val_fraction", 0.1))
-    test_fraction = check_fraction("test_fraction", cfg.get("test_fraction", DEFAULT_TEST_FRACTION))
-    exclude_unlabelled = bool(cfg.get("exclude_unlabelled", True))
+    val_fraction = check_fraction("val_fraction", cfg["val_fraction"])
+    test_fraction = check_fraction("test_fraction", cfg["test_fraction"])
+    exclude_unlabelled = bool(cfg["exclude_unlabelled"])
 
-    path, kind = resolve_openi_path(cfg.get("path"))
+    path, kind = resolve_openi_path(cfg["path"])
     text_fields = _text_fields(cfg, kind)
     reports = read_openi_reports(path, kind, text_fields, need_mesh=mode == "chexpert_mesh")
-    if kind == "archive" and cfg.get("path") in (None, "") and len(reports) < MIN_ARCHIVE_REPORTS:
+    if kind == "archive" and cfg["path"] in (None, "") and len(reports) < MIN_ARCHIVE_REPORTS:
         raise DataError(
             f"{path}: holds {len(reports)} reports, expected at least {MIN_ARCHIVE_REPORTS}; "
             f"delete it and download {OPENI_ARCHIVE_URL} again"
@@ -351,7 +356,7 @@ def load_openi(cfg: Mapping, seed: int) -> ReportTable:
         rows = [chexpert_from_mesh(r.mesh) for r, _ in kept]
         label_names = CHEXPERT14
     else:
-        gold_path, _ = _beside(cfg.get("gold_path"), folder, GOLD_NAME)
+        gold_path, _ = _beside(cfg["gold_path"], folder, GOLD_NAME)
         gold_path = require_file(gold_path, "NegBio gold-label CSV",
                                  f"put {GOLD_NAME} there or set data.gold_path=/path/to/{GOLD_NAME}")
         gold = _read_gold(gold_path)
@@ -365,7 +370,7 @@ def load_openi(cfg: Mapping, seed: int) -> ReportTable:
                         "check data.text_fields and the labels")
 
     ids = tuple(r.id for r, _ in kept)
-    test_path, explicit = _beside(cfg.get("test_ids_path"), folder, TEST_IDS_NAME)
+    test_path, explicit = _beside(cfg["test_ids_path"], folder, TEST_IDS_NAME)
     if explicit or test_path.is_file():
         test_path = require_file(test_path, "test-id list",
                                  "put one CXR<uid> per line there or set data.test_ids_path=null")

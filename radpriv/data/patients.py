@@ -85,9 +85,9 @@ def privacy_unit(privacy, table: ReportTable) -> tuple[Unit, int]:
     """(unit, reports-per-patient cap) of the `privacy` config on this table, as every command
     resolves them. The cap is a function of the config alone, never of the data: null is
     min(8, privacy.max_physical_batch_size), so a patient's reports share one physical chunk."""
-    unit = resolve_unit(privacy.get("unit"), table)
+    unit = resolve_unit(privacy["unit"], table)
     physical = int(privacy.max_physical_batch_size)
-    cap = privacy.get("max_reports_per_patient")
+    cap = privacy["max_reports_per_patient"]
     if cap is None:
         return unit, min(DEFAULT_MAX_REPORTS_PER_PATIENT, physical)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:

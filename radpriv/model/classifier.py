@@ -92,7 +92,7 @@ def apply_lora(encoder: nn.Module, cfg: Mapping) -> nn.Module:
     """Wrap the encoder with peft LoRA adapters; only the LoRA matrices stay trainable."""
     from peft import LoraConfig, get_peft_model
 
-    targets: Sequence[str] = list(cfg.get("target_modules", ["query", "value"]))
+    targets: Sequence[str] = list(cfg["target_modules"])
     names = {n.rsplit(".", 1)[-1] for n, _ in encoder.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing:
@@ -100,11 +100,11 @@ def apply_lora(encoder: nn.Module, cfg: Mapping) -> nn.Module:
             f"finetune.target_modules {missing} name no module of {type(encoder).__name__}; "
             f"linear modules it has: {sorted(n for n in names if n)[:20]}"
         )
-    layers = resolve_lora_layers(encoder, cfg.get("layers_to_transform"))
+    layers = resolve_lora_layers(encoder, cfg["layers_to_transform"])
     lora = LoraConfig(
-        r=int(cfg.get("r", 8)),
-        lora_alpha=float(cfg.get("alpha", 16)),
-        lora_dropout=float(cfg.get("dropout", 0.0)),
+        r=int(cfg["r"]),
+        lora_alpha=float(cfg["alpha"]),
+        lora_dropout=float(cfg["dropout"]),
         target_modules=targets,
         layers_to_transform=layers,
         bias="none",
@@ -113,7 +113,7 @@ def apply_lora(encoder: nn.Module, cfg: Mapping) -> nn.Module:
 
 
 def build_classifier(encoder: nn.Module, num_labels: int, finetune: Mapping) -> ReportClassifier:
-    mode = finetune.get("mode", "lora")
+    mode = finetune["mode"]
     if mode not in FINETUNE_MODES:
         raise ConfigError(f"finetune.mode={mode!r}: expected one of {FINETUNE_MODES}")
     if mode == "lora":
@@ -126,6 +126,6 @@ def build_classifier(encoder: nn.Module, num_labels: int, finetune: Mapping) -> 
         if pooler is not None:
             for p in pooler.parameters():
                 p.requires_grad_(False)
-    return ReportClassifier(encoder, num_labels, dropout=float(finetune.get("head_dropout", 0.1)),
-                            bias_init=float(finetune.get("head_bias_init", 0.0)),
-                            normalize_pooled=bool(finetune.get("normalize_pooled", False)))
+    return ReportClassifier(encoder, num_labels, dropout=float(finetune["head_dropout"]),
+                            bias_init=float(finetune["head_bias_init"]),
+                            normalize_pooled=bool(finetune["normalize_pooled"]))

@@ -108,19 +108,19 @@ def feature_dtype(choice) -> torch.dtype:
 def of_trainer(trainer_cfg) -> tuple[str, str]:
     """(precision, device type) of a `trainer` config section (composed configs are resolved
     already; this also covers configs built by hand)."""
-    device_type = accelerator_device_type(trainer_cfg.get("accelerator"))
+    device_type = accelerator_device_type(trainer_cfg["accelerator"])
     if device_type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={trainer_cfg.get('accelerator')}: no CUDA GPU is visible here "
+        raise ConfigError(f"trainer.accelerator={trainer_cfg['accelerator']}: no CUDA GPU is visible here "
                           "(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto")
-    return resolve_precision(trainer_cfg.get("precision", "auto"), device_type), device_type
+    return resolve_precision(trainer_cfg["precision"], device_type), device_type
 
 
 def loader_settings(trainer_cfg, device_type: str) -> tuple[int, bool]:
     """(DataLoader workers, pin_memory): `auto` is 4 and true on a GPU, where the host must keep
     it fed, and 0 and false on CPU, where workers would compete with training for the cores."""
     on_gpu = device_type == "cuda"
-    workers = trainer_cfg.get("num_workers", "auto")
-    pin = trainer_cfg.get("pin_memory", "auto")
+    workers = trainer_cfg["num_workers"]
+    pin = trainer_cfg["pin_memory"]
     workers = (4 if on_gpu else 0) if workers in (None, "auto") else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"trainer.num_workers={workers!r}: an integer ≥ 0, or auto")

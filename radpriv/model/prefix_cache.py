@@ -57,7 +57,7 @@ def frozen_prefix_layers(encoder: nn.Module, finetune: Mapping) -> int:
     """How many bottom layers can be cached: those below the lowest layer with a trainable weight
     (the first LoRA layer, or a higher one when a warm start freezes the lower adapters), or every
     layer when nothing of the encoder trains (0: none)."""
-    if finetune.get("mode", "lora") != "lora" or not finetune.get("cache_frozen_prefix", True):
+    if finetune["mode"] != "lora" or not finetune["cache_frozen_prefix"]:
         return 0
     base = base_encoder(encoder)
     trainable = [n for n, p in base.named_parameters() if p.requires_grad]

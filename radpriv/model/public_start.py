@@ -57,7 +57,7 @@ class PublicCorpusData:
 def load_public_corpus(cfg: DictConfig, table: ReportTable) -> PublicCorpusData:
     """The public corpus of this run's label schema, read (from $RADPRIV_DATA_DIR, its download,
     or `finetune.public.data`)."""
-    given = (cfg.finetune.get(PUBLIC) or {}).get("data")
+    given = cfg.finetune[PUBLIC].data
     given = OmegaConf.to_container(given, resolve=True) if given else None
     choice = None if given else corpus_for(table.label_names)
     data_cfg, same = public_data_cfg(choice, cfg.data, given)
@@ -79,14 +79,14 @@ _PRIVATE_RUN_TRAINING = ("optimizer", "lr", "weight_decay", "warmup_ratio", "sch
 
 
 def model_name(cfg: DictConfig, schema: str) -> str:
-    return f"radpriv-public-{schema}-{cfg.model.get('name') or 'custom'}"
+    return f"radpriv-public-{schema}-{cfg.model.name}"
 
 
 def public_run_cfg(cfg: DictConfig, corpus: PublicCorpusData) -> DictConfig:
     """The public model's config: the private run's encoder and adapter on the public corpus,
     non-private, with the non-private recipe; nothing of the private run's privacy settings."""
     pub = copy.deepcopy(cfg)
-    settings = cfg.finetune.get(PUBLIC) or {}
+    settings = cfg.finetune[PUBLIC]
     # how the private run trains (its optimizer, rate, batch, privacy) is not the public model's:
     # those come from the shipped defaults, so every private run of an encoder and adapter shape
     # shares one public model
@@ -99,18 +99,18 @@ def public_run_cfg(cfg: DictConfig, corpus: PublicCorpusData) -> DictConfig:
                 pub.finetune[key] = shipped[key]
         pub.privacy = OmegaConf.merge(privacy, {"epsilon": None, "max_grad_norm": None,
                                                 "max_physical_batch_size": cfg.privacy.max_physical_batch_size})
-        given_lr = settings.get("lr")
+        given_lr = settings.lr
         if given_lr is not None:
             pub.finetune.lr = float(given_lr)
-        elif pub.finetune.get("lr") is None:  # the non-private row of the recipe (full: its own rate)
+        elif pub.finetune.lr is None:  # the non-private row of the recipe (full: its own rate)
             pub.finetune.lr = float(recipe_row(privacy.recipe_by_epsilon, None)["lr"])
         pub.finetune.init_from = None
         pub.finetune.warm = None  # how a private run adapts it is not the public model's business
-        pub.trainer.max_epochs = int(settings.get("max_epochs", cfg.trainer.max_epochs))
+        pub.trainer.max_epochs = int(settings.max_epochs)
         pub.trainer.thresholds = "validation"
         pub.trainer.strategy = "auto"
         pub.trainer.devices = 1
-        pub.run_name = f"public-{corpus.choice.corpus.schema}-{cfg.model.get('name') or 'custom'}"
+        pub.run_name = f"public-{corpus.choice.corpus.schema}-{cfg.model.name}"
         pub.tracking.experiment = EXPERIMENT
         pub.tracking.parent_run_id = None
         pub.tracking.log_model = True

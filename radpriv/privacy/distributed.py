@@ -69,8 +69,8 @@ class ExplicitSyncDDPStrategy(DDPStrategy):
 
 def planned_world_size(trainer_cfg) -> int | None:
     """devices × num_nodes from the config (None when Lightning decides, e.g. devices=auto)."""
-    devices = trainer_cfg.get("devices", 1)
-    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    devices = trainer_cfg["devices"]
+    nodes = int(trainer_cfg["num_nodes"])
     if isinstance(devices, int) or (isinstance(devices, str) and devices.strip().isdigit()):
         n = int(devices)
     elif isinstance(devices, str) and "," in devices:
@@ -84,8 +84,8 @@ def planned_world_size(trainer_cfg) -> int | None:
 
 def make_strategy(trainer_cfg):
     """`trainer.strategy` → what Lightning's Trainer gets: "auto" (one process) or ExplicitSyncDDPStrategy."""
-    name = str(trainer_cfg.get("strategy", "auto") or "auto")
-    nodes = int(trainer_cfg.get("num_nodes", 1) or 1)
+    name = str(trainer_cfg["strategy"])
+    nodes = int(trainer_cfg["num_nodes"])
     if nodes < 1:
         raise ConfigError(f"trainer.num_nodes={nodes}: must be ≥ 1")
     world = planned_world_size(trainer_cfg)
@@ -217,7 +217,7 @@ def agree_on_resume(trainer_cfg, point):
     if point is None:
         return None
     world = planned_world_size(trainer_cfg)
-    if world == 1 or (world is None and str(trainer_cfg.get("strategy", "auto")) != "ddp"):
+    if world == 1 or (world is None and str(trainer_cfg["strategy"]) != "ddp"):
         return point
     handed = os.environ.get(RESUME_HANDOFF)
     if handed:
@@ -225,7 +225,7 @@ def agree_on_resume(trainer_cfg, point):
         if state["launcher_pid"] != os.getpid():  # a rank started by rank 0's launcher
             ckpt = state["checkpoint"]
             return replace(point, checkpoint=Path(ckpt) if ckpt else None)
-    elif "LOCAL_RANK" in os.environ or int(trainer_cfg.get("num_nodes", 1) or 1) > 1:
+    elif "LOCAL_RANK" in os.environ or int(trainer_cfg["num_nodes"]) > 1:
         raise ConfigError("resuming needs every rank to be started by radpriv's own launcher on one "
                           "node: with torchrun, SLURM or trainer.num_nodes > 1 set "
                           "tracking.checkpoint_dir=null (docs/SCALING.md)")

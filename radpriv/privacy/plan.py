@@ -62,7 +62,7 @@ def check_batch_sizes(cfg: DictConfig) -> None:
 def steps_per_epoch(cfg: DictConfig, dm) -> int:
     """Optimisation steps per epoch, honouring trainer.limit_train_batches (smoke runs): the
     privacy plan counts exactly the steps the trainer will take."""
-    limit = cfg.trainer.get("limit_train_batches")
+    limit = cfg.trainer.limit_train_batches
     if limit is None:
         return dm.steps_per_epoch
     if isinstance(limit, float) and limit <= 1.0:
@@ -94,7 +94,7 @@ def logical_batch_size(cfg: DictConfig, dm, plan: PrivacyPlan | None) -> int:
         return dm.batch_size
     own = cfg.finetune.get("nonprivate_batch_size")
     return nonprivate_batch_size(dm.num_train, dm.batch_size if own is None else int(own),
-                                 cfg.privacy.get("nonprivate_min_steps_per_epoch"))
+                                 cfg.privacy.nonprivate_min_steps_per_epoch)
 
 
 def plan_privacy(cfg: DictConfig, dm, max_epochs: int, unit: Unit) -> PrivacyPlan | None:
@@ -107,10 +107,10 @@ def plan_privacy(cfg: DictConfig, dm, max_epochs: int, unit: Unit) -> PrivacyPla
     if epsilon is None:
         return None
     n = dm.num_units
-    delta = float(p.delta) if p.get("delta") is not None else accounting.default_delta(n)
+    delta = float(p.delta) if p.delta is not None else accounting.default_delta(n)
     accounting.check_delta(delta, n)
-    if p.get("max_grad_norm") is None or float(p.max_grad_norm) <= 0:
-        raise ConfigError(f"privacy.max_grad_norm={p.get('max_grad_norm')}: must be > 0 (null needs a "
+    if p.max_grad_norm is None or float(p.max_grad_norm) <= 0:
+        raise ConfigError(f"privacy.max_grad_norm={p.max_grad_norm}: must be > 0 (null needs a "
                           "privacy.recipe_by_epsilon row that sets it)")
     steps = max_epochs * steps_per_epoch(cfg, dm)
     relation = accounting.GUARANTEE_RELATION  # N is published: replace-one (privacy/replace_one.py)
@@ -127,7 +127,7 @@ def plan_privacy(cfg: DictConfig, dm, max_epochs: int, unit: Unit) -> PrivacyPla
         target_epsilon=epsilon, delta=delta, noise_multiplier=float(calibration.noise_multiplier),
         max_grad_norm=float(p.max_grad_norm), sample_rate=dm.sample_rate,
         expected_batch_size=int(p.expected_batch_size), planned_steps=steps,
-        accountant=str(p.accountant), secure_mode=bool(p.get("secure_mode", False)), adjacency=relation,
+        accountant=str(p.accountant), secure_mode=bool(p.secure_mode), adjacency=relation,
         unit=unit.name, unit_why=unit.why,
         max_reports_per_patient=dm.max_reports_per_patient if unit.name == "patient" else None,
     )
@@ -146,7 +146,7 @@ def plan_dp_thresholds(cfg: DictConfig, dm, plan: PrivacyPlan | None) -> float |
     n_val = len(dm.splits["val"])
     if n_val < 2:
         raise ConfigError(f"trainer.thresholds=dp needs a validation split ({n_val} reports): set data.val_fraction")
-    given = cfg.trainer.get("threshold_epsilon")
+    given = cfg.trainer.threshold_epsilon
     epsilon = plan.target_epsilon if given is None else accounting.resolve_epsilon(given)
     if epsilon is None:
         raise ConfigError(f"trainer.threshold_epsilon={given!r}: must be a positive number (null: privacy.epsilon)")

@@ -142,11 +142,11 @@ def build_grid(sweep_cfg: Mapping) -> list[Cell]:
     """Every cell, in training order: per model and seed, the non-private references first
     (they are the yardstick of everything else), then each ε, then each ε from the public model
     (the first of them trains it, once)."""
-    models = check_models(sweep_cfg.get("models"))
-    epsilons = check_epsilons(sweep_cfg.get("epsilons"))
-    seeds = check_seeds(sweep_cfg.get("seeds"))
-    nonprivate = check_nonprivate(sweep_cfg.get("nonprivate"))
-    init_from = check_init_from(sweep_cfg.get("init_from"))
+    models = check_models(sweep_cfg["models"])
+    epsilons = check_epsilons(sweep_cfg["epsilons"])
+    seeds = check_seeds(sweep_cfg["seeds"])
+    nonprivate = check_nonprivate(sweep_cfg["nonprivate"])
+    init_from = check_init_from(sweep_cfg["init_from"])
     if not epsilons and not nonprivate:
         raise ConfigError("sweep.epsilons and sweep.nonprivate are both empty: the grid would have no cell")
     cells = []

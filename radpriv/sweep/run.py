@@ -152,8 +152,8 @@ def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) 
 
     fingerprint = keyed_table(cfg, table).fingerprint()
     folder = private_folder(cfg)
-    parent = cfg.tracking.get("parent_run_id")
-    exp_name = cfg.tracking.get("experiment")
+    parent = cfg.tracking.parent_run_id
+    exp_name = cfg.tracking.experiment
     cfgs = [cfg] + [_cell_cfg(base, cell, parent, exp_name, s) for s in cell.epsilon_spellings()[1:]]
     per_cfg = [run_keys(c, fingerprint, folder) for c in cfgs]
     return list(dict.fromkeys([keys[0] for keys in per_cfg] + [k for keys in per_cfg for k in keys[1:]]))
@@ -169,7 +169,7 @@ def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, clie
 
     exp_name = experiment_name(cfg)
     search_ids = _search_ids(client, cfg, client.get_run(mlflow_run_id).info.experiment_id if mlflow_run_id else None)
-    root = cfg.tracking.get("checkpoint_dir")
+    root = cfg.tracking.checkpoint_dir
     planned = []
     for cell in cells:
         cell_cfg = _cell_cfg(base, cell, PLAN_PARENT, exp_name)  # tracking.* is not in the run key
@@ -451,7 +451,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
     ok, skipped = available_models(model_sources(models, base), "sweep")
     cells = [c for c in cells if c.model in ok]
     seeds = list(dict.fromkeys(c.seed for c in cells))
-    configure_threads(cfg.trainer.get("num_threads"))
+    configure_threads(cfg.trainer.num_threads)
 
     cache: dict[int, ReportTable] = {}
 
@@ -462,9 +462,9 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
 
     for seed in seeds:  # data errors before the parent run is opened
         tables(seed)
-    uri = tracking_uri(cfg.tracking.get("uri"))
+    uri = tracking_uri(cfg.tracking.uri)
     client = MlflowClient(uri)
-    if cfg.sweep.get("plan_only"):
+    if cfg.sweep.plan_only:
         return plan_sweep(cfg, cells, base, tables, client, uri, skipped, mlflow_run_id())
     progress = bool(cfg.sweep.progress_bar)
     name = f"sweep {cfg.data.name} {'+'.join(ok)}"
@@ -474,7 +474,7 @@ def run_sweep(cfg: DictConfig, overrides: list[str]) -> dict:
         search_ids = _search_ids(client, cfg, exp_id)
         log.info("sweep: %d cells (%s × %d ε%s × %d seeds + %s), parent run %s in %s%s", len(cells),
                  "+".join(ok), len(cfg.sweep.epsilons),
-                 " × cold/public start" if cfg.sweep.get("init_from") else "",
+                 " × cold/public start" if cfg.sweep.init_from else "",
                  len(seeds), "/".join(cfg.sweep.nonprivate or []) or "no non-private",
                  parent_id, exp_name, f"; skipped {sorted(skipped)}" if skipped else "")
         params = {**flatten({"sweep": OmegaConf.to_container(cfg.sweep, resolve=True)}),

@@ -348,7 +348,7 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
     table = load_table(cfg.data, int(cfg.seed))
     labelling.check_columns(reports.extra_columns, table.label_names, options.input)
     # the teachers train without DP, so privacy.unit only names what the vote protects
-    unit, n_expert = expert_units(cfg.privacy.get("unit"), table)
+    unit, n_expert = expert_units(cfg.privacy.unit, table)
     # the partition key is never written, logged or returned (partition_key)
     tables, _ = teacher_tables(table, options.k, partition_key(options.seed))
     delta = options.delta if options.delta is not None else accounting.default_delta(n_expert)
@@ -369,7 +369,7 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
         log.info("PATE unit: %s", unit.why)
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
-    uri = resolve_uri(cfg.tracking.get("uri"))
+    uri = resolve_uri(cfg.tracking.uri)
     texts = [reports.texts[i] for i in keep]
     counts = np.zeros((len(keep), n_labels), dtype=np.int64)
     teacher_runs: list[str] = []
@@ -387,7 +387,7 @@ def run_pate(options: PateOptions, overrides: list[str]) -> dict:
             tcfg = compose([*overrides, *FORCED, f"tracking.parent_run_id={parent}",
                             f"run_name=pate-teacher-{t}of{options.k}"])
             with open_dict(tcfg):
-                tcfg.tracking.tags = {**(tcfg.tracking.get("tags") or {}),
+                tcfg.tracking.tags = {**(tcfg.tracking.tags or {}),
                                       "radpriv.pate.teacher": f"{t}/{options.k}", "radpriv.pate.parent": parent}
             run_id = train(tcfg, table=tables[t])["run_id"]
             teacher_runs.append(run_id)

@@ -79,7 +79,7 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
             # privacy facts + the keyed digest that lets a later warm start refuse this run's reports
             extra={**release.bundle_facts(privacy, table.name, release.train_digest(folder, dm.splits["train"])),
                    # what the test metrics were computed in: a reload in it reproduces them
-                   "trained_precision": str(cfg.trainer.get("precision") or "32-true")},
+                   "trained_precision": str(cfg.trainer.precision)},
         )
         (tmp / "label_schema.json").write_text(json.dumps(label_schema, indent=2))
         (tmp / "privacy.json").write_text(json.dumps(privacy, indent=2, default=float))
@@ -96,8 +96,8 @@ def log_training_run(cfg, logger, module, dm, table, spec, tokenizer, plan, dp, 
         client.log_artifacts(run_id, str(tmp / "plots"), "plots")
         if (bundle / "adapter").is_dir():
             client.log_artifacts(run_id, str(bundle / "adapter"), "adapter")
-        if cfg.tracking.get("log_model", True):
-            mlflow.set_tracking_uri(mlflow_run.tracking_uri(cfg.tracking.get("uri")))
+        if cfg.tracking.log_model:
+            mlflow.set_tracking_uri(mlflow_run.tracking_uri(cfg.tracking.uri))
             with mlflow.start_run(run_id=run_id):
                 log_pyfunc(bundle, table.label_names)
     # the UI's Datasets column (metadata only) and Description (the guarantee first)

@@ -29,7 +29,7 @@ def tracking_uri(configured: str | None = None) -> str:
 
 
 def experiment_name(cfg: Mapping) -> str:
-    return cfg["tracking"].get("experiment") or f"radpriv-{cfg['data']['name']}"
+    return cfg["tracking"]["experiment"] or f"radpriv-{cfg['data']['name']}"
 
 
 def flatten(cfg: Mapping, prefix: str = "") -> dict[str, str]:
@@ -47,7 +47,7 @@ def flatten(cfg: Mapping, prefix: str = "") -> dict[str, str]:
 def client(cfg: Mapping):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri(cfg["tracking"].get("uri")))
+    return MlflowClient(tracking_uri(cfg["tracking"]["uri"]))
 
 
 def make_logger(cfg: Mapping, run_name: str | None = None, run_id: str | None = None):
@@ -62,7 +62,7 @@ def make_logger(cfg: Mapping, run_name: str | None = None, run_id: str | None = 
 
     return MLFlowLogger(
         experiment_name=experiment_name(cfg),
-        tracking_uri=tracking_uri(cfg["tracking"].get("uri")),
+        tracking_uri=tracking_uri(cfg["tracking"]["uri"]),
         run_id=mlflow_run_id() or run_id or None,
         run_name=run_name,
         log_model=False,
@@ -72,8 +72,8 @@ def make_logger(cfg: Mapping, run_name: str | None = None, run_id: str | None = 
 
 def run_tags(cfg: Mapping) -> dict[str, str]:
     tags = {"radpriv.dataset": cfg["data"]["name"], "radpriv.model": cfg["model"]["name"]}
-    tags.update({str(k): str(v) for k, v in (cfg["tracking"].get("tags") or {}).items()})
-    parent = cfg["tracking"].get("parent_run_id")
+    tags.update({str(k): str(v) for k, v in (cfg["tracking"]["tags"] or {}).items()})
+    parent = cfg["tracking"]["parent_run_id"]
     if parent:
         tags["mlflow.parentRunId"] = str(parent)  # how the MLflow UI nests child runs
     return tags

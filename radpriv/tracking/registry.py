@@ -240,8 +240,8 @@ def register_run_model(cfg: Mapping, run_id: str) -> dict:
     already serving; promotion (`champion`) is a decision a sweep, a search or a person makes.
     """
     tracking = cfg["tracking"]
-    return register_model(run_id, str(tracking["register"]), tracking.get("uri"),
-                          alias=tracking.get("register_alias") or None)
+    return register_model(run_id, str(tracking["register"]), tracking["uri"],
+                          alias=tracking["register_alias"] or None)
 
 
 def set_alias(name: str, version: str | int, alias: str, tracking_uri: str | None = None) -> None:

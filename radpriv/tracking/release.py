@@ -100,7 +100,7 @@ class PrivateFolder:
 
 def private_folder(cfg: Mapping) -> PrivateFolder:
     """`tracking.private_dir` (default `.radpriv`, relative to the working directory)."""
-    return PrivateFolder(cfg["tracking"].get("private_dir") or DEFAULT_PRIVATE_DIR)
+    return PrivateFolder(cfg["tracking"]["private_dir"] or DEFAULT_PRIVATE_DIR)
 
 
 def local_records(dm, table) -> dict[str, object]:

@@ -145,7 +145,7 @@ def _register(search, study, parent_id: str, run_id: str, privacy: dict) -> dict
     from radpriv.tracking.registry import register_model, registry_client, set_alias
 
     name = str(search.cfg.tune.register)
-    uri = search.cfg.tracking.get("uri")
+    uri = search.cfg.tracking.uri
     version = register_model(run_id, name, uri)
     client, _ = registry_client(uri)
     total = privacy.get("epsilon_total")
@@ -241,7 +241,7 @@ def finish(search, study, client, parent_id: str, experiment: str, k: int | None
 
     privacy = log_privacy(search, study, client, parent_id)
     out["privacy"] = _json_safe(privacy)
-    if out["final_run_id"] and search.cfg.tune.get("register"):
+    if out["final_run_id"] and search.cfg.tune.register:
         out["registered"] = _register(search, study, parent_id, out["final_run_id"], privacy)
     metrics["time/total_s"] = elapsed_s
     for key, value in metrics.items():

@@ -61,7 +61,7 @@ def run_config(overrides: Sequence[str], *, parent_run_id: str, experiment: str,
         cfg.tracking.experiment = experiment
         cfg.tracking.checkpoint_dir = None
         # the run's model as a tag too (in a search across models, the UI's column to compare by)
-        cfg.tracking.tags = {**(cfg.tracking.get("tags") or {}), **{k: str(v) for k, v in tags.items()},
+        cfg.tracking.tags = {**(cfg.tracking.tags or {}), **{k: str(v) for k, v in tags.items()},
                              "radpriv.tune.model": str(cfg.model.name)}
         if trial:
             cfg.tracking.register = None

@@ -95,7 +95,7 @@ def _planned_sigma(epsilon: float, delta: float, q: float, steps: int, accountan
 def study_name(cfg: DictConfig, models: list[str] | None = None) -> str:
     """tune.study_name, else one named by what it searches: a multi-model study by the models
     that load here (another set of models is another search space, so another study)."""
-    if cfg.tune.get("study_name"):
+    if cfg.tune.study_name:
         return str(cfg.tune.study_name)
     eps = accounting.resolve_epsilon(cfg.privacy.epsilon)
     model = "+".join(models) if models else cfg.model.name
@@ -105,7 +105,7 @@ def study_name(cfg: DictConfig, models: list[str] | None = None) -> str:
 
 def requested_models(t) -> list[str] | None:
     """tune.models as a list of model group names (None: not set); one-line errors for a bad one."""
-    models = t.get("models")
+    models = t.models
     if models is None:
         return None
     if isinstance(models, str):
@@ -138,7 +138,7 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"tune.n_trials={t.n_trials}: need at least 1 trial")
     if t.accounting != "random_search" and n_trials != int(n_trials):
         raise ConfigError(f"tune.n_trials={t.n_trials}: a whole number of trials (only random_search takes a mean)")
-    sampler = t.get("sampler") or ("random" if t.accounting == "random_search" else "tpe")
+    sampler = t.sampler or ("random" if t.accounting == "random_search" else "tpe")
     if sampler not in ("tpe", "random"):
         raise ConfigError(f"tune.sampler={sampler!r}: expected tpe or random")
     check_space(t.space, str(t.accounting))
@@ -153,13 +153,13 @@ def check_settings(cfg: DictConfig) -> None:
         privacy_cost.check_trial_distribution(n_trials, float(t.shape))
     _check_budget(cfg)
     for key in ("seed", "trials_seed"):
-        value = t.get(key)
+        value = t[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"tune.{key}={value!r}: expected a whole number or null")
-    if t.get("register") and not t.retrain_best:
+    if t.register and not t.retrain_best:
         raise ConfigError("tune.register registers the retrained best model: set tune.retrain_best=true")
     if t.accounting == "public":
-        if not t.get("public_data"):
+        if not t.public_data:
             raise ConfigError("tune.accounting=public needs tune.public_data=<data group> (the public dataset)")
         if not t.retrain_best:
             raise ConfigError("tune.accounting=public searches on public data only: it needs "
@@ -167,7 +167,7 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def _check_budget(cfg: DictConfig) -> None:
-    budget = cfg.tune.get("budget")
+    budget = cfg.tune.budget
     if budget is None:
         return
     if cfg.tune.accounting == "random_search":
@@ -245,17 +245,17 @@ def prepare(cfg: DictConfig, overrides: list[str]) -> Search:
         models, skipped = available_models(model_sources(requested, base), "tune")
     table = load_table(cfg.data, int(cfg.seed))
     unit, n_private = private_units(cfg, table)
-    delta = accounting.resolve_delta(cfg.privacy.get("delta"), n_private)
+    delta = accounting.resolve_delta(cfg.privacy.delta, n_private)
     epsilon = accounting.resolve_epsilon(cfg.privacy.epsilon)
-    budget = None if t.get("budget") is None else float(t.budget)
+    budget = None if t.budget is None else float(t.budget)
     search = Search(cfg, mode, epsilon, delta, base, base, n_private=n_private, unit=unit.name, budget=budget,
                     trial_table=table, models=models, skipped_models=skipped)
     if epsilon is not None:
         log.info("tune: the search plans its runs per %s: N=%d training %ss (%s)", unit.name, n_private,
                  unit.name, unit.why)
     if mode == "public":
-        search.trial_base = replace_data(base, str(t.public_data), t.get("public_data_path"),
-                                         list(t.get("public_overrides") or []))
+        search.trial_base = replace_data(base, str(t.public_data), t.public_data_path,
+                                         list(t.public_overrides or []))
         public_cfg = compose(search.trial_base)
         search.trial_table = load_table(public_cfg.data, int(public_cfg.seed))
         check_public_data(table, search.trial_table)
@@ -296,7 +296,7 @@ def enqueue_recipe(study, search: Search, limit: int) -> None:
     fixed first trial is not such a draw.
     """
     cfg, mode = search.cfg, search.mode
-    if not cfg.tune.get("enqueue_recipe", True):
+    if not cfg.tune.enqueue_recipe:
         return
     if mode == "random_search":
         log.info("tune: random search: the recipe's values are not enqueued (every trial must be a random draw)")
@@ -328,7 +328,7 @@ def run_study(cfg: DictConfig, overrides: list[str]) -> dict:
     storage = open_storage(str(t.storage))
     search = prepare(cfg, overrides)
     mode = search.mode
-    sampler_name = t.get("sampler") or ("random" if mode == "random_search" else "tpe")
+    sampler_name = t.sampler or ("random" if mode == "random_search" else "tpe")
     pruning = bool(t.pruning) and mode != "random_search"
     if t.pruning and not pruning:
         log.info("tune: no pruning in a random search (every trial must be the same mechanism, run to its end)")

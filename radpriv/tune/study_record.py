@@ -61,7 +61,7 @@ def _public_randomness(mode: str, seed: int | None, trials_seed: int | None) -> 
 def new_record(search) -> dict:
     """The record this invocation would give a new study (its secrets are used only if it does)."""
     cfg, mode = search.cfg, search.mode
-    seed, trials_seed = _explicit(cfg.tune.get("seed")), _explicit(cfg.tune.get("trials_seed"))
+    seed, trials_seed = _explicit(cfg.tune.seed), _explicit(cfg.tune.trials_seed)
     record = {"version": RECORD_VERSION, "accounting": mode, "adjacency": GUARANTEE_RELATION,
               "delta": float(search.delta), "unit": search.unit, "n_private": int(search.n_private),
               "nonprivate": search.epsilon is None,
@@ -102,7 +102,7 @@ def check_record(study, record: dict, search) -> None:
         _refuse(study, "privacy.epsilon", "null" if record["nonprivate"] else "a finite ε",
                 "null" if search.epsilon is None else search.epsilon)
     for key in ("seed", "trials_seed"):
-        given = _explicit(cfg.tune.get(key))
+        given = _explicit(cfg.tune[key])
         if given is not None and given != record["seeds"][key]:
             _refuse(study, f"tune.{key}", record["seeds"][key] if record["seeds"][key] is not None
                     else "null (a secret seed)", given)

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
+from radpriv.config import compose
 from radpriv.data.datamodule import ReportDataModule
 from radpriv.model.classifier import build_classifier
 from radpriv.model.encoder import load_encoder, resolve_spec
 from radpriv.privacy.callback import PrivacyPlan
 
-LORA = {"mode": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"], "head_dropout": 0.0}
+
+def lora_finetune(**settings) -> dict:
+    """The `finetune` group of finetune=lora as conf/ composes it, with a test's settings over it."""
+    return {**OmegaConf.to_container(compose(["finetune=lora"]).finetune), **settings}
+
+
+# a small adapter on every layer and a zero head bias: the rig the mechanics tests were written for
+LORA = lora_finetune(r=4, alpha=8, head_dropout=0.0, layers_to_transform=None, head_bias_init=0.0)
 
 
 def tiny_net(name: str, finetune=LORA, num_labels: int = 3, seed: int = 0):
