@@ -66,6 +66,7 @@ def test_the_model_card_has_privacy_use_data_labels_metrics_with_cis_and_limitat
         assert part in card, part
 
 
+@pytest.mark.integration
 def test_a_trained_and_registered_run_explains_itself(tracking_uri, capsys, reports_csv, monkeypatch):
     client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
     # as `mlflow run` does: the run exists, with one of MLflow's random names, before radpriv starts
