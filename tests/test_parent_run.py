@@ -78,3 +78,13 @@ def test_a_lost_creation_race_uses_the_winners_experiment(client, monkeypatch):
 
     monkeypatch.setattr(client, "get_experiment_by_name", stale_then_real)
     assert experiment_id(client, "exp-c") == winner
+
+
+@pytest.mark.parametrize("given, expected", [("zealous-hound-44", "sweep openi"), ("my sweep", "my sweep")])
+def test_a_joined_run_loses_mlflows_random_name_and_keeps_a_chosen_one(client, monkeypatch, given, expected):
+    exp = client.create_experiment(f"named-{given}")
+    outer = client.create_run(exp, run_name=given).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
+    with open_parent_run(client, "ignored", "sweep openi", TAGS):
+        pass
+    assert client.get_run(outer).info.run_name == expected

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from radpriv.tracking.naming import is_generated
+
 ENV = "MLFLOW_RUN_ID"
 
 
@@ -60,8 +62,9 @@ def open_parent_run(client, experiment: str, run_name: str, tags: dict) -> Itera
       sweep cells, PATE teachers, nested under the parent) go through radpriv.train, which would
       otherwise log into that run instead of opening their own. Code in the block that needs
       the joined run uses the yielded `ParentRun`, not the environment.
-    - Joined (MLFLOW_RUN_ID set): that run, in its own experiment (`experiment` and `run_name`
-      are ignored), tagged with `tags`; it belongs to `mlflow run`, so it is never terminated here.
+    - Joined (MLFLOW_RUN_ID set): that run, in its own experiment (`experiment` is ignored),
+      tagged with `tags`, renamed `run_name` only if MLflow named it at random; it belongs to
+      `mlflow run`, so it is never terminated here.
     - Otherwise a new run named `run_name` with `tags` in `experiment`, created if missing
       (race-safe: `experiment_id`). This owned run ends FINISHED when the block exits normally,
       KILLED on KeyboardInterrupt, FAILED on any other exception (which is re-raised).
@@ -73,6 +76,8 @@ def open_parent_run(client, experiment: str, run_name: str, tags: dict) -> Itera
             exp = client.get_experiment(run.info.experiment_id)
             for k, v in tags.items():
                 client.set_tag(joined, k, v)
+            if is_generated(run.info.run_name):  # MLflow's random name; one a person gave is kept
+                client.set_tag(joined, "mlflow.runName", run_name)
             parent = ParentRun(joined, exp.experiment_id, exp.name, owned=False, joined_from_mlflow_run=True)
         else:
             exp_id = experiment_id(client, experiment)
