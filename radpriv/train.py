@@ -383,12 +383,13 @@ def train(cfg: DictConfig, table: ReportTable | None = None, extra_callbacks: Se
     logger = mlflow_run.make_logger(cfg, run_name=cfg.run_name or naming.run_name(cfg),
                                     run_id=resume.run_id if resume else None)
     try:
-        naming.name_run(logger.experiment, logger.run_id, cfg)  # `mlflow run`'s random name goes
         clock = TrainingClock()
         journal = StepJournal(resume.journal) if resume is not None else None
         callbacks = [DPCallback(plan, journal)] if plan is not None else []
         callbacks += [clock, *extra_callbacks]
         trainer = make_trainer(cfg, logger, callbacks, resume.directory if resume else None)
+        if trainer.is_global_zero:  # only rank 0 writes the run; `mlflow run`'s random name goes
+            naming.name_run(logger.experiment, logger.run_id, cfg)
         if resume is not None and trainer.is_global_zero:
             resume.record(logger.run_id)
             if resume.checkpoint is not None:
