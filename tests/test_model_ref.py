@@ -18,6 +18,7 @@ from radpriv.errors import ModelError
 from radpriv.model.bundle import META
 from radpriv.tracking.model_ref import local_bundle, privacy_facts
 from tests.helpers.cli import TINY
+from tests.helpers.store import module_store
 
 MODEL_NAME = "ref-tiny"
 EPSILON = 3.0
@@ -30,17 +31,10 @@ def trained(tmp_path_factory):
     bundle downloaded once by MLflow itself (the folder forms' reference copy)."""
     from radpriv.config import compose
     from radpriv.train import train
-    from tests.synthetic import write_fabricated_ct_csv
 
-    root = tmp_path_factory.mktemp("model_ref")
-    csv_path = root / "reports.csv"
-    write_fabricated_ct_csv(csv_path)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # the sqlite store's artifacts (./mlruns) and checkpoints go here
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("RADPRIV_CACHE_DIR", str(root / "cache"))
-        summary = train(compose([*TINY, f"data.path={csv_path}", "trainer.max_epochs=1",
+    with module_store(tmp_path_factory, "model_ref") as store:
+        root, uri = store.root, store.uri
+        summary = train(compose([*TINY, f"data.path={store.csv}", "trainer.max_epochs=1",
                                  f"privacy.epsilon={EPSILON}", f"tracking.register={MODEL_NAME}",
                                  "tracking.register_alias=champion"]))
         downloaded = Path(mlflow.artifacts.download_artifacts(

@@ -19,6 +19,7 @@ from radpriv.cli import main, run
 from radpriv.data.schemas import CT_RATE18
 from radpriv.model.bundle import load_bundle, predict_proba
 from tests.helpers.cli import TINY, error_lines
+from tests.helpers.store import module_store
 
 MODEL_NAME = "ct-tiny"
 EPSILON = 3.0
@@ -33,17 +34,10 @@ def trained(tmp_path_factory):
     compositions (tests/test_precision.py checks bf16 serving against fp32)."""
     from radpriv.config import compose
     from radpriv.train import train
-    from tests.synthetic import write_fabricated_ct_csv
 
-    root = tmp_path_factory.mktemp("predict")
-    csv_path = root / "reports.csv"
-    texts = write_fabricated_ct_csv(csv_path)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # the sqlite store's artifacts (./mlruns) and checkpoints go here
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("RADPRIV_CACHE_DIR", str(root / "cache"))
-        mp.setenv("RADPRIV_PRECISION", "32-true")  # predict, label and pyfunc load in fp32
+    with module_store(tmp_path_factory, "predict") as store:
+        root, uri, csv_path, texts = store.root, store.uri, store.csv, store.texts
+        store.mp.setenv("RADPRIV_PRECISION", "32-true")  # predict, label and pyfunc load in fp32
         summary = train(compose([*TINY, f"data.path={csv_path}", "trainer.max_epochs=1", "trainer.precision=32-true",
                                  f"privacy.epsilon={EPSILON}", f"tracking.register={MODEL_NAME}",
                                  "tracking.register_alias=champion"]))

@@ -16,6 +16,7 @@ from radpriv.data.schemas import CT_RATE18
 from radpriv.tracking.pyfunc import MAX_ROWS_PER_REQUEST
 from tests.helpers.cli import TINY
 from tests.helpers.serve import free_port, post_raw, server_env, start_radpriv_serve, stop, wait_until_ready
+from tests.helpers.store import module_store
 
 pytestmark = pytest.mark.integration  # make test-all (the integration tier)
 
@@ -32,19 +33,11 @@ def trained(tmp_path_factory):
     """(run id, tracking uri, folder) of a tiny fp32 non-private model in a module-own store."""
     from radpriv.config import compose
     from radpriv.train import train
-    from tests.synthetic import write_fabricated_ct_csv
 
-    root = tmp_path_factory.mktemp("serve")
-    csv_path = root / "reports.csv"
-    write_fabricated_ct_csv(csv_path)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("RADPRIV_CACHE_DIR", str(root / "cache"))
-        summary = train(compose([*TINY, f"data.path={csv_path}", "trainer.max_epochs=1",
+    with module_store(tmp_path_factory, "serve") as store:
+        summary = train(compose([*TINY, f"data.path={store.csv}", "trainer.max_epochs=1",
                                  "trainer.precision=32-true", "privacy.epsilon=null"]))
-    return summary["run_id"], uri, root
+    return summary["run_id"], store.uri, store.root
 
 
 @pytest.fixture(scope="module")

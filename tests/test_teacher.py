@@ -13,6 +13,7 @@ from radpriv.cli import run
 from radpriv.data.schemas import CT_RATE18
 from radpriv.teacher import provenance
 from tests.helpers.cli import TINY, error_lines
+from tests.helpers.store import module_store
 
 TINY1 = [o for o in TINY if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=1"]
 
@@ -34,22 +35,14 @@ def write_unlabelled(path: Path, texts: list[str], extra: dict[str, list[str]] |
 @pytest.fixture(scope="module")
 def teacher_store(tmp_path_factory) -> tuple[str, str, Path]:
     """One tiny non-private teacher for the module: (tracking URI, run id, its data folder)."""
-    from tests.synthetic import write_fabricated_ct_csv
+    import io
+    import sys
 
-    root = tmp_path_factory.mktemp("teacher")
-    data = root / "reports.csv"
-    write_fabricated_ct_csv(data)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        import io
-        import sys
-
+    with module_store(tmp_path_factory, "teacher") as store:
         out = io.StringIO()
-        mp.setattr(sys, "stdout", out)
-        assert run(["train", *TINY1, f"data.path={data}", "privacy.epsilon=null"]) == 0
-    return uri, json.loads(out.getvalue().strip().splitlines()[-1])["run_id"], root
+        store.mp.setattr(sys, "stdout", out)
+        assert run(["train", *TINY1, f"data.path={store.csv}", "privacy.epsilon=null"]) == 0
+    return store.uri, json.loads(out.getvalue().strip().splitlines()[-1])["run_id"], store.root
 
 
 @pytest.fixture
