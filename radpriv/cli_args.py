@@ -1,4 +1,5 @@
-"""The `key=value` arguments of the commands that are not Hydra configs: predict, label and pate.
+"""The `key=value` arguments of the commands that are not Hydra configs: predict, label, pate
+and serve.
 
 Their arguments name files and models (`model=models:/x@champion` is a reference, not the
 training config group; `labels=a,b` is a list, not a Hydra sweep), so they are parsed here, by
@@ -85,8 +86,9 @@ def parse(args: Sequence[str], *, command: str, keys: Iterable[str], required: S
     return Parsed(values, rest, prefix)
 
 
-def whole_number(parsed: Parsed, key: str, default: int | None, low: int = 1) -> int | None:
-    """An integer ≥ `low` (default when not given)."""
+def whole_number(parsed: Parsed, key: str, default: int | None, low: int = 1,
+                 high: int | None = None) -> int | None:
+    """An integer ≥ `low` and, where given, ≤ `high` (default when not given)."""
     if key not in parsed:
         return default
     raw = parsed[key]
@@ -94,8 +96,9 @@ def whole_number(parsed: Parsed, key: str, default: int | None, low: int = 1) ->
         n = int(raw)
     except ValueError:
         n = None
-    if n is None or n < low:
-        raise ConfigError(f"{parsed.spelled(key)}={raw!r}: expected a whole number ≥ {low}")
+    if n is None or n < low or (high is not None and n > high):
+        expected = f"from {low} to {high}" if high is not None else f"≥ {low}"
+        raise ConfigError(f"{parsed.spelled(key)}={raw!r}: expected a whole number {expected}")
     return n
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from fastapi import Request  # module level: FastAPI resolves the handler's annotation here
 
+from radpriv import cli_args, labelling
 from radpriv.errors import ConfigError, RequestError
 
 log = logging.getLogger(__name__)
@@ -64,41 +65,21 @@ class ServeOptions:
 
 
 def parse_args(args: Sequence[str]) -> ServeOptions:
-    """The model reference (first bare argument, or model=) and key=value options."""
-    values: dict[str, str] = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep and "model" not in values:
-            key, value = "model", arg
-        key = {"tracking.uri": "tracking_uri", "trainer.precision": "precision"}.get(key, key)
-        if key not in KEYS or (not sep and key != "model"):
-            raise ConfigError(f"serve: unexpected argument {arg!r}; give the model reference, then "
-                              f"key=value with keys {', '.join(KEYS[1:])}, e.g. {EXAMPLE}")
-        if value.strip():
-            values[key] = value.strip()
-    if "model" not in values:
+    """The model reference (the first argument without `=`, or model=) and key=value options
+    (radpriv/cli_args.py)."""
+    args = list(args)
+    bare = next((i for i, arg in enumerate(args) if "=" not in arg), None)
+    if bare is not None and not any(arg.partition("=")[0].strip() == "model" for arg in args[:bare]):
+        args[bare] = f"model={args[bare]}"  # `radpriv serve <ref> ...`
+    parsed = cli_args.parse(args, command="serve", keys=KEYS)
+    if "model" not in parsed:
         raise ConfigError(f"serve needs a model reference (run id, runs:/…, models:/… or a folder), e.g. {EXAMPLE}")
-
-    def integer(key: str, default: int, low: int, high: int) -> int:
-        if key not in values:
-            return default
-        try:
-            n = int(values[key])
-        except ValueError:
-            n = low - 1
-        if not low <= n <= high:
-            raise ConfigError(f"{key}={values[key]!r}: expected a whole number from {low} to {high}")
-        return n
-
-    precision = values.get("precision")
-    if precision is not None:
-        from radpriv.model.precision import resolve_precision
-
-        precision = resolve_precision(precision, "cpu", "precision")
-    return ServeOptions(model=values["model"], workers=integer("workers", 1, 1, 64),
-                        port=integer("port", 5001, 1, 65535), host=values.get("host", "127.0.0.1"),
-                        timeout=integer("timeout", 60, 1, 86400), precision=precision,
-                        tracking_uri=values.get("tracking_uri"))
+    return ServeOptions(model=parsed["model"], workers=cli_args.whole_number(parsed, "workers", 1, 1, 64),
+                        port=cli_args.whole_number(parsed, "port", 5001, 1, 65535),
+                        host=parsed.get("host", "127.0.0.1"),
+                        timeout=cli_args.whole_number(parsed, "timeout", 60, 1, 86400),
+                        precision=labelling.precision_option(parsed.get("precision")),
+                        tracking_uri=parsed.get("tracking_uri"))
 
 
 def pyfunc_dir(bundle_folder: Path, dst: Path) -> Path:

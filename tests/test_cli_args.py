@@ -65,6 +65,8 @@ def test_numbers_booleans_and_lists():
      "batch_size=.0.: expected a whole number ≥ 1"),
     ("batch_size=2.5", lambda p: cli_args.whole_number(p, "batch_size", 32), "expected a whole number"),
     ("batch_size=1", lambda p: cli_args.whole_number(p, "batch_size", 32, low=2), "≥ 2"),
+    ("batch_size=65", lambda p: cli_args.whole_number(p, "batch_size", 32, 1, 64),
+     "batch_size='65': expected a whole number from 1 to 64"),
     ("sigma=nan", lambda p: cli_args.real_number(p, "sigma", None), "sigma='nan': expected a number ≥ 0"),
     ("sigma=-1", lambda p: cli_args.real_number(p, "sigma", None), "expected a number ≥ 0"),
     ("sigma=inf", lambda p: cli_args.real_number(p, "sigma", None), "expected a number"),
