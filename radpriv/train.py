@@ -81,32 +81,64 @@ def resolve_thresholds(cfg: DictConfig) -> str:
     return value
 
 
-def find_or_train_public_model(cfg: DictConfig, corpus: PublicCorpusData) -> str:
-    """The run id of the public model for this config: a finished one with the same run key, else
-    one trained now (non-private, on public reports only)."""
-    from radpriv.model.public_start import EXPERIMENT, public_run_cfg
+@dataclasses.dataclass(frozen=True)
+class PublicModel:
+    """The public model a `finetune.init_from=public` config starts from: its training config
+    (public_start.public_run_cfg), the run keys a finished run of it carries, and its corpus."""
+
+    cfg: DictConfig
+    keys: list[str]
+    corpus: PublicCorpusData
+
+    @property
+    def name(self) -> str:
+        return str(self.cfg.tracking.register)
+
+
+def public_model(cfg: DictConfig, corpus: PublicCorpusData) -> PublicModel:
+    from radpriv.model.public_start import public_run_cfg
+
+    pub = public_run_cfg(cfg, corpus)
+    return PublicModel(pub, run_keys(pub, corpus.table.fingerprint(), private_folder(pub)), corpus)
+
+
+def find_public_model(model: PublicModel) -> str | None:
+    """The run id of a finished run of the public model, else None."""
+    from radpriv.model.public_start import EXPERIMENT
     from radpriv.tracking import mlflow_run
     from radpriv.tracking.resume import find_finished
 
-    pub = public_run_cfg(cfg, corpus)
-    keys = run_keys(pub, corpus.table.fingerprint(), private_folder(pub))
-    client = mlflow_run.client(pub)
-    # its own experiment, then where a plain `radpriv train` of the same config would have gone
-    exps = [client.get_experiment_by_name(n) for n in (EXPERIMENT, f"radpriv-{corpus.data_cfg.name}")]
+    client = mlflow_run.client(model.cfg)
+    # its own experiment, then where a plain `radpriv train` of the same config would have gone;
+    # looked up on every call: a worker waiting for another's public model sees them appear
+    exps = [client.get_experiment_by_name(n) for n in (EXPERIMENT, f"radpriv-{model.corpus.data_cfg.name}")]
     ids = [e.experiment_id for e in exps if e is not None]
-    found = find_finished(client, ids, keys) if ids else None
-    if found is not None:
-        log.info("public model: reusing run %s (%s, same config and public data)", found.info.run_id,
-                 pub.tracking.register)
-        return found.info.run_id
+    found = find_finished(client, ids, model.keys) if ids else None
+    return None if found is None else found.info.run_id
+
+
+def train_public_model(cfg: DictConfig, model: PublicModel) -> str:
+    """Train the public model now (non-private, on public reports only); its run id."""
     if str(cfg.trainer.strategy) != "auto":
-        raise ConfigError(f"finetune.init_from=public: no public model {pub.tracking.register} for this "
+        raise ConfigError(f"finetune.init_from=public: no public model {model.name} for this "
                           "config yet, and it is not trained inside a DDP run: run the same command once "
                           "with trainer.strategy=auto (it trains and registers the public model), then again")
+    table = model.corpus.table
     log.info("public model: training %s on %s (%d public reports, non-private; once)",
-             pub.tracking.register, corpus.table.name, sum(s == "train" for s in corpus.table.split))
-    summary = train(pub, table=corpus.table)
-    return summary["run_id"]
+             model.name, table.name, sum(s == "train" for s in table.split))
+    return train(model.cfg, table=table)["run_id"]
+
+
+def find_or_train_public_model(cfg: DictConfig, corpus: PublicCorpusData) -> str:
+    """The run id of the public model for this config: a finished one with the same run key, else
+    one trained now. A sweep with several workers obtains it under a claim before its warm cells
+    train (radpriv/sweep/run.py), so that there this finds it."""
+    model = public_model(cfg, corpus)
+    found = find_public_model(model)
+    if found is not None:
+        log.info("public model: reusing run %s (%s, same config and public data)", found, model.name)
+        return found
+    return train_public_model(cfg, model)
 
 
 def use_public_corpus(cfg: DictConfig, table: ReportTable, thresholds: str):

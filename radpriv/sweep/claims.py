@@ -4,7 +4,8 @@ the grid, with no scheduler but the tracking database they already share.
 One row per claimed cell in the table `radpriv_sweep_claims` of the MLflow tracking database
 (sqlite on one machine, PostgreSQL across machines; plain SQLAlchemy Core, nothing
 dialect-specific). The row's key is the cell's run key — a keyed digest (tracking/release.py),
-safe to store; nothing of the data (text, ids, counts) goes in the table.
+safe to store; nothing of the data (text, ids, counts) goes in the table. The public model that
+warm cells start from is claimed the same way, under its own run key (obtain.py).
 
 - Claiming is atomic: a worker INSERTs the row (a primary-key violation: someone else has it),
   or takes over an expired claim by a compare-and-set UPDATE on the stale row it read (worker

@@ -10,7 +10,9 @@ with the same config, it is reused. A killed sweep started again trains only wha
 
 Several workers started with the same command split the cells among themselves: each claims a
 cell in the tracking database before training it and skips the cells other live workers hold
-(claims.py); every worker then builds the same table from the finished runs.
+(claims.py, obtain.py); with `sweep.init_from=public` the public model of the warm cells is
+claimed the same way, so one worker trains it and the others wait for it. Every worker then
+builds the same table from the finished runs.
 
 Statistics need per-report test predictions: they are recomputed in memory from each cell's
 logged model and never written anywhere (predictions.py).
@@ -47,6 +49,7 @@ from radpriv.sweep.grid import (
     check_epsilons,
     training_overrides,
 )
+from radpriv.sweep.obtain import Held, Target, hms, obtain
 from radpriv.sweep.predictions import binarize, logged_model_predictions
 from radpriv.tracking.parent_run import mlflow_run_id, open_parent_run
 from radpriv.tracking.resume import find_finished
@@ -93,11 +96,6 @@ def run_unit(client, run) -> str | None:
 def sweep_command(overrides: list[str]) -> dict:
     cfg = compose(["+sweep=default", *overrides])
     return run_sweep(cfg, list(overrides))
-
-
-def hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _check_settings(cfg: DictConfig) -> None:
@@ -200,52 +198,40 @@ def _memory_note() -> str:
 WAIT_LOG_S = 60.0  # while waiting for other workers' cells: a log line when they change, else this often
 
 
-def _obtain(label: str, cfg: DictConfig, keys: list[str], table: ReportTable, client, search_ids: list[str],
-            store: claims.ClaimStore | None, t0: float) -> tuple[str, bool] | claims.Claim:
-    """(run id, reused) of the cell: its finished run, else one trained here (claimed first when
-    workers share the sweep); or the claim of the live worker that holds it."""
-    from radpriv.train import train
+def cell_target(label: str, cfg: DictConfig, keys: list[str], table: ReportTable, client,
+                search_ids: list[str], needs: Target | None = None) -> Target:
+    """The cell as a target to obtain (obtain.py): found under any of its run keys, claimed and
+    trained under the first."""
 
-    for _ in range(2):
-        found = find_finished(client, search_ids, keys)
-        if found is not None:
-            log.info("sweep: %s: reusing finished run %s (same config and data)", label, found.info.run_id)
-            return found.info.run_id, True
-        if store is None:
-            log.info("sweep: %s: training (elapsed %s)", label, hms(time.perf_counter() - t0))
-            return train(cfg, table=table)["run_id"], False
-        outcome = store.claim(keys[0])
-        if outcome.won:
-            break
-        if outcome.other.state != claims.DONE:
-            return outcome.other
-        # marked done after the run's last write: our search above may have come just before it;
-        # if the run is still not found (deleted from MLflow), the cell is free again
-        if find_finished(client, search_ids, keys) is None and store.reopen(keys[0]):
-            log.warning("sweep: %s: %s marked it done but no finished run of it is found: training it again",
-                        label, outcome.other.worker)
-    else:  # done, not found, and reopened by another worker meanwhile: the next pass looks again
-        return store.get(keys[0]) or outcome.other
-    took_over = outcome.other
-    log.info("sweep: %s: training (elapsed %s)%s", label, hms(time.perf_counter() - t0),
-             "" if took_over is None else f"; taken over from {took_over.worker}, whose heartbeat stopped "
-             f"{took_over.age_s():.0f} s ago (resuming from its checkpoint, if it wrote one)")
-    try:
-        run_id = train(cfg, table=table)["run_id"]
-    except BaseException:
-        _quietly(store.release, keys[0])  # the next worker may try; this one reports its error
-        raise
-    # the finished run is what counts: a claim left behind expires, and no one retrains a found run
-    _quietly(store.done, keys[0])
-    return run_id, False
+    def find() -> str | None:
+        run = find_finished(client, search_ids, keys)
+        return None if run is None else run.info.run_id
+
+    def train() -> str:
+        from radpriv.train import train
+
+        return train(cfg, table=table)["run_id"]
+
+    return Target(label, keys[0], find, train, needs)
 
 
-def _quietly(step, key: str) -> None:
-    """A claim update that must not mask the error being raised or fail a trained cell."""
-    try:
-        step(key)
-    except Exception as e:  # noqa: BLE001 - an unreachable database: the claim expires after ttl_s
-        log.warning("sweep: could not update the claim on cell %s: %s", key, (str(e).splitlines() or [repr(e)])[0])
+def public_target(label: str, cfg: DictConfig, table: ReportTable) -> Target:
+    """The public model a warm cell starts from, as a target of its own: obtained under a claim
+    on its run key before the cell is claimed, it is trained by one worker however many reach
+    its warm cells at once, and the cell's training then finds it."""
+    from radpriv.data.overlap import check_no_overlap
+    from radpriv.model.public_start import load_public_corpus
+    from radpriv.train import find_public_model, public_model, train_public_model
+
+    corpus = load_public_corpus(cfg, table)
+    model = public_model(cfg, corpus)
+
+    def train() -> str:
+        # an overlapping corpus is refused before anything trains on it, as the cell's training would
+        check_no_overlap(table, corpus.table, same_dataset=corpus.same_dataset)
+        return train_public_model(cfg, model)
+
+    return Target(f"{label}: public model {model.name}", model.keys[0], lambda: find_public_model(model), train)
 
 
 def _cell_result(cell: Cell, run_id: str, reused: bool, table: ReportTable, client, uri: str, batch_size: int,
@@ -265,8 +251,9 @@ def _cell_result(cell: Cell, run_id: str, reused: bool, table: ReportTable, clie
                       run_train_seconds(metrics), metrics.get(PEAK_RESIDENT_METRIC), unit), f1
 
 
-def _held_note(waiting: dict[int, claims.Claim], cells: list[Cell]) -> str:
-    return ", ".join(f"{cells[i].name} ({c.worker}, heartbeat {c.age_s():.0f} s ago)" for i, c in waiting.items())
+def _held_note(waiting: dict[int, Held], cells: list[Cell], targets: dict[int, Target]) -> str:
+    return ", ".join(f"{cells[i].name} ({'' if h.target is targets[i] else 'its public model: '}{h.claim.worker}, "
+                     f"heartbeat {h.claim.age_s():.0f} s ago)" for i, h in waiting.items())
 
 
 def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, parent_id: str,
@@ -275,41 +262,48 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
     """Train (or reuse) every cell and predict its test split in memory; results in grid order.
 
     Passes over the cells left: a finished cell is reused, a free (or expired) one claimed and
-    trained, one that another live worker holds skipped for now. Passes repeat until every cell
-    is finished, waiting `poll_s` between them while only other workers' cells are left.
-    Without `store` (one worker) the first pass does everything.
+    trained, one that another live worker holds skipped for now. A warm cell's public model is a
+    claimed target of its own, obtained first (public_target). Passes repeat until every cell is
+    finished, waiting `poll_s` between them while only other workers' cells (or public models)
+    are left. Without `store` (one worker) the first pass does everything.
     """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     n = len(cells)
     results: dict[int, CellResult] = {}
-    prepared: dict[int, tuple[DictConfig, list[str]]] = {}
+    targets: dict[int, Target] = {}
     left = list(range(n))
     last_note, last_note_at = None, 0.0
-    skipped: set[tuple[int, str]] = set()  # (cell, holder) already logged as skipped
+    skipped: set[tuple[int, str, str]] = set()  # (cell, claim key, holder) already logged as skipped
     bar = tqdm(total=n, desc="sweep", unit="cell", disable=not progress)
     try:
         while left:
-            waiting: dict[int, claims.Claim] = {}
+            waiting: dict[int, Held] = {}
             for i in left:
                 t_cell = time.perf_counter()
                 cell = cells[i]
                 table = tables(cell.seed)
-                if i not in prepared:  # the run key hashes the data: once per cell
-                    cfg = _cell_cfg(base, cell, parent_id, exp_name)
-                    prepared[i] = cfg, cell_keys(base, cell, cfg, table)
-                cfg, keys = prepared[i]
                 label = f"[{i + 1}/{n}] {cell.name}"
+                if i not in targets:  # the run keys hash the data: once per cell
+                    cfg = _cell_cfg(base, cell, parent_id, exp_name)
+                    # without claims the warm cell's own training finds or trains the public model
+                    claimed = cell.kind == WARM_KIND and store is not None
+                    targets[i] = cell_target(label, cfg, cell_keys(base, cell, cfg, table), table, client,
+                                             search_ids, public_target(label, cfg, table) if claimed else None)
                 bar.set_postfix_str(cell.name)
-                got = _obtain(label, cfg, keys, table, client, search_ids, store, t0)
-                if isinstance(got, claims.Claim):
-                    if (i, got.worker) not in skipped:
-                        log.info("sweep: %s: %s: skipped for now", label, got.describe(float("inf")))
-                        skipped.add((i, got.worker))
+                got = obtain(targets[i], store, t0)
+                if isinstance(got, Held):
+                    holder = (i, got.claim.cell_key, got.claim.worker)
+                    if holder not in skipped:
+                        log.info("sweep: %s: %s: skipped for now", got.target.name,
+                                 got.claim.describe(float("inf")))
+                        skipped.add(holder)
                     waiting[i] = got
                     continue
                 run_id, reused = got
+                if reused:
+                    log.info("sweep: %s: reusing finished run %s (same config and data)", label, run_id)
                 r, f1 = _cell_result(cell, run_id, reused, table, client, uri, batch_size, t_cell)
                 results[i] = r
                 done_trained = sum(not x.reused for x in results.values())
@@ -323,9 +317,9 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
             if not left or progressed:
                 continue
             # only cells that other live workers hold are left: wait for them to finish or expire
-            note = _held_note(waiting, cells)
+            note = _held_note(waiting, cells, targets)
             bar.set_postfix_str(f"waiting for {len(waiting)} cells of other workers")
-            held_by = {(i, c.worker) for i, c in waiting.items()}
+            held_by = {(i, h.claim.worker) for i, h in waiting.items()}
             if held_by != last_note or time.perf_counter() - last_note_at >= WAIT_LOG_S:
                 log.info("sweep: %d of %d cells done; waiting for %d held by other workers: %s (elapsed %s)",
                          len(results), n, len(waiting), note, hms(time.perf_counter() - t0))
