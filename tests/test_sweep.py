@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -599,3 +600,105 @@ def test_a_public_start_sweep_has_cold_warm_and_public_alone_rows(tracking_uri, 
     # both cells are found again (the warm one under the key of its public validation split)
     again, _ = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
     assert (again["finished"], again["to_train"]) == (2, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# obtain.py: a warm cell's public model obtained under its own claim (two stores, no processes)
+# --------------------------------------------------------------------------------------------
+
+
+def _targets(runs: dict, trained: list, fail: str | None = None):
+    """A warm cell target needing a public-model target; `runs` plays MLflow's finished runs."""
+    from radpriv.sweep.obtain import Target
+
+    def make(name: str, needs=None) -> Target:
+        def train() -> str:
+            trained.append(name)
+            if name == fail:
+                raise RuntimeError(f"{name} failed")
+            runs[name] = f"run-{name}"
+            return runs[name]
+
+        return Target(name, f"key-{name}", lambda: runs.get(name), train, needs)
+
+    public = make("public")
+    return make("cell", public), public
+
+
+@pytest.fixture
+def two_stores(tmp_path):
+    from radpriv.sweep.claims import ClaimStore
+
+    db = f"sqlite:///{tmp_path / 'claims.db'}"
+    stores = [ClaimStore(db, ttl_s=60, heartbeat_s=1, worker=w) for w in ("a", "b")]
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def test_a_warm_cell_waits_for_the_public_model_another_worker_holds_without_claiming_itself(two_stores):
+    from radpriv.sweep.claims import DONE
+    from radpriv.sweep.obtain import Held, obtain
+
+    a, b = two_stores
+    runs, trained = {}, []
+    cell, public = _targets(runs, trained)
+    assert b.claim(public.key).won  # b trains the public model
+    held = obtain(cell, a, time.perf_counter())
+    assert isinstance(held, Held) and held.target is public and held.claim.worker == "b"
+    assert trained == [] and a.get(cell.key) is None  # a holds no cell while it waits
+
+    runs["public"] = "run-public"  # b finished it
+    b.done(public.key)
+    assert obtain(cell, a, time.perf_counter()) == ("run-cell", False)
+    assert trained == ["cell"]  # the public model was found, not trained again
+    assert (a.get(cell.key).worker, a.get(cell.key).state) == ("a", DONE)
+    assert obtain(cell, b, time.perf_counter()) == ("run-cell", True)
+
+
+def test_a_free_public_model_is_claimed_and_trained_first_and_a_failure_gives_it_back(two_stores):
+    from radpriv.sweep.claims import DONE
+    from radpriv.sweep.obtain import obtain
+
+    a, b = two_stores
+    trained = []
+    cell, public = _targets({}, trained, fail="public")
+    with pytest.raises(RuntimeError, match="public failed"):
+        obtain(cell, a, time.perf_counter())
+    assert trained == ["public"] and a.get(public.key) is None and a.get(cell.key) is None
+    trained.clear()
+    cell, public = _targets({}, trained)
+    assert obtain(cell, b, time.perf_counter()) == ("run-cell", False)  # b takes it up at once
+    assert trained == ["public", "cell"]
+    assert {(c.worker, c.state) for c in (b.get(public.key), b.get(cell.key))} == {("b", DONE)}
+
+
+def test_a_dead_workers_claim_on_the_public_model_expires_and_the_next_worker_takes_it_over(tmp_path, caplog):
+    from radpriv.sweep.claims import ClaimStore
+    from radpriv.sweep.obtain import Held, obtain
+
+    db = f"sqlite:///{tmp_path / 'claims.db'}"
+    dead = ClaimStore(db, ttl_s=60, heartbeat_s=1, worker="dead")  # no heartbeat thread: it stopped
+    live = ClaimStore(db, ttl_s=0.5, heartbeat_s=0.2, worker="live")
+    try:
+        trained = []
+        cell, public = _targets({}, trained)
+        assert dead.claim(public.key).won
+        assert isinstance(obtain(cell, live, time.perf_counter()), Held)  # alive for now
+        time.sleep(0.8)
+        caplog.set_level("INFO", logger="radpriv")
+        assert obtain(cell, live, time.perf_counter()) == ("run-cell", False) and trained == ["public", "cell"]
+        assert "public: training (elapsed 0:00:00); taken over from dead" in caplog.text
+    finally:
+        dead.close()
+        live.close()
+
+
+def test_without_a_claim_store_a_target_and_its_need_train_in_order():
+    from radpriv.sweep.obtain import obtain
+
+    runs, trained = {}, []
+    cell, _ = _targets(runs, trained)
+    assert obtain(cell, None, time.perf_counter()) == ("run-cell", False)
+    assert trained == ["public", "cell"]
+    assert obtain(cell, None, time.perf_counter()) == ("run-cell", True) and trained == ["public", "cell"]

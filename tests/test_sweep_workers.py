@@ -1,5 +1,6 @@
 """Several `radpriv sweep` workers on one command: claims in the tracking database (claims.py),
-two processes splitting a grid, a dead worker's cell taken over and resumed."""
+two processes splitting a grid (and training the public model of their warm cells once), a dead
+worker's cell taken over and resumed."""
 
 from __future__ import annotations
 
@@ -274,26 +275,52 @@ def test_a_dead_workers_claim_expires_and_the_next_worker_resumes_its_cell(track
     assert row.state == DONE and row.worker != "gone-host-1-dead"
 
 
-@pytest.mark.timeout(240)
-def test_two_sweep_processes_split_the_cells_and_write_the_same_table(tmp_path, reports_csv):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+class _Worker:
+    """One `radpriv sweep` process, its output read as it comes (a log line can be waited for)."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict) -> None:
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        # both pipes drained all along: a full pipe would block the worker
+        self._readers = [threading.Thread(target=lambda s=stream, d=dest: d.extend(s), daemon=True)
+                         for stream, dest in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for r in self._readers:
+            r.start()
+
+    def logged(self, text: str) -> bool:
+        return any(text in line for line in list(self.err))
+
+    def finish(self, timeout: float) -> tuple[dict, str]:
+        """Its final JSON line and its stderr, once it exited cleanly."""
+        self.proc.wait(timeout=timeout)
+        for r in self._readers:
+            r.join(timeout=10)
+        err = "".join(self.err)
+        assert self.proc.returncode == 0, err[-3000:]
+        return json.loads("".join(self.out).strip().splitlines()[-1]), err
+
+
+def start_workers(tmp_path: Path, uri: str, args: list[str], n: int = 2) -> list[_Worker]:
+    """n workers of one sweep command in tmp_path (their working directory: the private folder
+    and checkpoints they share), against the store `uri`."""
     # create the store first: two MLflow clients creating one fresh sqlite schema at the same
     # instant race on it (docs/SCALING.md)
     mlflow.MlflowClient(uri).search_experiments()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("MLFLOW_RUN_ID", None)
+    cmd = [sys.executable, "-m", "radpriv.cli", "sweep", *args]
+    return [_Worker(cmd, tmp_path, env) for _ in range(n)]
+
+
+@pytest.mark.timeout(240)
+def test_two_sweep_processes_split_the_cells_and_write_the_same_table(tmp_path, reports_csv):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = ["sweep.epsilons=[]", "sweep.nonprivate=[lora,full]"]  # 2 cells, the quickest to train
-    cmd = [sys.executable, "-m", "radpriv.cli", "sweep", *SWEEP, *grid, f"data.path={reports_csv[0]}",
-           "sweep.claims.poll_s=0.5"]
-    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE) for _ in range(2)]
-    outs, errs = [], []
-    for w in workers:
-        out, err = w.communicate(timeout=220)
-        assert w.returncode == 0, err[-3000:]
-        outs.append(json.loads(out.strip().splitlines()[-1]))
-        errs.append(err)
+    workers = start_workers(tmp_path, uri, [*SWEEP, *grid, f"data.path={reports_csv[0]}", "sweep.claims.poll_s=0.5"])
+    outs, errs = zip(*(w.finish(timeout=220) for w in workers))
 
     runs = training_runs(uri)
     per_key = {}
@@ -313,3 +340,67 @@ def test_two_sweep_processes_split_the_cells_and_write_the_same_table(tmp_path, 
     assert tables[0] == tables[1]  # the same runs, the same seeded bootstrap: the same table
     assert outs[0]["run_id"] != outs[1]["run_id"]
     assert all("cells are claimed in table radpriv_sweep_claims" in e for e in errs)
+
+
+def grid_and_public_model(overrides: list[str]):
+    """{cell name: claim key} of a one-model, one-seed grid with sweep.init_from=public, and the
+    public model its warm cells start from (radpriv.train.PublicModel: its name and run keys)."""
+    from radpriv.config import compose
+    from radpriv.data.sources import load_table
+    from radpriv.model.public_start import load_public_corpus
+    from radpriv.sweep.grid import WARM_KIND, build_grid, training_overrides
+    from radpriv.sweep.run import _cell_cfg, cell_keys
+    from radpriv.train import public_model
+
+    cfg = compose(["+sweep=default", *overrides])
+    base, cells = training_overrides(overrides), build_grid(cfg.sweep)
+    table = load_table(cfg.data, cells[0].seed)
+    cfgs = {c: _cell_cfg(base, c, "p", "e") for c in cells}  # tracking.* is not in the run key
+    keys = {c.name: cell_keys(base, c, cell_cfg, table)[0] for c, cell_cfg in cfgs.items()}
+    warm = next(cell_cfg for c, cell_cfg in cfgs.items() if c.kind == WARM_KIND)
+    return keys, public_model(warm, load_public_corpus(warm, table))
+
+
+@pytest.mark.timeout(300)
+def test_two_sweep_processes_train_the_public_model_of_their_warm_cells_once(tracking_uri, tmp_path, reports_csv):
+    csv_path = reports_csv[0]
+    # the private cells train on shard 1/2 of the CSV, the public model on shard 0/2;
+    # 2 cold cells, then 2 warm cells that both start from one public model
+    args = [*SWEEP, "data.train_shard=1/2", f"data.path={csv_path}",
+            f"finetune.public.data={{name:ct_rate_text,path:{csv_path}}}", "finetune.public.max_epochs=1",
+            "sweep.epsilons=[1,10]", "sweep.nonprivate=[]", "sweep.init_from=public", "sweep.claims.poll_s=0.5"]
+    keys, public = grid_and_public_model(args)  # run in tmp_path: it makes the secret key the workers share
+    cold = [k for name, k in keys.items() if "-public-" not in name]
+    mlflow.MlflowClient(tracking_uri).search_experiments()  # MLflow's schema, then the claims table
+    # a third worker holds the cold cells and the public model: both workers reach the warm
+    # cells at once, and (once both wait) race for the public model
+    holder = ClaimStore(tracking_uri, ttl_s=60, heartbeat_s=0.5, worker="holder-host-9-abc").start()
+    assert all(holder.claim(k).won for k in [*cold, public.keys[0]])
+    workers = start_workers(tmp_path, tracking_uri, args)
+    try:
+        deadline = time.monotonic() + 200
+        while (not all(w.logged("held by other workers") for w in workers) and time.monotonic() < deadline
+               and all(w.proc.poll() is None for w in workers)):
+            time.sleep(0.2)
+    finally:
+        for k in [*cold, public.keys[0]]:
+            holder.release(k)
+        holder.close()
+    outs, errs = zip(*(w.finish(timeout=240) for w in workers))
+
+    runs = training_runs(tracking_uri)
+    per_key = {}
+    for r in runs:
+        per_key.setdefault(r.data.tags["radpriv.run_key"], []).append(r)
+    assert len(per_key.get(public.keys[0], [])) == 1, "the public model was not trained exactly once"
+    assert set(per_key) == {*keys.values(), public.keys[0]} and all(len(rs) == 1 for rs in per_key.values())
+    assert all(r.data.tags["radpriv.complete"] == "true" for r in runs)
+    client = mlflow.MlflowClient(tracking_uri)
+    assert [(m.name, len(client.search_model_versions(f"name='{m.name}'")))
+            for m in client.search_registered_models()] == [(public.name, 1)]
+    assert sum(o["trained"] for o in outs) == 4 and all(o["cells"] == 4 for o in outs)
+    assert {(r.cell_key, r.state) for r in rows(tracking_uri)} == {(k, DONE) for k in per_key}
+    # each waited for the public model as for a held cell, and one of them trained it
+    assert all(f"public model {public.name}: claimed by holder-host-9-abc, heartbeat" in e and
+               "skipped for now" in e for e in errs)
+    assert sum(f"public model {public.name}: training" in e for e in errs) == 1
