@@ -13,8 +13,10 @@ whole, and a schema error prints the parsed DataFrame. The wrapper answers refus
 own messages, which name rows, limits and formats, never report text:
 
     400  a RequestError from the model's checks (radpriv/tracking/pyfunc.py: rows, report length,
-         empty text, batch_size), a body that is not UTF-8 or not JSON, a request without a
-         `text` column, or any other request MLflow cannot parse
+         empty or null text, batch_size; a JSON body's rows are checked before MLflow parses
+         them, since its parsing turns a null report into the string "None"), a body that is
+         not UTF-8 or not JSON, a request without a `text` column, or any other request MLflow
+         cannot parse
     413  a body over MAX_BODY_BYTES (read no further)
     415  a content type other than JSON, CSV or Parquet (or a charset other than UTF-8)
     500  an unexpected failure (logged by exception type only)
@@ -147,6 +149,8 @@ def create_app():
     from fastapi.responses import Response
     from mlflow.pyfunc import load_model, scoring_server
 
+    from radpriv.tracking.pyfunc import check_texts
+
     radpriv_log = logging.getLogger("radpriv")
     if not radpriv_log.handlers:  # a worker process of its own: radpriv's lines as the CLI prints them
         handler = logging.StreamHandler()
@@ -173,14 +177,59 @@ def create_app():
             if len(body) > MAX_BODY_BYTES:
                 return refusal(413, f"the request body is over {MAX_BODY_BYTES:,} bytes; send fewer reports "
                                     "per request")
+        def score():
+            if content_type.split(";")[0].strip().lower() == "application/json":
+                texts = json_texts(bytes(body))
+                if texts is not None:
+                    check_texts(texts)
+            return scoring_server.invocations(bytes(body), content_type, model, input_schema)
+
         try:
-            result = await asyncio.to_thread(scoring_server.invocations, bytes(body), content_type, model,
-                                             input_schema)
+            result = await asyncio.to_thread(score)
         except Exception as e:  # noqa: BLE001 - every failure is answered, none with the request's text
             return refusal(*explain(e))
         return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
 
     return app
+
+
+def json_texts(body: bytes) -> list | None:
+    """The report column of a JSON request as sent, one value per row; None where the body is not
+    JSON or names no `text` rows (MLflow's parser answers those).
+
+    Read before MLflow parses the body: under the model's string signature MLflow turns a null or
+    a number in `inputs`/`instances` into a string ("None", "1.5"), which the model's own check
+    (pyfunc.check_texts) would then score as a report."""
+    import json
+
+    try:
+        payload = json.loads(body)
+    except ValueError:  # also invalid UTF-8 (UnicodeDecodeError): MLflow's parsing refuses it
+        return None
+    if not isinstance(payload, dict):
+        return None
+    for key in ("inputs", "instances"):
+        rows = payload.get(key)
+        if isinstance(rows, dict):  # columnar: {"text": [...]}
+            return rows["text"] if isinstance(rows.get("text"), list) else None
+        if isinstance(rows, list):
+            return _record_texts(rows) if any(isinstance(r, dict) for r in rows) else \
+                (None if any(isinstance(r, list) for r in rows) else rows)
+    split = payload.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("columns"), list) and "text" in split["columns"] \
+            and isinstance(split.get("data"), list):
+        i = split["columns"].index("text")
+        return [row[i] if isinstance(row, list) and len(row) > i else None for row in split["data"]]
+    records = payload.get("dataframe_records")
+    return _record_texts(records) if isinstance(records, list) else None
+
+
+def _record_texts(records: list) -> list | None:
+    """[{"text": ...}, ...] → the texts (None for a record without one); None if no record names
+    `text` (a request without the column, refused as such)."""
+    if not any(isinstance(r, dict) and "text" in r for r in records):
+        return None
+    return [r.get("text") if isinstance(r, dict) else None for r in records]
 
 
 def refusal(status: int, message: str):

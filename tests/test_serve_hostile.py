@@ -75,6 +75,11 @@ HOSTILE = {
     "text/plain": (REPORT.encode(), "text/plain", 415, "content type 'text/plain' is not accepted"),
     "no input key": (json.dumps({"reports": [REPORT]}).encode(), "application/json", 400,
                      "not in a form the model accepts"),
+    # MLflow's parsing would turn these into the reports "None" and "1.5" and score them
+    "null report": (json.dumps({"inputs": [REPORT, None]}).encode(), "application/json", 400,
+                    "row(s) 1: the report is not a string"),
+    "a number as a report": (json.dumps({"instances": [1.5]}).encode(), "application/json", 400,
+                             "row(s) 0: the report is not a string"),
     "bad batch_size": (json.dumps({"inputs": [REPORT], "params": {"batch_size": -1}}).encode(),
                        "application/json", 400, "batch_size must be a whole number"),
 }
@@ -88,6 +93,20 @@ def test_hostile_request_is_a_clear_4xx_and_the_next_request_is_served(server, c
     assert status == expected_status, answer[:500]
     assert expected_message in json.loads(answer)["message"]
     assert MARKER not in answer and "effusion" not in answer, "the answer quoted the request"
+    assert_serves(base)
+
+
+def test_a_body_over_the_limit_is_a_413(server):
+    """One byte over MAX_BODY_BYTES: refused once the byte arrives (the server has read it all,
+    so the answer is not cut off by a reset connection)."""
+    from radpriv.serve import MAX_BODY_BYTES
+
+    base, _ = server
+    head, tail = b'{"inputs": ["' + REPORT.encode(), b'"]}'
+    body = head + b"x" * (MAX_BODY_BYTES + 1 - len(head) - len(tail)) + tail
+    status, answer = post_raw(f"{base}/invocations", body)
+    assert status == 413, answer[:500]
+    assert "over 100,000,000 bytes" in json.loads(answer)["message"] and MARKER not in answer
     assert_serves(base)
 
 

@@ -3,6 +3,8 @@ quote a report (no model is loaded; predict_proba is replaced by a stand-in)."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -106,6 +108,40 @@ def test_a_request_error_is_answered_with_its_own_message():
         .startswith("the request has no `text` column")
     status, message = explain(KeyError(SECRET))
     assert status == 500 and SECRET not in message
+
+
+JSON_FORMS = {  # body → the text rows serve reads from it before MLflow parses it
+    '{"inputs": ["a", null]}': ["a", None],
+    '{"instances": [1.5]}': [1.5],
+    '{"inputs": {"text": ["a", null]}}': ["a", None],
+    '{"inputs": [{"text": "a"}, {"text": null}, {}]}': ["a", None, None],
+    '{"dataframe_split": {"columns": ["id", "text"], "data": [[1, "a"], [2, null], [3]]}}': ["a", None, None],
+    '{"dataframe_records": [{"text": "a"}, {"text": null}]}': ["a", None],
+    # not JSON, or no text rows named: MLflow's parser answers (invalid JSON, no `text` column)
+    '{"inputs": ["a"': None, '[1, 2]': None, '{"reports": ["a"]}': None, '{"inputs": [["a", "b"]]}': None,
+    '{"dataframe_records": [{"report": "a"}]}': None,
+    '{"dataframe_split": {"columns": ["report"], "data": [["a"]]}}': None,
+}
+
+
+@pytest.mark.parametrize("body", list(JSON_FORMS))
+def test_the_text_rows_of_each_json_form_are_read_as_sent(body):
+    from radpriv.serve import json_texts
+
+    assert json_texts(body.encode()) == JSON_FORMS[body]
+    assert json_texts(b'{"inputs": ["' + SECRET.encode() + b'\xff"]}') is None  # not UTF-8: MLflow refuses it
+
+
+def test_a_null_or_a_number_sent_as_a_report_is_refused_where_mlflow_would_score_it():
+    """MLflow parses {"inputs": [null]} into the report "None" under the model's string signature;
+    serve checks the rows as sent, with the model's own check and message."""
+    from radpriv.serve import json_texts
+
+    for body, row in [({"inputs": [SECRET, None]}, "1"), ({"instances": [2.5]}, "0"),
+                      ({"dataframe_records": [{"text": SECRET}, {"text": None}]}, "1")]:
+        with pytest.raises(RequestError, match=rf"row\(s\) {row}: the report is not a string") as info:
+            check_texts(json_texts(json.dumps(body).encode()))
+        assert SECRET not in str(info.value)
 
 
 def test_serve_arguments():
