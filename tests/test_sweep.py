@@ -602,6 +602,99 @@ def test_a_public_start_sweep_has_cold_warm_and_public_alone_rows(tracking_uri, 
     assert (again["finished"], again["to_train"]) == (2, 0)
 
 
+@pytest.mark.integration
+def test_plan_only_lists_the_public_model_of_the_warm_cells_its_claim_and_its_progress(
+        tracking_uri, reports_csv, capsys):
+    from radpriv.data.sources import load_table
+    from radpriv.model.public_start import load_public_corpus
+    from radpriv.sweep.claims import ClaimStore
+    from radpriv.sweep.run import PLAN_PARENT, _cell_cfg, public_target
+    from radpriv.train import public_model
+
+    csv_path, _ = reports_csv
+    base = [*SMALL, "data=ct_rate_text", f"data.path={csv_path}", "data.train_shard=1/2",
+            f"finetune.public.data={{name:ct_rate_text,path:{csv_path}}}", "finetune.public.max_epochs=2"]
+    grid = ["sweep.models=[tiny_bert]", "sweep.epsilons=[1,10]", "sweep.seeds=[42]", "sweep.nonprivate=[]",
+            "sweep.baselines=[]", "sweep.init_from=public"]
+    warm = ["tiny_bert-eps1-public-seed42", "tiny_bert-eps10-public-seed42"]
+    client = mlflow.MlflowClient(tracking_uri)
+
+    plan, err = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
+    (public,) = plan["public_models"]  # one for both warm cells
+    assert public == {"public_model": "radpriv-public-ct_rate18-tiny_bert", "seed": 42, "status": "to train",
+                      "run_id": None, "epochs_done": None, "warm_cells": warm}
+    assert (plan["to_train"], plan["cells_without_estimate"], plan["public_models_without_estimate"]) == (4, 4, 1)
+    assert plan["estimated_left_s"] is None
+    assert ("public model radpriv-public-ct_rate18-tiny_bert, seed 42 (the start of 2 warm cells, trained "
+            "before them): to train") in err
+    assert "0 of 1 public model finished (each trains before its warm cells)" in err
+    assert "no estimate yet for 4 cells and 1 public model" in err and "tiny_bert public model" in err
+    assert client.search_experiments(filter_string="name != 'Default'") == []  # nothing opened
+
+    # another worker claims it, as the sweep would (the warm cell's target needs it), and is
+    # stopped after the first of its two epochs
+    cfg = compose(["+sweep=default", *base, *grid])
+    (cell,) = [c for c in build_grid(cfg.sweep) if c.name == warm[0]]
+    cell_cfg = _cell_cfg(training_overrides([*base, *grid]), cell, PLAN_PARENT, "e")
+    table = load_table(cfg.data, 42)
+    target = public_target(warm[0], cell_cfg, table)
+    other = ClaimStore(tracking_uri, ttl_s=60, heartbeat_s=1, worker="other-host-7-abc")
+    try:
+        assert other.claim(target.key).won
+        plan, err = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
+        assert plan["public_models"][0]["claimed_by"] == "other-host-7-abc"
+        assert "to train; claimed by other-host-7-abc, heartbeat" in err
+        model = public_model(cell_cfg, load_public_corpus(cell_cfg, table))
+        with pytest.raises(RuntimeError, match="stopped after epoch 1"):
+            train(model.cfg, table=model.corpus.table, extra_callbacks=[_StopAtSecondEpoch()])
+        (started,) = _training_runs(client)
+        plan, err = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
+        assert {k: plan["public_models"][0][k] for k in ("status", "run_id", "epochs_done", "claimed_by")} == {
+            "status": "started", "run_id": started.info.run_id, "epochs_done": 1, "claimed_by": "other-host-7-abc"}
+        assert "1 of 2 epochs in its checkpoint" in err
+
+        # it finishes (resumed) and is marked done: the plan finds it where the sweep will
+        assert target.train() == started.info.run_id
+        other.done(target.key)
+    finally:
+        other.close()
+    n_runs = len(_training_runs(client))
+    plan, err = sweep_json(capsys, [*base, *grid, "sweep.plan_only=true"])
+    assert {k: plan["public_models"][0][k] for k in ("status", "run_id", "warm_cells")} == {
+        "status": "finished", "run_id": started.info.run_id, "warm_cells": warm}
+    assert "claimed_by" not in plan["public_models"][0]
+    assert (plan["to_train"], plan["public_models_without_estimate"]) == (4, 0)
+    assert "1 of 1 public model finished;" in err and "no estimate yet for 4 cells (" in err
+    assert f"seed 42 (the start of 2 warm cells): finished (run {started.info.run_id}, trained in" in err
+    assert len(_training_runs(client)) == n_runs
+
+
+def test_plan_counts_a_public_model_still_to_train_in_what_is_left(caplog):
+    from radpriv.sweep.plan import FINISHED, TO_TRAIN, CellState, PublicState, summarize
+
+    name = "radpriv-public-ct_rate18-minilm"
+    cells = [CellState(Cell("minilm", "dp_lora_public", 1.0, 43), FINISHED, "a", 100.0),
+             CellState(Cell("minilm", "dp_lora_public", 1.0, 42), TO_TRAIN, max_epochs=2)]
+    pending = PublicState(name, "minilm", 42, ("minilm-eps1-public-seed42",), TO_TRAIN, max_epochs=2,
+                          claim="claimed by w-1, heartbeat 3 s ago", claimed_by="w-1")
+    # the public model of another seed, finished: the one still to train costs what it took
+    done = PublicState(name, "minilm", 43, ("minilm-eps1-public-seed43",), FINISHED, "p", 40.0)
+    with caplog.at_level(logging.INFO, logger="radpriv"):
+        out = summarize(cells, [done, pending])
+    assert out["estimated_left_s"] == 140.0 and out["public_models_without_estimate"] == 0
+    assert out["public_models"][1] == {"public_model": name, "seed": 42, "status": "to train", "run_id": None,
+                                       "epochs_done": None, "warm_cells": ["minilm-eps1-public-seed42"],
+                                       "claimed_by": "w-1"}
+    assert "(the start of 1 warm cell, trained before it): to train; claimed by w-1" in caplog.text
+    assert "each public model: the median finished one of its model" in caplog.text
+    # without it, the public model still to train has no estimate, and is named
+    out = summarize(cells, [pending])
+    assert out["estimated_left_s"] is None
+    assert (out["cells_without_estimate"], out["public_models_without_estimate"]) == (0, 1)
+    assert "0:01:40 for the 1 with an estimate, no estimate yet for 1 public model (nothing finished yet of minilm " \
+           "public model)" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # obtain.py: a warm cell's public model obtained under its own claim (two stores, no processes)
 # --------------------------------------------------------------------------------------------

@@ -159,24 +159,32 @@ def cell_keys(base: list[str], cell: Cell, cfg: DictConfig, table: ReportTable) 
 
 def plan_sweep(cfg: DictConfig, cells: list[Cell], base: list[str], tables, client, uri: str, skipped: dict,
                mlflow_run_id: str | None = None) -> dict:
-    """`sweep.plan_only=true`: each cell's state, who holds it, and what is left (plan.py);
-    opens no run and writes nothing. `mlflow_run_id`: the run `mlflow run` opened (MLFLOW_RUN_ID),
-    whose experiment is searched first, as the sweep itself would (it joins that run)."""
+    """`sweep.plan_only=true`: each cell's state, who holds it, and what is left (plan.py), and of
+    the public models the warm cells start from; opens no run and writes nothing. `mlflow_run_id`:
+    the run `mlflow run` opened (MLFLOW_RUN_ID), whose experiment is searched first, as the sweep
+    itself would (it joins that run)."""
     from radpriv.sweep import plan
     from radpriv.tracking.mlflow_run import experiment_name
 
     exp_name = experiment_name(cfg)
     search_ids = _search_ids(client, cfg, client.get_run(mlflow_run_id).info.experiment_id if mlflow_run_id else None)
     root = cfg.tracking.checkpoint_dir
-    planned = []
+    planned, warm = [], []
     for cell in cells:
         cell_cfg = _cell_cfg(base, cell, PLAN_PARENT, exp_name)  # tracking.* is not in the run key
         planned.append((cell, cell_keys(base, cell, cell_cfg, tables(cell.seed)), int(cell_cfg.trainer.max_epochs)))
-    held = claims.read_claims(cfg.sweep.claims, uri, [keys[0] for _, keys, _ in planned])
+        if cell.kind == WARM_KIND:
+            warm.append((cell, cell_cfg, tables(cell.seed)))
+    publics = plan.needed_public_models(warm)
+    held = claims.read_claims(cfg.sweep.claims, uri, [keys[0] for _, keys, _ in planned] +
+                              [model.keys[0] for model, _ in publics])
+    ttl_s = float(cfg.sweep.claims.ttl_s)
     states = [plan.cell_state(cell, keys, max_epochs, client, search_ids, Path(root) if root else None,
-                              claim=held.get(keys[0]), ttl_s=float(cfg.sweep.claims.ttl_s))
+                              claim=held.get(keys[0]), ttl_s=ttl_s)
               for cell, keys, max_epochs in planned]
-    return {**plan.summarize(states), "skipped_models": skipped}
+    public_states = [plan.public_state(model, warm_cells, client, held.get(model.keys[0]), ttl_s)
+                     for model, warm_cells in publics]
+    return {**plan.summarize(states, public_states), "skipped_models": skipped}
 
 
 def _test_part(table: ReportTable) -> ReportTable:
