@@ -5,7 +5,9 @@ key may be: its type, its range or choices, and whether a group may leave it out
 fine-tuning mode only). `check(cfg)` runs at compose time (radpriv.config.compose), so a wrong
 type (`privacy.epsilon=abc`), an out-of-range value (`privacy.delta=1`) or an unknown key (a
 typo in a conf file, or `+privacy.epsilone=1`) stops the command with one ConfigError line that
-names the key, before any data is read.
+names the key, before any data is read. A field annotated with another schema dataclass is a
+nested mapping checked key by key the same way (`finetune.warm.trainabel=head`: unknown key);
+messages name the full dotted key.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def _epsilon(value: Any) -> None:
     from radpriv.privacy.accounting import resolve_epsilon
 
     resolve_epsilon(value)  # its own one-line ConfigError, as every reader of ε gives
+
+
+def _lambdas(value: Any) -> None:
+    from radpriv.model.interpolation import check_lambdas
+
+    check_lambdas(value)  # the reader's own check: a non-empty list of numbers in [0, 1]
 
 
 @dataclass
@@ -74,6 +82,27 @@ class TrainerSchema:
 
 
 @dataclass
+class PublicSchema:
+    """`finetune.public`: the public model of `finetune.init_from=public`."""
+
+    data: dict | None = spec()  # null: the shipped corpus of the label schema; else a data config
+    max_epochs: int = spec(ge=1)
+    lr: float | None = spec(gt=0.0)  # null: the non-private rate
+
+
+@dataclass
+class WarmSchema:
+    """`finetune.warm`: what DP-SGD trains from a warm start, and the interpolation back to it."""
+
+    trainable: str = spec(choices=("all", "head"))
+    top_layers: int | None = spec(ge=1)
+    interpolate: bool = spec()
+    lambdas: list = spec(check=_lambdas)
+    # a λ > 0 must beat λ = 0 in this share of bootstrap resamples (0: the best λ on the split)
+    confidence: float = spec(ge=0.0, le=1.0)
+
+
+@dataclass
 class FinetuneSchema:
     mode: str = spec(choices=("lora", "full"))
     # LoRA only (finetune=lora)
@@ -94,8 +123,8 @@ class FinetuneSchema:
     normalize_pooled: bool = spec()
     head_lr_multiplier: float = spec(gt=0.0)
     init_from: Any = spec()  # null, public, a run id, runs:/…, models:/… or a folder
-    public: dict = spec()
-    warm: dict = spec()
+    public: PublicSchema = spec()
+    warm: WarmSchema = spec()
     optimizer: str = spec()
     lr: float | None = spec(gt=0.0)
     weight_decay: float = spec(ge=0.0)
@@ -126,6 +155,8 @@ def _allowed(annotation: Any) -> tuple[type, ...] | None:
 
 
 def _is(value: Any, kind: type) -> bool:
+    if dataclasses.is_dataclass(kind):  # a nested schema: a mapping, checked key by key
+        kind = dict
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:
@@ -144,8 +175,13 @@ def _is(value: Any, kind: type) -> bool:
 def _check_value(key: str, value: Any, annotation: Any, meta: Mapping[str, Any]) -> None:
     kinds = _allowed(annotation)
     if kinds is not None and not any(_is(value, k) for k in kinds):
-        words = " or ".join(_TYPE_WORDS.get(k, k.__name__) for k in kinds)
+        words = " or ".join(_TYPE_WORDS.get(dict if dataclasses.is_dataclass(k) else k, k.__name__)
+                            for k in kinds)
         raise ConfigError(f"{key}={value!r}: must be {words}")
+    nested = next((k for k in kinds or () if dataclasses.is_dataclass(k)), None)
+    if nested is not None and _is(value, dict):
+        _check_node(key, nested, value)
+        return
     if meta["check"] is not None:
         meta["check"](value)
     if value is None:
@@ -165,22 +201,27 @@ def _check_value(key: str, value: Any, annotation: Any, meta: Mapping[str, Any])
 
 def check_group(group: str, node: Any) -> None:
     """Check one composed group against its schema: unknown keys, missing keys, types, ranges."""
-    schema = SCHEMAS[group]
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    hints = typing.get_type_hints(schema)
     if not isinstance(node, (Mapping, DictConfig)):
         raise ConfigError(f"{group}={node!r}: must be a mapping of settings")
+    _check_node(group, SCHEMAS[group], node)
+
+
+def _check_node(path: str, schema: type, node: Any) -> None:
+    """Check the mapping at dotted key `path` against `schema`, recursing into nested schemas."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
     for key in node:
         if key not in fields:
-            raise ConfigError(f"{group}.{key}: unknown key (known: {', '.join(sorted(fields))})")
+            raise ConfigError(f"{path}.{key}: unknown key (known: {', '.join(sorted(fields))})")
     for name, f in fields.items():
         if name not in node:
             if f.metadata["optional_key"]:
                 continue
-            raise ConfigError(f"{group}.{name} is missing from the composed config "
+            group = path.split(".")[0]
+            raise ConfigError(f"{path}.{name} is missing from the composed config "
                               f"(radpriv/conf/{group}/*.yaml sets every key)")
         value = OmegaConf.select(node, name) if isinstance(node, DictConfig) else node[name]
-        _check_value(f"{group}.{name}", value, hints[name], f.metadata)
+        _check_value(f"{path}.{name}", value, hints[name], f.metadata)
 
 
 def check(cfg: DictConfig) -> None:

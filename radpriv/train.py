@@ -179,7 +179,7 @@ def adapt_from_warm_start(cfg: DictConfig, net) -> WarmSource | None:
     """`finetune.warm`: what DP-SGD trains from the warm start (trainable=all|head), and the
     starting weights to interpolate against afterwards (interpolate=true)."""
     warm_cfg = cfg.finetune.warm
-    trainable = str(warm_cfg.trainable)
+    trainable = str(warm_cfg.trainable).strip().lower()  # as the schema's choices
     if trainable not in ("all", "head"):
         raise ConfigError(f"finetune.warm.trainable={trainable!r}: expected all (what finetune.mode trains) or head")
     if trainable == "head":  # fewer noisy coordinates: the public encoder (and adapter) frozen

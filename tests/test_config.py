@@ -33,6 +33,19 @@ from tests.helpers.cli import TINY, error_lines
     ("finetune.schedule=cosine", "finetune.schedule='cosine'"),
     ("finetune.r=x", "finetune.r='x': must be an integer"),
     ("+finetune.rank=4", "finetune.rank: unknown key"),
+    # the nested finetune.public and finetune.warm mappings, key by key, named by their full key
+    ("+finetune.warm.trainabel=head", "finetune.warm.trainabel: unknown key (known: confidence,"),
+    ("+finetune.public.lrr=1", "finetune.public.lrr: unknown key (known: data, lr, max_epochs)"),
+    ("finetune.public.max_epochs=abc", "finetune.public.max_epochs='abc': must be an integer"),
+    ("finetune.warm.interpolate=yes", "finetune.warm.interpolate='yes': must be true or false"),
+    ("finetune.public.data=openi", "finetune.public.data='openi': must be a mapping or null"),
+    ("finetune.warm.confidence=2", "finetune.warm.confidence=2: must be ≤ 1"),
+    ("finetune.public.lr=0", "finetune.public.lr=0: must be > 0"),
+    ("finetune.public.max_epochs=0", "finetune.public.max_epochs=0: must be ≥ 1"),
+    ("finetune.warm.top_layers=0", "finetune.warm.top_layers=0: must be ≥ 1"),
+    ("finetune.warm.trainable=encoder", "finetune.warm.trainable='encoder': choose one of all, head"),
+    ("finetune.warm.lambdas=[0,2]", "finetune.warm.lambdas=[0, 2]: expected a non-empty list of values in [0, 1]"),
+    ("finetune.warm.lambdas=[]", "finetune.warm.lambdas=[]: expected a non-empty list"),
 ])
 def test_a_bad_value_or_key_is_one_line_naming_the_key(override, message, capsys):
     with pytest.raises(ConfigError, match=None) as err:
@@ -68,14 +81,52 @@ def test_a_key_missing_from_the_composed_config_is_an_error():
     check_group("finetune", lora)
 
 
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_the_shipped_public_and_warm_settings_are_checked_key_by_key(mode):
+    import dataclasses
+
+    from radpriv.config_schema import PublicSchema, WarmSchema, check_group
+
+    finetune = OmegaConf.to_container(compose([f"finetune={mode}"]).finetune)
+    check_group("finetune", finetune)  # the shipped defaults pass
+    for sub, schema in (("public", PublicSchema), ("warm", WarmSchema)):
+        assert set(finetune[sub]) == {f.name for f in dataclasses.fields(schema)}
+    finetune["warm"]["confidence"] = 2  # the same config with one nested value out of range
+    with pytest.raises(ConfigError, match=r"^finetune\.warm\.confidence=2: must be ≤ 1$"):
+        check_group("finetune", finetune)
+
+
+def test_a_nested_typo_or_missing_key_in_a_conf_file_names_the_full_key():
+    from radpriv.config_schema import check_group
+
+    finetune = OmegaConf.to_container(compose([]).finetune)
+    finetune["warm"]["trainabel"] = finetune["warm"].pop("trainable")  # as a typo in lora.yaml would
+    with pytest.raises(ConfigError, match=r"^finetune\.warm\.trainabel: unknown key"):
+        check_group("finetune", finetune)
+    del finetune["warm"]["trainabel"]
+    with pytest.raises(ConfigError, match=r"^finetune\.warm\.trainable is missing from the composed config "
+                                          r"\(radpriv/conf/finetune/\*\.yaml"):
+        check_group("finetune", finetune)
+    del finetune["public"]["max_epochs"]
+    finetune["warm"]["trainable"] = "all"
+    with pytest.raises(ConfigError, match=r"^finetune\.public\.max_epochs is missing"):
+        check_group("finetune", finetune)
+
+
 def test_the_schema_holds_types_not_defaults():
     import dataclasses
+    import typing
 
     from radpriv.config_schema import SCHEMAS
 
-    for schema in SCHEMAS.values():
+    schemas, seen = list(SCHEMAS.values()), []
+    while schemas:  # the group schemas and every schema nested in them
+        schema = schemas.pop()
+        seen.append(schema)
+        schemas += [t for t in typing.get_type_hints(schema).values() if dataclasses.is_dataclass(t)]
         for f in dataclasses.fields(schema):
             assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, f.name
+    assert len(seen) == len(SCHEMAS) + 2  # finetune.public and finetune.warm
 
 
 def _printed_job(capsys, argv: list[str]) -> dict:

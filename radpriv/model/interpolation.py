@@ -10,6 +10,7 @@ of DP-SGD's output and the public input, so the run's ε is unchanged.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,10 +41,13 @@ class WarmSource:
 
 
 def check_lambdas(values: Sequence) -> list[float]:
-    lams = [float(v) for v in values]
-    if not lams or any(not 0.0 <= v <= 1.0 for v in lams):
-        raise ConfigError(f"finetune.warm.lambdas={list(values)}: expected a non-empty list of values in [0, 1]")
-    return sorted(set(lams))
+    """`finetune.warm.lambdas`, sorted and deduplicated: a non-empty list of numbers in [0, 1]."""
+    items = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else []
+    if not items or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+                            for v in items):
+        shown = items or values
+        raise ConfigError(f"finetune.warm.lambdas={shown}: expected a non-empty list of values in [0, 1]")
+    return sorted({float(v) for v in items})
 
 
 def best_lambda(scores: dict[float, float]) -> float:
