@@ -1,6 +1,6 @@
 """Performance suite: ratios measured side by side in one invocation.
 
-    python benchmarks/perf.py [--steps 5] [--reps 1] [--e2e] [--out benchmarks/out]
+    python benchmarks/perf.py [--steps 5] [--reps 1] [--e2e] [--profile] [--out benchmarks/out]
 
 Every training configuration runs in its own subprocess (a fresh process: its peak RSS is its
 own; one configuration's warm caches do not flatter the next), on the same model, the same
@@ -80,8 +80,11 @@ def _timed_steps(step_fn, batches, steps: int) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def measure(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
-    """Train `steps` timed DP/non-private steps of one configuration in this process."""
+def measure(name: str, steps: int, extra: Sequence[str] = (), profile: bool = False) -> dict:
+    """Train `steps` timed DP/non-private steps of one configuration in this process; `profile`:
+    under torch.profiler, with the operators' shares of the steps' CPU time in the result."""
+    import contextlib
+
     import torch
 
     from radpriv.config import compose
@@ -99,16 +102,29 @@ def measure(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
     if plan is not None:
         # enough planned steps for the accountant; the plan's σ is the real one
         dm.poisson = True
-    if loop == "plain":
-        seconds, reports = _plain_opacus_loop(module, dm, plan, steps, cfg.trainer.precision)
-    else:
-        timer = fit_timed_steps(module, dm, plan, steps, cfg.trainer.precision)
-        seconds, reports = timer.seconds, timer.reports
-    return {"name": name, "overrides": overrides, "loop": loop, "steps": steps,
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile \
+        else contextlib.nullcontext()
+    with profiler:
+        if loop == "plain":
+            seconds, reports = _plain_opacus_loop(module, dm, plan, steps, cfg.trainer.precision)
+        else:
+            timer = fit_timed_steps(module, dm, plan, steps, cfg.trainer.precision)
+            seconds, reports = timer.seconds, timer.reports
+    shares = {"op_shares": op_shares(profiler)} if profile else {}
+    return {**shares, "name": name, "overrides": overrides, "loop": loop, "steps": steps,
             "reports": reports, "seconds": seconds, "reports_per_s": reports / seconds,
             "prefix_cache_s": t_cache,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads(), "precision": cfg.trainer.precision}
+
+
+def op_shares(profiler, top: int = 10) -> dict[str, float]:
+    """The `top` operators by own CPU time, as shares of all operators' own time (which counts each
+    thread's time: shares, not seconds, are what compare across runs on a shared machine)."""
+    events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    return {e.key: e.self_cpu_time_total / total for e in ranked}
 
 
 def _plain_opacus_loop(module, dm, plan, steps: int, precision: str) -> tuple[float, int]:
@@ -249,8 +265,9 @@ def measure_e2e_pair(reps: int = 2) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
-def _run_child(name: str, steps: int, extra: Sequence[str] = ()) -> dict:
-    return run_child(__file__, ["--one", name, "--steps", str(steps), *[f"--set={o}" for o in extra]], name)
+def _run_child(name: str, steps: int, extra: Sequence[str] = (), profile: bool = False) -> dict:
+    return run_child(__file__, ["--one", name, "--steps", str(steps), *[f"--set={o}" for o in extra],
+                                *(["--profile"] if profile else [])], name)
 
 
 def markdown(result: dict) -> str:
@@ -263,6 +280,10 @@ def markdown(result: dict) -> str:
     for r in result["ratios"]:
         target = f"{r['direction']} {r['target']}" if r["target"] else "—"
         lines.append(f"| {r['name']} | {r['value']:.3f} | {target} |")
+    for name, r in result["configs"].items():
+        if r.get("op_shares"):
+            lines += ["", f"Where {name}'s steps spend CPU time (torch.profiler, own time per operator): "
+                      + ", ".join(f"{op} {share:.0%}" for op, share in r["op_shares"].items())]
     if "pyfunc" in result:
         p = result["pyfunc"]
         for precision, q in p["by_precision"].items():
@@ -296,12 +317,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a Hydra override for every configuration (e.g. --set model=bert_small)")
+    ap.add_argument("--profile", action="store_true", help="also profile each configuration's steps "
+                    "(torch.profiler; slows them: compare ratios of unprofiled runs)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.one:
-        print(json.dumps(measure(args.one, args.steps, args.set)))
+        print(json.dumps(measure(args.one, args.steps, args.set, args.profile)))
         return
     from tqdm import tqdm
 
@@ -309,10 +332,11 @@ def main() -> None:
     runs: dict[str, list[dict]] = {n: [] for n in names}
     jobs = [(rep, n) for rep in range(args.reps) for n in (names if rep % 2 == 0 else names[::-1])]
     for _rep, name in tqdm(jobs, desc="configurations"):
-        runs[name].append(_run_child(name, args.steps, args.set))
+        runs[name].append(_run_child(name, args.steps, args.set, args.profile))
     configs = {n: {"reports_per_s": statistics.median(r["reports_per_s"] for r in rs),
                    "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "runs": len(rs),
-                   "prefix_cache_s": statistics.median(r["prefix_cache_s"] for r in rs)}
+                   "prefix_cache_s": statistics.median(r["prefix_cache_s"] for r in rs),
+                   **({"op_shares": rs[-1]["op_shares"]} if "op_shares" in rs[-1] else {})}
                for n, rs in runs.items()}
     ratios = []
     for label, num, den, target, direction in RATIOS:

@@ -44,6 +44,26 @@ def test_perf_suite_measures_every_configuration_and_ratio(tmp_path):
     assert "| ratio | value | target |" in (out / "perf.md").read_text()
 
 
+@pytest.mark.integration  # one fresh process
+@pytest.mark.timeout(300)
+def test_perf_suite_profiles_where_the_steps_spend_their_time(tmp_path):
+    csv_path = tmp_path / "reports.csv"
+    write_fabricated_ct_csv(csv_path, n=60)
+    tiny = ["model=tiny_bert", "data=ct_rate_text", f"data.path={csv_path}", "data.max_length=32",
+            "privacy.expected_batch_size=8", "privacy.max_physical_batch_size=4", "trainer.num_threads=1"]
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--only", "lora_dp", "--steps",
+                           "2", "--no-pyfunc", "--profile", "--out", str(out), *[f"--set={o}" for o in tiny]],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shares = json.loads((out / "perf.json").read_text())["configs"]["lora_dp"]["op_shares"]
+    assert 0 < len(shares) <= 10 and 0 < sum(shares.values()) <= 1 + 1e-9
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
+    assert any(op in shares for op in ("aten::mm", "aten::addmm", "aten::bmm"))  # a transformer's steps
+    assert "Where lora_dp's steps spend CPU time" in (out / "perf.md").read_text()
+
+
 @pytest.fixture(autouse=True)
 def _perf_module(monkeypatch):
     """Import benchmarks/perf.py as `benchmarks_perf` for its tables of configurations and ratios."""
