@@ -73,3 +73,25 @@ def _perf_module(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setitem(sys.modules, "benchmarks_perf", module)
+
+
+def test_the_dropout_benchmarks_integer_mask_is_a_dropout_of_rate_p():
+    """benchmarks/dropout_cost.py times a faster mask; RESULTS.md cites it as a dropout, so it
+    must keep each value with probability 1 - p, scale by 1 / (1 - p), and pass through in eval."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("dropout_cost", ROOT / "benchmarks" / "dropout_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    drop = module.IntegerMaskDropout(0.1).train()
+    x = torch.ones(400, 1000)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.9) < 0.003  # 400,000 draws: the standard error is 0.0005
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+    assert abs(y.mean().item() - 1.0) < 0.004  # unbiased
+    assert not torch.equal(drop(x), y)  # fresh masks per call
+    assert torch.equal(drop.eval()(x), x)
