@@ -168,8 +168,9 @@ def create_app():
     @app.post("/invocations")
     async def invocations(request: Request):
         content_type = request.headers.get("content-type") or ""
-        if content_type.split(";")[0].strip().lower() not in ACCEPTED:
-            return refusal(415, f"content type {content_type.split(';')[0].strip()[:60] or '(none)'!r} is not "
+        media_type = content_type.split(";")[0].strip()
+        if media_type.lower() not in ACCEPTED:
+            return refusal(415, f"content type {media_type[:60] or '(none)'!r} is not "
                                 f"accepted; {FORMATS} (Content-Type: application/json or text/csv)")
         body = bytearray()
         async for chunk in request.stream():
@@ -177,12 +178,15 @@ def create_app():
             if len(body) > MAX_BODY_BYTES:
                 return refusal(413, f"the request body is over {MAX_BODY_BYTES:,} bytes; send fewer reports "
                                     "per request")
+        data = bytes(body)
+        del body  # one copy of a body of up to 100 MB held while it is scored, not two
+
         def score():
-            if content_type.split(";")[0].strip().lower() == "application/json":
-                texts = json_texts(bytes(body))
+            if media_type.lower() == "application/json":
+                texts = json_texts(data)
                 if texts is not None:
                     check_texts(texts)
-            return scoring_server.invocations(bytes(body), content_type, model, input_schema)
+            return scoring_server.invocations(data, content_type, model, input_schema)
 
         try:
             result = await asyncio.to_thread(score)
