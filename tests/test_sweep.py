@@ -637,7 +637,7 @@ def test_plan_only_lists_the_public_model_of_the_warm_cells_its_claim_and_its_pr
     (cell,) = [c for c in build_grid(cfg.sweep) if c.name == warm[0]]
     cell_cfg = _cell_cfg(training_overrides([*base, *grid]), cell, PLAN_PARENT, "e")
     table = load_table(cfg.data, 42)
-    target = public_target(warm[0], cell_cfg, table)
+    target = public_target(warm[0], cell_cfg, table, load_public_corpus(cell_cfg, table))
     other = ClaimStore(tracking_uri, ttl_s=60, heartbeat_s=1, worker="other-host-7-abc")
     try:
         assert other.claim(target.key).won

@@ -25,7 +25,7 @@ from radpriv.data.table import ReportTable
 from radpriv.process_memory import PEAK_RESIDENT_METRIC, machine_memory_bytes
 from radpriv.sweep.claims import Claim
 from radpriv.sweep.grid import Cell
-from radpriv.sweep.run import hms, run_train_seconds
+from radpriv.sweep.run import hms, public_corpora, run_train_seconds
 from radpriv.tracking.resume import find_finished, find_resume_point_of
 
 log = logging.getLogger(__name__)
@@ -137,16 +137,12 @@ def needed_public_models(warm: list[tuple[Cell, DictConfig, ReportTable]]) -> li
     """[(radpriv.train.PublicModel, its warm cells)]: the distinct public models that the warm
     cells, given with their configs and tables, start from — one per claim key (its run key),
     usually one per model and seed."""
-    from radpriv.model.public_start import load_public_corpus
     from radpriv.train import public_model
 
-    # the corpus depends on the data settings every cell shares and on the seed: read once a seed
-    corpora: dict[int, object] = {}
+    corpus_of = public_corpora()  # read once a seed, as the sweep reads it
     needed: dict[str, tuple] = {}
     for cell, cfg, table in warm:
-        if cell.seed not in corpora:
-            corpora[cell.seed] = load_public_corpus(cfg, table)
-        model = public_model(cfg, corpora[cell.seed])
+        model = public_model(cfg, corpus_of(cell, cfg, table))
         needed.setdefault(model.keys[0], (model, []))[1].append(cell)
     return list(needed.values())
 

@@ -223,15 +223,28 @@ def cell_target(label: str, cfg: DictConfig, keys: list[str], table: ReportTable
     return Target(label, keys[0], find, train, needs)
 
 
-def public_target(label: str, cfg: DictConfig, table: ReportTable) -> Target:
-    """The public model a warm cell starts from, as a target of its own: obtained under a claim
-    on its run key before the cell is claimed, it is trained by one worker however many reach
-    its warm cells at once, and the cell's training then finds it."""
+def public_corpora():
+    """(cell, its config, its table) → the public corpus its public start reads, read once a seed:
+    the corpus depends on the data settings every cell of a sweep shares and on the seed."""
+    from radpriv.model.public_start import PublicCorpusData, load_public_corpus
+
+    read: dict[int, PublicCorpusData] = {}
+
+    def corpus(cell: Cell, cfg: DictConfig, table: ReportTable) -> PublicCorpusData:
+        if cell.seed not in read:
+            read[cell.seed] = load_public_corpus(cfg, table)
+        return read[cell.seed]
+
+    return corpus
+
+
+def public_target(label: str, cfg: DictConfig, table: ReportTable, corpus) -> Target:
+    """The public model a warm cell starts from (`corpus`: public_corpora's), as a target of its
+    own: obtained under a claim on its run key before the cell is claimed, it is trained by one
+    worker however many reach its warm cells at once, and the cell's training then finds it."""
     from radpriv.data.overlap import check_no_overlap
-    from radpriv.model.public_start import load_public_corpus
     from radpriv.train import find_public_model, public_model, train_public_model
 
-    corpus = load_public_corpus(cfg, table)
     model = public_model(cfg, corpus)
 
     def train() -> str:
@@ -281,6 +294,7 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
     n = len(cells)
     results: dict[int, CellResult] = {}
     targets: dict[int, Target] = {}
+    corpus_of = public_corpora()
     left = list(range(n))
     last_note, last_note_at = None, 0.0
     skipped: set[tuple[int, str, str]] = set()  # (cell, claim key, holder) already logged as skipped
@@ -297,8 +311,9 @@ def run_cells(cells: list[Cell], base: list[str], tables, client, uri: str, pare
                     cfg = _cell_cfg(base, cell, parent_id, exp_name)
                     # without claims the warm cell's own training finds or trains the public model
                     claimed = cell.kind == WARM_KIND and store is not None
+                    needs = public_target(label, cfg, table, corpus_of(cell, cfg, table)) if claimed else None
                     targets[i] = cell_target(label, cfg, cell_keys(base, cell, cfg, table), table, client,
-                                             search_ids, public_target(label, cfg, table) if claimed else None)
+                                             search_ids, needs)
                 bar.set_postfix_str(cell.name)
                 got = obtain(targets[i], store, t0)
                 if isinstance(got, Held):
