@@ -16,19 +16,25 @@ from tests.synthetic import write_fabricated_ct_csv
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # seven fresh processes (≈ 1 min alone): the suite's harness, not a unit
-@pytest.mark.timeout(600)
-def test_perf_suite_measures_every_configuration_and_ratio(tmp_path):
+def run_perf_suite(tmp_path: Path, *args: str) -> Path:
+    """benchmarks/perf.py with `args` on a tiny encoder and 60 fabricated reports; its --out folder."""
     csv_path = tmp_path / "reports.csv"
     write_fabricated_ct_csv(csv_path, n=60)
     tiny = ["model=tiny_bert", "data=ct_rate_text", f"data.path={csv_path}", "data.max_length=32",
             "privacy.expected_batch_size=8", "privacy.max_physical_batch_size=4", "trainer.num_threads=1"]
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--steps", "2",
-                           "--pyfunc-reports", "20", "--out", str(out), *[f"--set={o}" for o in tiny]],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--steps", "2", *args,
+                           "--out", str(out), *[f"--set={o}" for o in tiny]],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow  # seven fresh processes (≈ 1 min alone): the suite's harness, not a unit
+@pytest.mark.timeout(600)
+def test_perf_suite_measures_every_configuration_and_ratio(tmp_path):
+    out = run_perf_suite(tmp_path, "--pyfunc-reports", "20")
     result = json.loads((out / "perf.json").read_text())
     from benchmarks_perf import CONFIGS, RATIOS  # noqa: E402  (benchmarks/ is not a package)
 
@@ -47,16 +53,7 @@ def test_perf_suite_measures_every_configuration_and_ratio(tmp_path):
 @pytest.mark.integration  # one fresh process
 @pytest.mark.timeout(300)
 def test_perf_suite_profiles_where_the_steps_spend_their_time(tmp_path):
-    csv_path = tmp_path / "reports.csv"
-    write_fabricated_ct_csv(csv_path, n=60)
-    tiny = ["model=tiny_bert", "data=ct_rate_text", f"data.path={csv_path}", "data.max_length=32",
-            "privacy.expected_batch_size=8", "privacy.max_physical_batch_size=4", "trainer.num_threads=1"]
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--only", "lora_dp", "--steps",
-                           "2", "--no-pyfunc", "--profile", "--out", str(out), *[f"--set={o}" for o in tiny]],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = run_perf_suite(tmp_path, "--only", "lora_dp", "--no-pyfunc", "--profile")
     shares = json.loads((out / "perf.json").read_text())["configs"]["lora_dp"]["op_shares"]
     assert 0 < len(shares) <= 10 and 0 < sum(shares.values()) <= 1 + 1e-9
     assert list(shares.values()) == sorted(shares.values(), reverse=True)
